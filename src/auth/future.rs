@@ -1,0 +1,144 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::HeaderName;
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::cache::{invalidate_by_id, Entry};
+use crate::{BoxError, TokenError};
+
+type Wait = Pin<Box<dyn Future<Output = Result<Arc<Entry>, TokenError>> + Send>>;
+
+pin_project! {
+    /// Response future of [`BearerAuth`](super::BearerAuth).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+        sent: Sent,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Waiting {
+            token: Wait,
+            pending: Option<Pending<S, B>>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+        Failed {
+            error: Option<TokenError>,
+        },
+    }
+}
+
+/// A request waiting for a token, with the inner service made ready for it.
+pub(super) struct Pending<S, B> {
+    pub(super) inner: S,
+    pub(super) request: Request<B>,
+    pub(super) header: HeaderName,
+}
+
+/// Which token a request carried: enough to invalidate it on a 401 without
+/// holding a handle to the cache.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sent {
+    cache: u64,
+    generation: u64,
+}
+
+impl Sent {
+    pub(super) const NOTHING: Sent = Sent {
+        cache: 0,
+        generation: 0,
+    };
+
+    pub(super) fn new(cache: u64, generation: u64) -> Self {
+        Self { cache, generation }
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(super) fn calling(future: S::Future, sent: Sent) -> Self {
+        Self {
+            state: State::Calling { future },
+            sent,
+        }
+    }
+
+    pub(super) fn waiting(token: Wait, pending: Pending<S, B>, cache: u64) -> Self {
+        Self {
+            state: State::Waiting {
+                token,
+                pending: Some(pending),
+            },
+            sent: Sent::new(cache, 0),
+        }
+    }
+
+    pub(super) fn failed(error: TokenError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+            sent: Sent::NOTHING,
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { token, pending } => {
+                    let entry = ready!(token.as_mut().poll(cx));
+                    let Pending {
+                        mut inner,
+                        mut request,
+                        header,
+                    } = pending.take().expect("polled after completion");
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(error) => return Poll::Ready(Err(error.into())),
+                    };
+                    request.headers_mut().insert(header, entry.header.clone());
+                    this.sent.generation = entry.generation;
+                    let future = inner.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if response.status() == StatusCode::UNAUTHORIZED && this.sent.generation != 0 {
+                        invalidate_by_id(this.sent.cache, this.sent.generation);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error.into()));
+                }
+            }
+        }
+    }
+}

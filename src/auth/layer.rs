@@ -1,0 +1,79 @@
+use std::fmt;
+
+use http::header::{HeaderName, AUTHORIZATION};
+use tower_layer::Layer;
+
+use super::BearerAuth;
+use crate::{TokenCache, TokenSource};
+
+/// Layer that applies [`BearerAuth`], which authorizes every request with a
+/// token from a [`TokenCache`].
+///
+/// Clones share one cache. See the [module docs](crate::auth) for an example.
+#[derive(Clone)]
+pub struct BearerAuthLayer {
+    pub(super) cache: TokenCache,
+    pub(super) header: HeaderName,
+    pub(super) keep_existing: bool,
+}
+
+impl BearerAuthLayer {
+    /// A layer with a new cache of tokens from `source`, with the default
+    /// cache options. Use [`from_cache`](Self::from_cache) to set them.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::from_cache(TokenCache::new(source))
+    }
+
+    /// A layer that takes its tokens from `cache`, which may be shared with
+    /// other layers and with code outside tower.
+    pub fn from_cache(cache: TokenCache) -> Self {
+        cache.shared().register();
+        Self {
+            cache,
+            header: AUTHORIZATION,
+            keep_existing: false,
+        }
+    }
+
+    /// The header that carries the token. Default: `Authorization`.
+    ///
+    /// The scheme written before the token belongs to the cache:
+    /// [`TokenCache::scheme`] and [`TokenCache::no_scheme`].
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Whether a request that already has the header keeps it, and is sent
+    /// without a token from the cache. Default: `false`, the header is
+    /// overwritten.
+    pub fn keep_existing(mut self, keep: bool) -> Self {
+        self.keep_existing = keep;
+        self
+    }
+
+    /// The cache this layer takes its tokens from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth::new(inner, self.cache.clone())
+            .header_name(self.header.clone())
+            .keep_existing(self.keep_existing)
+    }
+}
+
+impl fmt::Debug for BearerAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuthLayer")
+            .field("cache", &self.cache)
+            .field("header", &self.header)
+            .field("keep_existing", &self.keep_existing)
+            .finish()
+    }
+}

@@ -1,0 +1,70 @@
+//! Middleware that authorizes requests with a cached bearer token.
+//!
+//! [`BearerAuthLayer`] wraps any service of `http::Request<B>` (a hyper-util
+//! client, a tonic `Channel`, anything stacked with
+//! `ServiceBuilder::layer(..)`) and sets `Authorization: Bearer <token>` on
+//! every request, with the token from a [`TokenCache`](crate::TokenCache).
+//!
+//! - While the token is fresh, a request takes no lock and awaits nothing
+//!   before the inner service is called: it loads the cached entry, checks one
+//!   atomic flag and clones a `HeaderValue` built once per token and marked
+//!   sensitive.
+//! - A request that must wait for a token takes the inner service that
+//!   `poll_ready` made ready into its future, so readiness holds for
+//!   `Buffer`, `ConcurrencyLimit` and tonic's `Channel`.
+//! - When the inner service answers `401 Unauthorized` to a request that
+//!   carried token T, T is evicted if it is still the current token, and
+//!   later requests wait for the single refresh. The 401 goes back to the
+//!   caller unchanged; retrying is the caller's choice.
+//! - The crate's own failures are a [`TokenError`](crate::TokenError) in the
+//!   `BoxError`; errors of the inner service pass through untouched.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{header::AUTHORIZATION, Request, Response};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tower_bearer::{BearerAuthLayer, Token};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! // Stands in for a hyper-util client or a tonic Channel.
+//! let client = service_fn(|request: Request<String>| async move {
+//!     let auth = request.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
+//!     Ok::<_, Infallible>(Response::new(auth))
+//! });
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(|| async {
+//!         // log on to the backend here
+//!         Ok::<_, std::io::Error>(Token::new("abcd1234").expires_in(Duration::from_secs(3600)))
+//!     }))
+//!     .service(client);
+//!
+//! let response = client.ready().await?.call(Request::new(String::new())).await?;
+//! assert_eq!(response.body(), "Bearer abcd1234");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Another header or scheme
+//!
+//! ```
+//! use http::HeaderName;
+//! use tower_bearer::{BearerAuthLayer, Token, TokenCache};
+//!
+//! // X-Api-Key: <token>
+//! let cache = TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("k")) }).no_scheme();
+//! let layer = BearerAuthLayer::from_cache(cache)
+//!     .header_name(HeaderName::from_static("x-api-key"));
+//! ```
+
+mod future;
+mod layer;
+mod service;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::BearerAuthLayer;
+pub use self::service::BearerAuth;

@@ -1,0 +1,151 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, AUTHORIZATION};
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::{Pending, ResponseFuture, Sent};
+use super::BearerAuthLayer;
+use crate::cache::{Entry, Lookup};
+use crate::{BoxError, TokenCache, TokenSource};
+
+/// Middleware that authorizes every request with a token from a
+/// [`TokenCache`], as `Authorization: Bearer <token>` by default.
+///
+/// See the [module docs](crate::auth) for an example.
+pub struct BearerAuth<S> {
+    inner: S,
+    cache: TokenCache,
+    // This clone's own view of the current entry: a pointer compare per
+    // request while the token is unchanged.
+    local: arc_swap::Cache<Arc<ArcSwap<Entry>>, Arc<Entry>>,
+    header: HeaderName,
+    keep_existing: bool,
+}
+
+impl<S> BearerAuth<S> {
+    /// Wraps `inner`, taking tokens from `cache`.
+    pub fn new(inner: S, cache: TokenCache) -> Self {
+        cache.shared().register();
+        let local = arc_swap::Cache::new(Arc::clone(&cache.shared().current));
+        Self {
+            inner,
+            cache,
+            local,
+            header: AUTHORIZATION,
+            keep_existing: false,
+        }
+    }
+
+    /// A [`BearerAuthLayer`] with a new cache of tokens from `source`.
+    pub fn layer(source: impl TokenSource) -> BearerAuthLayer {
+        BearerAuthLayer::new(source)
+    }
+
+    /// The header that carries the token. Default: `Authorization`.
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Whether a request that already has the header keeps it. Default:
+    /// `false`, the header is overwritten.
+    pub fn keep_existing(mut self, keep: bool) -> Self {
+        self.keep_existing = keep;
+        self
+    }
+
+    /// The cache this service takes its tokens from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for BearerAuth<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if self.keep_existing && request.headers().contains_key(&self.header) {
+            return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
+        }
+        let cache = self.cache.shared();
+        let entry = self.local.load();
+        if entry.is_fresh() {
+            request.headers_mut().insert(&self.header, entry.header.clone());
+            let sent = Sent::new(cache.id, entry.generation);
+            return ResponseFuture::calling(self.inner.call(request), sent);
+        }
+        match cache.lookup(entry) {
+            Lookup::Ready(entry) => {
+                request.headers_mut().insert(&self.header, entry.header.clone());
+                let sent = Sent::new(cache.id, entry.generation);
+                ResponseFuture::calling(self.inner.call(request), sent)
+            }
+            Lookup::Wait(waiter) => {
+                // The instance that was made ready goes with the request; this
+                // service keeps a fresh clone. See "Be careful when cloning
+                // inner services" in the `tower::Service` docs.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let pending = Pending {
+                    inner,
+                    request,
+                    header: self.header.clone(),
+                };
+                ResponseFuture::waiting(Box::pin(waiter.wait()), pending, cache.id)
+            }
+            Lookup::Fail(error) => ResponseFuture::failed(error),
+        }
+    }
+}
+
+impl<S: Clone> Clone for BearerAuth<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+            local: self.local.clone(),
+            header: self.header.clone(),
+            keep_existing: self.keep_existing,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("inner", &self.inner)
+            .field("cache", &self.cache)
+            .field("header", &self.header)
+            .field("keep_existing", &self.keep_existing)
+            .finish()
+    }
+}

@@ -1,0 +1,224 @@
+//! The [`TokenCache`]: a lock-free read of the current token and a single
+//! refresh at a time.
+//!
+//! # How a token is served
+//!
+//! A token is in one of three phases:
+//!
+//! | phase | a request ... |
+//! |---|---|
+//! | fresh | gets the cached token: one atomic load, no lock, no clock read |
+//! | due | gets the cached token, and the first one starts a background refresh |
+//! | expired | waits for the single refresh (and so does a cold cache) |
+//!
+//! With the defaults, a token of lifetime `L` fetched at `t0` that expires at
+//! `t0 + L`:
+//!
+//! - is **expired** `min(10 s, L/10)` before `t0 + L`
+//!   ([`expiry_margin`](TokenCache::expiry_margin));
+//! - comes **due** `5 min` before `t0 + L` but not before `t0 + L/2`
+//!   ([`refresh_before`](TokenCache::refresh_before)), moved earlier by a
+//!   random jitter of up to `min(30 s, L/20)` so that a fleet does not
+//!   refresh in lockstep ([`refresh_jitter`](TokenCache::refresh_jitter)),
+//!   still never before `t0 + L/2` nor after the expiry point.
+//!
+//! `t0` is the instant the fetch **began**: time spent on the wire is not
+//! credited to the token. Phases move on tokio's clock (a timer task flips
+//! them), so tests can run with paused time.
+//!
+//! # Failures
+//!
+//! - Every request waiting on a failed fetch receives that fetch's error; none
+//!   of them fetches again on its own.
+//! - After a failure the next fetch waits for a backoff, exponential with
+//!   jitter: the n-th delay in a row is random in `[d/2, d]` with
+//!   `d = min(30 s, 1 s · 2ⁿ⁻¹)` ([`backoff`](TokenCache::backoff)). A request
+//!   that needs a token meanwhile fails at once with a
+//!   [`BackingOff`](crate::TokenErrorKind::BackingOff) error whose source is
+//!   the last failure. A success resets the backoff. Timeouts, panics, tokens
+//!   that are not valid header values and tokens that arrive already expired
+//!   count as failures.
+//! - A failed background refresh never evicts a token that is still valid: it
+//!   is served until it expires, and the refresh is tried again after the
+//!   backoff.
+//! - Each fetch runs on a task of its own with its own timeout
+//!   ([`fetch_timeout`](TokenCache::fetch_timeout), 10 s), independent of any
+//!   request's. Dropping the request that started it cancels nothing; when
+//!   every handle to the cache is gone, the fetch is aborted.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_bearer::{Token, TokenCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::TokenError> {
+//! let cache = TokenCache::new(|| async {
+//!     Ok::<_, std::io::Error>(Token::new("abcd1234").expires_in(Duration::from_secs(3600)))
+//! })
+//! .refresh_before(Duration::from_secs(60))
+//! .fetch_timeout(Duration::from_secs(5));
+//!
+//! let token = cache.token().await?;
+//! assert_eq!(token.secret(), "abcd1234");
+//! # Ok(())
+//! # }
+//! ```
+
+mod entry;
+mod refresh;
+mod timing;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use self::entry::Entry;
+use self::refresh::{Config, Shared};
+pub(crate) use self::refresh::Lookup;
+pub(crate) use self::refresh::invalidate_by_id;
+use crate::{Token, TokenError, TokenSource};
+
+/// A cached token, fetched from a [`TokenSource`] when it is due.
+///
+/// Clones share one cache. Options are consuming setters; set them before the
+/// cache is cloned or used (a setter called on a cache that has clones
+/// detaches it into a new, empty cache with the same source). See the
+/// [module docs](crate::cache) for the phases, defaults and failure handling.
+#[derive(Clone)]
+pub struct TokenCache {
+    shared: Arc<Shared>,
+}
+
+impl TokenCache {
+    /// A cache of tokens from `source`, with the default options. Nothing is
+    /// fetched until a token is needed.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(Arc::new(source), Config::default())),
+        }
+    }
+
+    fn configure(mut self, set: impl FnOnce(&mut Config)) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => set(&mut shared.config),
+            None => {
+                let mut config = self.shared.config.clone();
+                set(&mut config);
+                let source = Arc::clone(&self.shared.source);
+                self.shared = Arc::new(Shared::new(source, config));
+            }
+        }
+        self
+    }
+
+    /// Refresh this long before the token expires, but never before half of
+    /// its lifetime has passed. Default: 5 minutes.
+    pub fn refresh_before(self, before: Duration) -> Self {
+        self.configure(|c| c.timing.refresh_before = before)
+    }
+
+    /// Stop serving a token this long before its stated expiry, but never
+    /// more than 10% of its lifetime early. Default: 10 seconds.
+    pub fn expiry_margin(self, margin: Duration) -> Self {
+        self.configure(|c| c.timing.expiry_margin = margin)
+    }
+
+    /// The largest random amount by which a refresh is moved earlier, capped
+    /// at 5% of the token's lifetime. `Duration::ZERO` turns jitter off.
+    /// Default: 30 seconds.
+    pub fn refresh_jitter(self, jitter: Duration) -> Self {
+        self.configure(|c| c.timing.jitter = jitter)
+    }
+
+    /// How long one fetch may take before it fails with a
+    /// [`Timeout`](crate::TokenErrorKind::Timeout). Default: 10 seconds.
+    pub fn fetch_timeout(self, timeout: Duration) -> Self {
+        self.configure(|c| c.timing.fetch_timeout = timeout)
+    }
+
+    /// The backoff after failed fetches: the n-th failure in a row waits a
+    /// random delay in `[d/2, d]`, `d = min(cap, base · 2ⁿ⁻¹)`.
+    /// Default: 1 second base, 30 seconds cap.
+    pub fn backoff(self, base: Duration, cap: Duration) -> Self {
+        self.configure(|c| {
+            c.timing.backoff_base = base;
+            c.timing.backoff_cap = cap;
+        })
+    }
+
+    /// The scheme written before the token in the header value. Default:
+    /// `Bearer`, as in `Authorization: Bearer <token>`.
+    pub fn scheme(self, scheme: impl Into<String>) -> Self {
+        let scheme = scheme.into();
+        self.configure(|c| c.scheme = Some(scheme))
+    }
+
+    /// Write the bare token as the header value, with no scheme (as for
+    /// `X-Api-Key: <token>`).
+    pub fn no_scheme(self) -> Self {
+        self.configure(|c| c.scheme = None)
+    }
+
+    /// A valid token: the cached one, or a new one from the single refresh.
+    ///
+    /// This is for code outside tower; [`BearerAuth`](crate::BearerAuth) uses
+    /// the same cache.
+    pub async fn token(&self) -> Result<Token, TokenError> {
+        Ok(self.entry().await?.token.clone())
+    }
+
+    /// Stops serving `token` if it is still the current token of this cache,
+    /// so that the next request waits for a new one. Call it when a server
+    /// rejects the token. Returns whether the token was evicted.
+    ///
+    /// A token that has already been replaced is left alone, so a burst of
+    /// rejections of one token causes one refresh, and a late rejection never
+    /// evicts its successor. A token that was not returned by this cache
+    /// matches nothing.
+    ///
+    /// ```
+    /// # use tower_bearer::{Token, TokenCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_bearer::TokenError> {
+    /// # let cache = TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("t")) });
+    /// let token = cache.token().await?;
+    /// // ... the server answered 401 Unauthorized
+    /// assert!(cache.invalidate(&token));
+    /// assert!(!cache.invalidate(&token));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn invalidate(&self, token: &Token) -> bool {
+        self.shared.invalidate(token.generation)
+    }
+
+    pub(crate) async fn entry(&self) -> Result<Arc<Entry>, TokenError> {
+        let seen = self.shared.current.load_full();
+        if seen.is_fresh() {
+            return Ok(seen);
+        }
+        match self.shared.lookup(&seen) {
+            Lookup::Ready(entry) => Ok(entry),
+            Lookup::Wait(waiter) => waiter.wait().await,
+            Lookup::Fail(error) => Err(error),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.shared;
+        f.debug_struct("TokenCache")
+            .field("source", &shared.source.type_name())
+            .field("timing", &shared.config.timing)
+            .field("scheme", &shared.config.scheme)
+            .field("token", &shared.current.load().token)
+            .finish()
+    }
+}

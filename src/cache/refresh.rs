@@ -1,0 +1,313 @@
+//! The state behind a cache: the current entry, read lock-free, and the one
+//! refresh at a time, guarded by a mutex that is never held across an await.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::entry::{Entry, Phase};
+use super::timing::{Rng, Timing};
+use crate::source::DynSource;
+use crate::{Token, TokenError};
+
+/// What a fetch ends with; shared by every request that waited on it.
+type Outcome = Result<Arc<Entry>, TokenError>;
+
+/// The configuration of a cache, fixed once it is in use.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) timing: Timing,
+    pub(crate) scheme: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            timing: Timing::default(),
+            scheme: Some("Bearer".to_owned()),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) current: Arc<ArcSwap<Entry>>,
+    pub(crate) config: Config,
+    pub(crate) source: Arc<dyn DynSource>,
+    refresh: Mutex<Refresh>,
+    registered: AtomicBool,
+}
+
+#[derive(Default)]
+struct Refresh {
+    /// Set while a fetch is in flight.
+    flight: Option<watch::Receiver<Option<Outcome>>>,
+    flight_task: Option<AbortHandle>,
+    timer_task: Option<AbortHandle>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<TokenError>,
+    rng: Rng,
+}
+
+/// What a request that found no fresh token does next.
+pub(crate) enum Lookup {
+    /// Use this entry now.
+    Ready(Arc<Entry>),
+    /// Wait for the fetch in flight.
+    Wait(Waiter),
+    /// Fail at once.
+    Fail(TokenError),
+}
+
+/// A request waiting on a fetch. It keeps the cache alive, so that the fetch
+/// it waits on is not abandoned.
+pub(crate) struct Waiter {
+    shared: Arc<Shared>,
+    flight: watch::Receiver<Option<Outcome>>,
+}
+
+impl Waiter {
+    pub(crate) async fn wait(mut self) -> Outcome {
+        let outcome = match self.flight.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_closed) => None,
+        };
+        drop(self.shared);
+        outcome.unwrap_or_else(|| Err(TokenError::abandoned()))
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(source: Arc<dyn DynSource>, config: Config) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            current: Arc::new(ArcSwap::from_pointee(Entry::empty())),
+            config,
+            source,
+            refresh: Mutex::default(),
+            registered: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Refresh> {
+        // Nothing panics while holding it, but never let poison wedge the cache.
+        self.refresh.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slow path, for a request that found `seen` not fresh.
+    pub(crate) fn lookup(self: &Arc<Self>, seen: &Arc<Entry>) -> Lookup {
+        let now = Instant::now();
+        if seen.phase(now) == Phase::Fresh {
+            return Lookup::Ready(Arc::clone(seen));
+        }
+        let mut refresh = self.lock();
+        // A fetch may have landed since `seen` was loaded.
+        let current = self.current.load_full();
+        match current.phase(now) {
+            Phase::Fresh => Lookup::Ready(current),
+            Phase::Due => {
+                if refresh.flight.is_none() && refresh.backing_off(now).is_none() {
+                    // Without a runtime the current token is still good.
+                    let _ = self.start(&mut refresh);
+                }
+                Lookup::Ready(current)
+            }
+            Phase::Expired => {
+                if let Some(flight) = &refresh.flight {
+                    return self.waiter(flight.clone());
+                }
+                if let Some(error) = refresh.backing_off(now) {
+                    return Lookup::Fail(error);
+                }
+                match self.start(&mut refresh) {
+                    Ok(flight) => self.waiter(flight),
+                    Err(error) => Lookup::Fail(error),
+                }
+            }
+        }
+    }
+
+    fn waiter(self: &Arc<Self>, flight: watch::Receiver<Option<Outcome>>) -> Lookup {
+        Lookup::Wait(Waiter {
+            shared: Arc::clone(self),
+            flight,
+        })
+    }
+
+    /// Starts the single fetch, on a task of its own so that no request's
+    /// cancellation can cancel it.
+    fn start(
+        self: &Arc<Self>,
+        refresh: &mut Refresh,
+    ) -> Result<watch::Receiver<Option<Outcome>>, TokenError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
+        let (tx, rx) = watch::channel(None);
+        let flight = Flight {
+            shared: Arc::downgrade(self),
+            tx,
+            started: Instant::now(),
+            settled: false,
+        };
+        let task = runtime.spawn(flight.run(self.config.timing.fetch_timeout));
+        refresh.flight = Some(rx.clone());
+        refresh.flight_task = Some(task.abort_handle());
+        Ok(rx)
+    }
+
+    /// Records what a fetch ended with, and returns what its waiters receive.
+    fn settle(
+        &self,
+        result: Result<Token, TokenError>,
+        started: Instant,
+        counts_as_failure: bool,
+    ) -> Outcome {
+        let mut refresh = self.lock();
+        refresh.flight = None;
+        refresh.flight_task = None;
+        let scheme = self.config.scheme.as_deref();
+        let timing = &self.config.timing;
+        let entry = result
+            .and_then(|token| Entry::new(token, scheme, started, timing, &mut refresh.rng));
+        match entry {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                self.current.store(Arc::clone(&entry));
+                if let Some(timer) = refresh.timer_task.take() {
+                    timer.abort();
+                }
+                refresh.timer_task = entry.spawn_timer();
+                refresh.failures = 0;
+                refresh.retry_at = None;
+                refresh.last_error = None;
+                Ok(entry)
+            }
+            Err(error) => {
+                if counts_as_failure {
+                    refresh.failures = refresh.failures.saturating_add(1);
+                    let failures = refresh.failures;
+                    let delay = timing.backoff(failures, &mut refresh.rng);
+                    refresh.retry_at = Some(Instant::now() + delay);
+                    refresh.last_error = Some(error.clone());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops serving the token of `generation` if it is still the current one.
+    pub(crate) fn invalidate(&self, generation: u64) -> bool {
+        let current = self.current.load();
+        generation != 0 && current.generation == generation && current.expire()
+    }
+
+    /// Makes this cache reachable by [`invalidate_by_id`].
+    pub(crate) fn register(self: &Arc<Self>) {
+        if !self.registered.swap(true, Ordering::Relaxed) {
+            registry().insert(self.id, Arc::downgrade(self));
+        }
+    }
+}
+
+impl Refresh {
+    /// The error to fail with while a backoff is in force.
+    fn backing_off(&self, now: Instant) -> Option<TokenError> {
+        match (&self.last_error, self.retry_at) {
+            (Some(last), Some(retry_at)) if now < retry_at => {
+                Some(TokenError::backing_off(last.clone(), retry_at))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let refresh = self.refresh.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // The last handle is gone: nobody is left to receive a token.
+        let tasks = [refresh.flight_task.take(), refresh.timer_task.take()];
+        for task in tasks.into_iter().flatten() {
+            task.abort();
+        }
+        if *self.registered.get_mut() {
+            registry().remove(&self.id);
+        }
+    }
+}
+
+/// One fetch, run on its own task. It holds the cache weakly: when every
+/// handle is gone, the fetch is aborted and nothing keeps it alive.
+struct Flight {
+    shared: Weak<Shared>,
+    tx: watch::Sender<Option<Outcome>>,
+    started: Instant,
+    settled: bool,
+}
+
+impl Flight {
+    async fn run(mut self, timeout: std::time::Duration) {
+        let Some(fetch) = self.shared.upgrade().map(|shared| shared.source.fetch_boxed()) else {
+            return;
+        };
+        let result = match tokio::time::timeout(timeout, fetch).await {
+            Ok(Ok(token)) => Ok(token),
+            Ok(Err(error)) => Err(TokenError::fetch(error)),
+            Err(_elapsed) => Err(TokenError::timeout(timeout)),
+        };
+        self.settle(result, true);
+    }
+
+    fn settle(&mut self, result: Result<Token, TokenError>, counts_as_failure: bool) {
+        self.settled = true;
+        let outcome = match self.shared.upgrade() {
+            Some(shared) => shared.settle(result, self.started, counts_as_failure),
+            None => Err(TokenError::abandoned()),
+        };
+        self.tx.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // A panicking source is its failure, paced like any other; a fetch
+        // dropped with its runtime is nobody's and is simply tried again.
+        if std::thread::panicking() {
+            self.settle(Err(TokenError::panicked()), true);
+        } else {
+            self.settle(Err(TokenError::abandoned()), false);
+        }
+    }
+}
+
+// ===== the registry =====
+//
+// A response future reaches its cache on a 401 through this map rather than
+// through a handle of its own, so that the hot path touches no shared
+// reference count. Only caches used by a middleware are registered.
+
+type Registry = BTreeMap<u64, Weak<Shared>>;
+
+static REGISTRY: Mutex<Registry> = Mutex::new(BTreeMap::new());
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Handles a 401 to a request that carried the token of `generation` from
+/// the cache `id`.
+pub(crate) fn invalidate_by_id(id: u64, generation: u64) {
+    // Upgrade under the lock, drop outside it: the last handle's drop takes it.
+    let shared = registry().get(&id).and_then(Weak::upgrade);
+    if let Some(shared) = shared {
+        shared.invalidate(generation);
+    }
+}

@@ -1,0 +1,196 @@
+//! When a token comes due, when it counts as expired, and how long to back
+//! off after a failure.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The cache's clock settings. See the defaults on [`TokenCache`](crate::TokenCache).
+#[derive(Clone, Debug)]
+pub(crate) struct Timing {
+    pub(crate) refresh_before: Duration,
+    pub(crate) expiry_margin: Duration,
+    pub(crate) jitter: Duration,
+    pub(crate) fetch_timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_cap: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            refresh_before: Duration::from_secs(5 * 60),
+            expiry_margin: Duration::from_secs(10),
+            jitter: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The two instants that matter for a token with an expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    /// From here on the token is still served, and one refresh starts.
+    pub(crate) due_at: Instant,
+    /// From here on the token is no longer served.
+    pub(crate) expires_at: Instant,
+}
+
+impl Timing {
+    /// The schedule of a token fetched from `started` that expires at `expiry`.
+    ///
+    /// - expired: `expiry_margin` before `expiry`, but at most 10% of the
+    ///   lifetime early;
+    /// - due: `refresh_before` before `expiry`, minus a random jitter of at
+    ///   most `jitter` and 5% of the lifetime, never before half the lifetime
+    ///   and never after the expiry point.
+    pub(crate) fn schedule(&self, started: Instant, expiry: Instant, rng: &mut Rng) -> Schedule {
+        let lifetime = expiry.saturating_duration_since(started);
+        let half = started + lifetime / 2;
+        let expires_at = expiry - self.expiry_margin.min(lifetime / 10);
+        let due_at = expiry
+            .checked_sub(self.refresh_before)
+            .unwrap_or(half)
+            .max(half);
+        let jitter = rng.below(self.jitter.min(lifetime / 20));
+        let due_at = due_at
+            .checked_sub(jitter)
+            .unwrap_or(half)
+            .max(half)
+            .min(expires_at);
+        Schedule {
+            due_at,
+            expires_at,
+        }
+    }
+
+    /// How long to wait after the `failures`-th failure in a row (from 1):
+    /// random in `[d/2, d]`, with `d = min(cap, base * 2^(failures - 1))`.
+    pub(crate) fn backoff(&self, failures: u32, rng: &mut Rng) -> Duration {
+        let doubling = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(doubling)
+            .min(self.backoff_cap);
+        ceiling / 2 + rng.below(ceiling - ceiling / 2)
+    }
+}
+
+/// A small xorshift generator for jitter; no need for a cryptographic one,
+/// only for fleets that do not move in lockstep.
+#[derive(Debug)]
+pub(crate) struct Rng(u64);
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rng {
+    /// Seeded from std's per-process random hash keys.
+    pub(crate) fn new() -> Self {
+        let seed = RandomState::new().build_hasher().finish();
+        Self(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A random duration in `[0, max]`.
+    pub(crate) fn below(&mut self, max: Duration) -> Duration {
+        let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        let scaled = (u128::from(self.next()) * (u128::from(max) + 1)) >> 64;
+        Duration::from_nanos(scaled as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+    fn schedule_of(lifetime: Duration) -> (Duration, Duration) {
+        let started = Instant::now();
+        let s = Timing::default().schedule(started, started + lifetime, &mut Rng::new());
+        (s.due_at - started, s.expires_at - started)
+    }
+
+    #[test]
+    fn one_hour_token_uses_the_fixed_margins() {
+        for _ in 0..100 {
+            let (due, expired) = schedule_of(SECS(3600));
+            assert_eq!(expired, SECS(3590));
+            // 5 minutes early, plus at most 30 s of jitter
+            assert!(due <= SECS(3300) && due >= SECS(3270), "{due:?}");
+        }
+    }
+
+    #[test]
+    fn short_token_is_capped_by_its_lifetime() {
+        for _ in 0..100 {
+            // 5 s: expired 10% early, due at half the lifetime
+            let (due, expired) = schedule_of(SECS(5));
+            assert_eq!(expired, Duration::from_millis(4500));
+            assert_eq!(due, Duration::from_millis(2500));
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_five_percent_and_half_the_lifetime() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            // 10 min: due at 5 min (half the lifetime bound), jitter can't go earlier
+            let (due, _) = schedule_of(SECS(600));
+            assert_eq!(due, SECS(300));
+            // 20 min: due at 15 min minus up to min(30 s, 60 s) of jitter
+            let (due, _) = schedule_of(SECS(1200));
+            assert!(due <= SECS(900) && due >= SECS(870), "{due:?}");
+            seen.insert(due);
+        }
+        assert!(seen.len() > 100, "jitter should spread the refresh point");
+    }
+
+    #[test]
+    fn already_expired_token_has_an_empty_schedule() {
+        let started = Instant::now();
+        let s = Timing::default().schedule(started, started, &mut Rng::new());
+        assert_eq!(s.due_at, started);
+        assert_eq!(s.expires_at, started);
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_bounds_up_to_the_cap() {
+        let timing = Timing::default();
+        let mut rng = Rng::new();
+        for (failures, ceiling) in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 30), (60, 30)] {
+            for _ in 0..50 {
+                let delay = timing.backoff(failures, &mut rng);
+                let ceiling = SECS(ceiling);
+                assert!(delay >= ceiling / 2 && delay <= ceiling, "{failures}: {delay:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_below_covers_the_range() {
+        let mut rng = Rng::new();
+        let max = Duration::from_millis(10);
+        let draws: Vec<_> = (0..1000).map(|_| rng.below(max)).collect();
+        assert!(draws.iter().all(|d| *d <= max));
+        assert!(draws.iter().any(|d| *d < max / 4));
+        assert!(draws.iter().any(|d| *d > max * 3 / 4));
+        assert_eq!(rng.below(Duration::ZERO), Duration::ZERO);
+    }
+}

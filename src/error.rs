@@ -1,0 +1,226 @@
+//! Errors of the token cache and the middleware.
+//!
+//! [`BearerAuth`](crate::BearerAuth) returns [`BoxError`]: errors of the
+//! inner service pass through untouched, and the crate's own failures are a
+//! [`TokenError`] that can be recovered with `downcast_ref`.
+//!
+//! ```
+//! use tower_bearer::{TokenError, TokenErrorKind};
+//! # fn check(error: tower_bearer::BoxError) {
+//! if let Some(error) = error.downcast_ref::<TokenError>() {
+//!     if error.kind() == TokenErrorKind::BackingOff {
+//!         // the identity provider failed recently; `error.source()` says how
+//!     }
+//! }
+//! # }
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A type-erased error, the same as `tower::BoxError`.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Why a token could not be had.
+///
+/// Cloning is cheap: every request that waited on one failed fetch receives a
+/// clone of the same error. The chain of [`source`](Error::source) leads to
+/// the token source's own error where there is one.
+#[derive(Clone)]
+pub struct TokenError {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: TokenErrorKind,
+    source: Option<Source>,
+    retry_at: Option<Instant>,
+}
+
+enum Source {
+    Boxed(BoxError),
+    Token(TokenError),
+    Header(http::header::InvalidHeaderValue),
+}
+
+/// What kind of failure a [`TokenError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenErrorKind {
+    /// The token source returned an error; it is the [`source`](Error::source).
+    Fetch,
+    /// The fetch did not finish within the cache's fetch timeout.
+    Timeout,
+    /// The token, with its scheme, is not a valid HTTP header value (it
+    /// contains a newline, say). No request was sent with it.
+    InvalidToken,
+    /// The token source returned a token that had already expired.
+    Expired,
+    /// A recent fetch failed and the next attempt waits for a backoff. The
+    /// [`source`](Error::source) is that failure.
+    BackingOff,
+    /// The token source panicked.
+    Panicked,
+    /// The fetch was dropped before it finished, as when its runtime shuts
+    /// down. The next request starts a new one.
+    Abandoned,
+    /// A fetch was needed outside a tokio runtime.
+    NoRuntime,
+}
+
+impl TokenError {
+    fn new(kind: TokenErrorKind, source: Option<Source>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                source,
+                retry_at: None,
+            }),
+        }
+    }
+
+    pub(crate) fn fetch(source: BoxError) -> Self {
+        Self::new(TokenErrorKind::Fetch, Some(Source::Boxed(source)))
+    }
+
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Self::new(
+            TokenErrorKind::Timeout,
+            Some(Source::Boxed(Box::new(Elapsed(after)))),
+        )
+    }
+
+    pub(crate) fn invalid_token(source: http::header::InvalidHeaderValue) -> Self {
+        Self::new(TokenErrorKind::InvalidToken, Some(Source::Header(source)))
+    }
+
+    pub(crate) fn expired() -> Self {
+        Self::new(TokenErrorKind::Expired, None)
+    }
+
+    pub(crate) fn backing_off(last: TokenError, retry_at: Instant) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind: TokenErrorKind::BackingOff,
+                source: Some(Source::Token(last)),
+                retry_at: Some(retry_at),
+            }),
+        }
+    }
+
+    pub(crate) fn panicked() -> Self {
+        Self::new(TokenErrorKind::Panicked, None)
+    }
+
+    pub(crate) fn abandoned() -> Self {
+        Self::new(TokenErrorKind::Abandoned, None)
+    }
+
+    pub(crate) fn no_runtime() -> Self {
+        Self::new(TokenErrorKind::NoRuntime, None)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TokenErrorKind {
+        self.inner.kind
+    }
+
+    /// For a [`BackingOff`](TokenErrorKind::BackingOff) error, when the next
+    /// fetch may start.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.inner.retry_at
+    }
+
+    /// The failure behind a [`BackingOff`](TokenErrorKind::BackingOff) error,
+    /// or this error itself for every other kind.
+    pub fn last_failure(&self) -> &TokenError {
+        match &self.inner.source {
+            Some(Source::Token(last)) => last,
+            _ => self,
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.inner.kind {
+            TokenErrorKind::Fetch => "token fetch failed",
+            TokenErrorKind::Timeout => "token fetch timed out",
+            TokenErrorKind::InvalidToken => "token is not a valid header value",
+            TokenErrorKind::Expired => "token source returned an expired token",
+            TokenErrorKind::BackingOff => "token fetch is backing off after a failure",
+            TokenErrorKind::Panicked => "token source panicked",
+            TokenErrorKind::Abandoned => "token fetch was abandoned",
+            TokenErrorKind::NoRuntime => "token fetch needs a tokio runtime",
+        })
+    }
+}
+
+impl fmt::Debug for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("TokenError");
+        debug.field("kind", &self.inner.kind);
+        if let Some(retry_at) = self.inner.retry_at {
+            debug.field("retry_at", &retry_at);
+        }
+        match &self.inner.source {
+            Some(Source::Boxed(source)) => debug.field("source", source),
+            Some(Source::Token(source)) => debug.field("source", source),
+            Some(Source::Header(source)) => debug.field("source", source),
+            None => &mut debug,
+        };
+        debug.finish()
+    }
+}
+
+impl Error for TokenError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.inner.source {
+            Some(Source::Boxed(source)) => Some(&**source),
+            Some(Source::Token(source)) => Some(source),
+            Some(Source::Header(source)) => Some(source),
+            None => None,
+        }
+    }
+}
+
+/// The source of a [`Timeout`](TokenErrorKind::Timeout) error.
+#[derive(Debug)]
+struct Elapsed(Duration);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no token after {:?}", self.0)
+    }
+}
+
+impl Error for Elapsed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_chain_reaches_the_token_source_error() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let fetch = TokenError::fetch(Box::new(io));
+        let backoff = TokenError::backing_off(fetch, Instant::now());
+
+        assert_eq!(backoff.kind(), TokenErrorKind::BackingOff);
+        assert_eq!(backoff.last_failure().kind(), TokenErrorKind::Fetch);
+        let fetch = backoff.source().unwrap().downcast_ref::<TokenError>().unwrap();
+        let io = fetch.source().unwrap().downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn display_is_short_and_lowercase() {
+        let error = TokenError::timeout(Duration::from_secs(10));
+        assert_eq!(error.to_string(), "token fetch timed out");
+        assert_eq!(error.source().unwrap().to_string(), "no token after 10s");
+    }
+}

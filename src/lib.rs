@@ -1,0 +1,73 @@
+//! Tower middleware that sends a bearer token it has to fetch.
+//!
+//! Many clients must send `Authorization: Bearer <token>` with a token they
+//! first fetch from somewhere: an OAuth2 token endpoint, a log-on call, a
+//! file. Fetching is slow and often rate limited, so the token is cached, and
+//! when many requests find the cache empty at once only one of them should
+//! fetch while the others wait for its result.
+//!
+//! [`BearerAuthLayer`] does that for any tower service of `http::Request<B>`:
+//!
+//! - reads are lock-free (an [`arc-swap`](arc_swap) load and one atomic
+//!   flag) and cost about as much as inserting a static header;
+//! - one single-flight refresh runs when the token is due, in the background
+//!   while the old token is still valid, so a thousand simultaneous requests
+//!   cause one fetch;
+//! - failures are shared by the requests that waited on them and paced by a
+//!   backoff with jitter, fetches have their own timeout and are never
+//!   cancelled by the request that started them, and a 401 evicts exactly the
+//!   token that was rejected.
+//!
+//! See [`cache`] for the phases of a token, the defaults and the failure
+//! handling, and [`auth`] for the middleware.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{header::AUTHORIZATION, Request, Response};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tower_bearer::{BearerAuthLayer, Token};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! let mut client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(|| async {
+//!         Ok::<_, std::io::Error>(Token::new("abcd1234").expires_in(Duration::from_secs(3600)))
+//!     }))
+//!     .service(service_fn(|request: Request<()>| async move {
+//!         Ok::<_, Infallible>(Response::new(request.headers()[AUTHORIZATION].clone()))
+//!     }));
+//!
+//! let response = client.ready().await?.call(Request::new(())).await?;
+//! assert_eq!(response.body(), "Bearer abcd1234");
+//! assert!(response.body().is_sensitive());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Runtime
+//!
+//! Fetches and the timers that move a token through its phases run on tokio
+//! tasks, so the cache is used from within a tokio runtime with the time
+//! driver enabled (as `#[tokio::main]` sets up). A fetch needed outside any
+//! runtime fails with [`TokenErrorKind::NoRuntime`].
+
+#![deny(missing_docs, unreachable_pub, unsafe_code)]
+#![warn(rust_2018_idioms)]
+
+pub mod auth;
+pub mod cache;
+pub mod error;
+mod source;
+mod token;
+
+#[doc(inline)]
+pub use self::auth::{BearerAuth, BearerAuthLayer};
+#[doc(inline)]
+pub use self::cache::TokenCache;
+#[doc(inline)]
+pub use self::error::{BoxError, TokenError, TokenErrorKind};
+pub use self::source::TokenSource;
+pub use self::token::Token;
