@@ -212,8 +212,16 @@ mod tests {
 
         assert_eq!(backoff.kind(), TokenErrorKind::BackingOff);
         assert_eq!(backoff.last_failure().kind(), TokenErrorKind::Fetch);
-        let fetch = backoff.source().unwrap().downcast_ref::<TokenError>().unwrap();
-        let io = fetch.source().unwrap().downcast_ref::<std::io::Error>().unwrap();
+        let fetch = backoff
+            .source()
+            .unwrap()
+            .downcast_ref::<TokenError>()
+            .unwrap();
+        let io = fetch
+            .source()
+            .unwrap()
+            .downcast_ref::<std::io::Error>()
+            .unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 

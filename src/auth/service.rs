@@ -99,13 +99,17 @@ where
         let cache = self.cache.shared();
         let entry = self.local.load();
         if entry.is_fresh() {
-            request.headers_mut().insert(&self.header, entry.header.clone());
+            request
+                .headers_mut()
+                .insert(&self.header, entry.header.clone());
             let sent = Sent::new(cache.id, entry.generation);
             return ResponseFuture::calling(self.inner.call(request), sent);
         }
         match cache.lookup(entry) {
             Lookup::Ready(entry) => {
-                request.headers_mut().insert(&self.header, entry.header.clone());
+                request
+                    .headers_mut()
+                    .insert(&self.header, entry.header.clone());
                 let sent = Sent::new(cache.id, entry.generation);
                 ResponseFuture::calling(self.inner.call(request), sent)
             }

@@ -247,9 +247,15 @@ mod tests {
     #[test]
     fn token_that_is_no_header_value_is_rejected() {
         let token = Token::new("line\nbreak");
-        let error = Entry::new(token, None, Instant::now(), &Timing::default(), &mut Rng::new())
-            .err()
-            .unwrap();
+        let error = Entry::new(
+            token,
+            None,
+            Instant::now(),
+            &Timing::default(),
+            &mut Rng::new(),
+        )
+        .err()
+        .unwrap();
         assert_eq!(error.kind(), crate::TokenErrorKind::InvalidToken);
     }
 }

@@ -75,9 +75,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use self::entry::Entry;
-use self::refresh::{Config, Shared};
-pub(crate) use self::refresh::Lookup;
 pub(crate) use self::refresh::invalidate_by_id;
+pub(crate) use self::refresh::Lookup;
+use self::refresh::{Config, Shared};
 use crate::{Token, TokenError, TokenSource};
 
 /// A cached token, fetched from a [`TokenSource`] when it is due.

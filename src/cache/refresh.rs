@@ -147,7 +147,8 @@ impl Shared {
         self: &Arc<Self>,
         refresh: &mut Refresh,
     ) -> Result<watch::Receiver<Option<Outcome>>, TokenError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
         let (tx, rx) = watch::channel(None);
         let flight = Flight {
             shared: Arc::downgrade(self),
@@ -173,8 +174,8 @@ impl Shared {
         refresh.flight_task = None;
         let scheme = self.config.scheme.as_deref();
         let timing = &self.config.timing;
-        let entry = result
-            .and_then(|token| Entry::new(token, scheme, started, timing, &mut refresh.rng));
+        let entry =
+            result.and_then(|token| Entry::new(token, scheme, started, timing, &mut refresh.rng));
         match entry {
             Ok(entry) => {
                 let entry = Arc::new(entry);
@@ -229,7 +230,10 @@ impl Refresh {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let refresh = self.refresh.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let refresh = self
+            .refresh
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         // The last handle is gone: nobody is left to receive a token.
         let tasks = [refresh.flight_task.take(), refresh.timer_task.take()];
         for task in tasks.into_iter().flatten() {
@@ -252,7 +256,11 @@ struct Flight {
 
 impl Flight {
     async fn run(mut self, timeout: std::time::Duration) {
-        let Some(fetch) = self.shared.upgrade().map(|shared| shared.source.fetch_boxed()) else {
+        let Some(fetch) = self
+            .shared
+            .upgrade()
+            .map(|shared| shared.source.fetch_boxed())
+        else {
             return;
         };
         let result = match tokio::time::timeout(timeout, fetch).await {

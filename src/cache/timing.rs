@@ -62,16 +62,15 @@ impl Timing {
             .unwrap_or(half)
             .max(half)
             .min(expires_at);
-        Schedule {
-            due_at,
-            expires_at,
-        }
+        Schedule { due_at, expires_at }
     }
 
     /// How long to wait after the `failures`-th failure in a row (from 1):
     /// random in `[d/2, d]`, with `d = min(cap, base * 2^(failures - 1))`.
     pub(crate) fn backoff(&self, failures: u32, rng: &mut Rng) -> Duration {
-        let doubling = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+        let doubling = 1u32
+            .checked_shl(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         let ceiling = self
             .backoff_base
             .saturating_mul(doubling)
@@ -178,7 +177,10 @@ mod tests {
             for _ in 0..50 {
                 let delay = timing.backoff(failures, &mut rng);
                 let ceiling = SECS(ceiling);
-                assert!(delay >= ceiling / 2 && delay <= ceiling, "{failures}: {delay:?}");
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{failures}: {delay:?}"
+                );
             }
         }
     }

@@ -1,0 +1,177 @@
+//! Behaviour 8: a 401 evicts the token that was sent, if it is still the
+//! current one.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{client, client_over, echo, echo_after, send, token_of, Next, Rejected, Script};
+use http::{header::AUTHORIZATION, Request, Response, StatusCode};
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
+use tower::{service_fn, BoxError, Layer, ServiceExt};
+use tower_bearer::{BearerAuthLayer, TokenError, TokenErrorKind};
+
+fn reject(rejected: &Rejected, token: &str) {
+    rejected.lock().unwrap().push(format!("Bearer {token}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_401s_causes_one_refresh() {
+    let script = Script::new(None, Duration::from_secs(1));
+    let rejected = Rejected::default();
+    // Answers take a moment, so that all 100 requests go out with token-1.
+    let inner = echo_after(rejected.clone(), Duration::from_millis(10));
+    let client = client_over(script.cache(), inner);
+    assert_eq!(token_of(&client).await, "token-1");
+
+    reject(&rejected, "token-1");
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client).await })
+        })
+        .collect();
+    for request in requests {
+        // The 401 goes back to the caller unchanged.
+        let (status, auth) = request.await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(auth, "Bearer token-1");
+    }
+    assert_eq!(script.fetches(), 1, "a 401 does not fetch by itself");
+
+    // Later requests wait for the single refresh.
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { token_of(&client).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), "token-2");
+    }
+    assert_eq!(script.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_401_never_evicts_the_successor() {
+    let script = Script::new(None, Duration::ZERO);
+    let cache = script.cache();
+    // token-1 is answered 401; a request marked `slow` only when released.
+    let release = Arc::new(Notify::new());
+    let inner = service_fn({
+        let release = release.clone();
+        move |request: Request<()>| {
+            let auth = request.headers()[AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let slow = request.headers().contains_key("slow");
+            let release = release.clone();
+            async move {
+                if slow {
+                    release.notified().await;
+                }
+                let mut response = Response::new(auth.clone());
+                if auth == "Bearer token-1" {
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                }
+                Ok::<_, BoxError>(response)
+            }
+        }
+    });
+    let client = BearerAuthLayer::from_cache(cache.clone()).layer(inner);
+
+    let mut request = Request::new(());
+    request.headers_mut().insert("slow", "1".parse().unwrap());
+    let slow = tokio::spawn(client.clone().oneshot(request));
+    let fast = tokio::spawn(client.clone().oneshot(Request::new(())));
+    assert_eq!(fast.await.unwrap().unwrap().status(), 401);
+    // token-1 is evicted; the next request gets token-2.
+    let response = client.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.body(), "Bearer token-2");
+
+    // The late 401 for token-1 leaves token-2 alone.
+    release.notify_one();
+    let late = slow.await.unwrap().unwrap();
+    assert_eq!(
+        (late.status(), late.body().as_str()),
+        (StatusCode::UNAUTHORIZED, "Bearer token-1")
+    );
+    let response = client.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.body(), "Bearer token-2");
+    assert_eq!(script.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_does_not_bypass_the_backoff() {
+    // 100 s tokens: the background refresh at 50 s fails and backs off.
+    let script = Script::new(Some(Duration::from_secs(100)), Duration::ZERO);
+    let rejected = Rejected::default();
+    let client = client(
+        script
+            .cache()
+            .backoff(Duration::from_secs(20), Duration::from_secs(20)),
+        rejected.clone(),
+    );
+    let t0 = Instant::now();
+    assert_eq!(token_of(&client).await, "token-1");
+    script.set(Next::Fail);
+    sleep_until(t0 + Duration::from_secs(50) + Duration::from_millis(1)).await;
+    assert_eq!(token_of(&client).await, "token-1");
+    tokio::task::yield_now().await;
+    assert_eq!(script.fetches(), 2);
+
+    // The server now rejects token-1: it is evicted, and during the backoff
+    // the next request fails fast instead of fetching.
+    reject(&rejected, "token-1");
+    assert_eq!(send(&client).await.unwrap().0, StatusCode::UNAUTHORIZED);
+    let error = send(&client).await.unwrap_err();
+    let error = error.downcast_ref::<TokenError>().unwrap();
+    assert_eq!(error.kind(), TokenErrorKind::BackingOff);
+    assert_eq!(script.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_to_a_request_with_its_own_header_evicts_nothing() {
+    let script = Script::new(None, Duration::ZERO);
+    let rejected = Rejected::default();
+    reject(&rejected, "theirs");
+    let cache = script.cache();
+    let client = BearerAuthLayer::from_cache(cache.clone())
+        .keep_existing(true)
+        .layer(echo(rejected));
+    assert_eq!(cache.token().await.unwrap().secret(), "token-1");
+
+    let mut request = Request::new(());
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, "Bearer theirs".parse().unwrap());
+    let response = client.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(cache.token().await.unwrap().secret(), "token-1");
+    assert_eq!(script.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidate_evicts_only_the_current_token() {
+    let script = Script::new(None, Duration::ZERO);
+    let cache = script.cache();
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    assert!(!cache.invalidate(&first), "already evicted");
+    let second = cache.token().await.unwrap();
+    assert_eq!(second.secret(), "token-2");
+    assert!(
+        !cache.invalidate(&first),
+        "a stale token leaves its successor"
+    );
+    assert_eq!(cache.token().await.unwrap().secret(), "token-2");
+
+    // A token of another cache, or made by hand, matches nothing.
+    let other = script.cache().token().await.unwrap();
+    assert!(!cache.invalidate(&other));
+    assert!(!cache.invalidate(&tower_bearer::Token::new("token-2")));
+    assert_eq!(script.fetches(), 3);
+}
