@@ -33,7 +33,9 @@ pin_project! {
     {
         Waiting {
             token: Wait,
-            pending: Option<Pending<S, B>>,
+            // Boxed: it holds a whole request, and would make every
+            // response future, fresh token or not, that much larger to move.
+            pending: Option<Box<Pending<S, B>>>,
         },
         Calling {
             #[pin]
@@ -69,6 +71,14 @@ impl Sent {
     pub(super) fn new(cache: u64, generation: u64) -> Self {
         Self { cache, generation }
     }
+
+    /// The server rejected the token: evict it, if it is still current.
+    #[cold]
+    fn unauthorized(&self) {
+        if self.generation != 0 {
+            invalidate_by_id(self.cache, self.generation);
+        }
+    }
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -86,7 +96,7 @@ where
         Self {
             state: State::Waiting {
                 token,
-                pending: Some(pending),
+                pending: Some(Box::new(pending)),
             },
             sent: Sent::new(cache, 0),
         }
@@ -107,38 +117,46 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting { token, pending } => {
-                    let entry = ready!(token.as_mut().poll(cx));
-                    let Pending {
-                        mut inner,
-                        mut request,
-                        header,
-                    } = pending.take().expect("polled after completion");
-                    let entry = match entry {
-                        Ok(entry) => entry,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    request.headers_mut().insert(header, entry.header.clone());
-                    this.sent.generation = entry.generation;
-                    let future = inner.call(request);
-                    this.state.set(State::Calling { future });
-                }
+            let future = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED && this.sent.generation != 0 {
-                        invalidate_by_id(this.sent.cache, this.sent.generation);
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        this.sent.unauthorized();
                     }
                     return Poll::Ready(Ok(response));
                 }
+                StateProj::Waiting { token, pending } => match ready!(token.as_mut().poll(cx)) {
+                    Ok(entry) => send(pending, &entry, this.sent),
+                    Err(error) => return Poll::Ready(Err(error.into())),
+                },
                 StateProj::Failed { error } => {
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
-            }
+            };
+            this.state.set(State::Calling { future });
         }
     }
+}
+
+/// Sends a request that waited for its token. Out of line, so that the poll
+/// of a request with a fresh token stays small.
+#[cold]
+#[inline(never)]
+fn send<S, B>(pending: &mut Option<Box<Pending<S, B>>>, entry: &Entry, sent: &mut Sent) -> S::Future
+where
+    S: Service<Request<B>>,
+{
+    let Pending {
+        mut inner,
+        mut request,
+        header,
+    } = *pending.take().expect("polled after completion");
+    request.headers_mut().insert(header, entry.header.clone());
+    sent.generation = entry.generation;
+    inner.call(request)
 }

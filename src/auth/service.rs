@@ -22,6 +22,7 @@ pub struct BearerAuth<S> {
     // This clone's own view of the current entry: a pointer compare per
     // request while the token is unchanged.
     local: arc_swap::Cache<Arc<ArcSwap<Entry>>, Arc<Entry>>,
+    cache_id: u64,
     header: HeaderName,
     keep_existing: bool,
 }
@@ -33,6 +34,7 @@ impl<S> BearerAuth<S> {
         let local = arc_swap::Cache::new(Arc::clone(&cache.shared().current));
         Self {
             inner,
+            cache_id: cache.shared().id,
             cache,
             local,
             header: AUTHORIZATION,
@@ -92,25 +94,39 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if self.keep_existing && request.headers().contains_key(&self.header) {
             return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
         }
-        let cache = self.cache.shared();
         let entry = self.local.load();
-        if entry.is_fresh() {
-            request
-                .headers_mut()
-                .insert(&self.header, entry.header.clone());
-            let sent = Sent::new(cache.id, entry.generation);
-            return ResponseFuture::calling(self.inner.call(request), sent);
+        if !entry.is_fresh() {
+            return self.call_slow(request);
         }
-        match cache.lookup(entry) {
+        request
+            .headers_mut()
+            .insert(&self.header, entry.header.clone());
+        let sent = Sent::new(self.cache_id, entry.generation);
+        ResponseFuture::calling(self.inner.call(request), sent)
+    }
+}
+
+impl<S> BearerAuth<S> {
+    /// A request that found no fresh token: kept out of line so that the hot
+    /// path stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn call_slow<B>(&mut self, mut request: Request<B>) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>> + Clone,
+    {
+        let cache = self.cache.shared();
+        match cache.lookup(self.local.load()) {
             Lookup::Ready(entry) => {
                 request
                     .headers_mut()
                     .insert(&self.header, entry.header.clone());
-                let sent = Sent::new(cache.id, entry.generation);
+                let sent = Sent::new(self.cache_id, entry.generation);
                 ResponseFuture::calling(self.inner.call(request), sent)
             }
             Lookup::Wait(waiter) => {
@@ -124,7 +140,7 @@ where
                     request,
                     header: self.header.clone(),
                 };
-                ResponseFuture::waiting(Box::pin(waiter.wait()), pending, cache.id)
+                ResponseFuture::waiting(Box::pin(waiter.wait()), pending, self.cache_id)
             }
             Lookup::Fail(error) => ResponseFuture::failed(error),
         }
@@ -137,6 +153,7 @@ impl<S: Clone> Clone for BearerAuth<S> {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
             local: self.local.clone(),
+            cache_id: self.cache_id,
             header: self.header.clone(),
             keep_existing: self.keep_existing,
         }
