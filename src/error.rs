@@ -58,6 +58,9 @@ pub enum TokenErrorKind {
     /// The token, with its scheme, is not a valid HTTP header value (it
     /// contains a newline, say). No request was sent with it.
     InvalidToken,
+    /// The scheme set with [`TokenCache::scheme`](crate::TokenCache::scheme)
+    /// is not a valid header value. No fetch is made.
+    InvalidScheme,
     /// The token source returned a token that had already expired.
     Expired,
     /// A recent fetch failed and the next attempt waits for a backoff. The
@@ -96,6 +99,17 @@ impl TokenError {
 
     pub(crate) fn invalid_token(source: http::header::InvalidHeaderValue) -> Self {
         Self::new(TokenErrorKind::InvalidToken, Some(Source::Header(source)))
+    }
+
+    pub(crate) fn empty_token() -> Self {
+        Self::new(
+            TokenErrorKind::InvalidToken,
+            Some(Source::Boxed("the token is empty".into())),
+        )
+    }
+
+    pub(crate) fn invalid_scheme(source: http::header::InvalidHeaderValue) -> Self {
+        Self::new(TokenErrorKind::InvalidScheme, Some(Source::Header(source)))
     }
 
     pub(crate) fn expired() -> Self {
@@ -151,6 +165,7 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Fetch => "token fetch failed",
             TokenErrorKind::Timeout => "token fetch timed out",
             TokenErrorKind::InvalidToken => "token is not a valid header value",
+            TokenErrorKind::InvalidScheme => "token scheme is not a valid header value",
             TokenErrorKind::Expired => "token source returned an expired token",
             TokenErrorKind::BackingOff => "token fetch is backing off after a failure",
             TokenErrorKind::Panicked => "token source panicked",

@@ -62,6 +62,9 @@ impl Entry {
         timing: &Timing,
         rng: &mut Rng,
     ) -> Result<Self, TokenError> {
+        if token.secret().is_empty() {
+            return Err(TokenError::empty_token());
+        }
         let mut header = match scheme {
             Some(scheme) => HeaderValue::try_from(format!("{scheme} {}", token.secret())),
             None => HeaderValue::try_from(token.secret()),
@@ -174,6 +177,7 @@ impl Drop for Timer {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error;
     use std::time::Duration;
 
     use super::*;
@@ -242,6 +246,21 @@ mod tests {
         assert_eq!(entry.header, "Bearer t");
         assert!(entry.header.is_sensitive());
         assert_eq!(entry.token.generation, entry.generation);
+    }
+
+    #[test]
+    fn an_empty_token_is_rejected() {
+        let error = Entry::new(
+            Token::new(""),
+            Some("Bearer"),
+            Instant::now(),
+            &Timing::default(),
+            &mut Rng::new(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error.kind(), crate::TokenErrorKind::InvalidToken);
+        assert_eq!(error.source().unwrap().to_string(), "the token is empty");
     }
 
     #[test]

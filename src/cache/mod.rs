@@ -150,15 +150,19 @@ impl TokenCache {
 
     /// The scheme written before the token in the header value. Default:
     /// `Bearer`, as in `Authorization: Bearer <token>`.
+    ///
+    /// A scheme that is not a valid header value makes every request for a
+    /// token fail with [`InvalidScheme`](crate::TokenErrorKind::InvalidScheme),
+    /// without a fetch.
     pub fn scheme(self, scheme: impl Into<String>) -> Self {
         let scheme = scheme.into();
-        self.configure(|c| c.scheme = Some(scheme))
+        self.configure(|c| c.set_scheme(Some(scheme)))
     }
 
     /// Write the bare token as the header value, with no scheme (as for
     /// `X-Api-Key: <token>`).
     pub fn no_scheme(self) -> Self {
-        self.configure(|c| c.scheme = None)
+        self.configure(|c| c.set_scheme(None))
     }
 
     /// A valid token: the cached one, or a new one from the single refresh.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -23,6 +24,18 @@ type Outcome = Result<Arc<Entry>, TokenError>;
 pub(crate) struct Config {
     pub(crate) timing: Timing,
     pub(crate) scheme: Option<String>,
+    /// Set when the scheme is not a valid header value: every fetch fails.
+    pub(crate) scheme_error: Option<TokenError>,
+}
+
+impl Config {
+    pub(crate) fn set_scheme(&mut self, scheme: Option<String>) {
+        self.scheme_error = scheme
+            .as_deref()
+            .and_then(|scheme| http::HeaderValue::from_str(scheme).err())
+            .map(TokenError::invalid_scheme);
+        self.scheme = scheme;
+    }
 }
 
 impl Default for Config {
@@ -30,6 +43,7 @@ impl Default for Config {
         Self {
             timing: Timing::default(),
             scheme: Some("Bearer".to_owned()),
+            scheme_error: None,
         }
     }
 }
@@ -40,6 +54,12 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) source: Arc<dyn DynSource>,
     refresh: Mutex<Refresh>,
+    /// Mirrors of `Refresh::flight` and `Refresh::retry_at` (as nanoseconds
+    /// from `epoch`, 0 for none), so that requests in the due window, which
+    /// only need to know whether to start a refresh, take no lock.
+    refreshing: AtomicBool,
+    retry_at: AtomicU64,
+    epoch: Instant,
     registered: AtomicBool,
 }
 
@@ -92,6 +112,9 @@ impl Shared {
             config,
             source,
             refresh: Mutex::default(),
+            refreshing: AtomicBool::new(false),
+            retry_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             registered: AtomicBool::new(false),
         }
     }
@@ -104,8 +127,10 @@ impl Shared {
     /// The slow path, for a request that found `seen` not fresh.
     pub(crate) fn lookup(self: &Arc<Self>, seen: &Arc<Entry>) -> Lookup {
         let now = Instant::now();
-        if seen.phase(now) == Phase::Fresh {
-            return Lookup::Ready(Arc::clone(seen));
+        match seen.phase(now) {
+            Phase::Fresh => return Lookup::Ready(Arc::clone(seen)),
+            Phase::Due if self.refresh_pending(now) => return Lookup::Ready(Arc::clone(seen)),
+            Phase::Due | Phase::Expired => {}
         }
         let mut refresh = self.lock();
         // A fetch may have landed since `seen` was loaded.
@@ -134,6 +159,16 @@ impl Shared {
         }
     }
 
+    /// Whether a refresh is in flight or waits for its backoff, read without
+    /// the lock. A stale answer only means the slow path decides.
+    fn refresh_pending(&self, now: Instant) -> bool {
+        if self.refreshing.load(Ordering::Acquire) {
+            return true;
+        }
+        let retry_at = self.retry_at.load(Ordering::Acquire);
+        retry_at != 0 && now < self.epoch + Duration::from_nanos(retry_at)
+    }
+
     fn waiter(self: &Arc<Self>, flight: watch::Receiver<Option<Outcome>>) -> Lookup {
         Lookup::Wait(Waiter {
             shared: Arc::clone(self),
@@ -147,6 +182,9 @@ impl Shared {
         self: &Arc<Self>,
         refresh: &mut Refresh,
     ) -> Result<watch::Receiver<Option<Outcome>>, TokenError> {
+        if let Some(error) = &self.config.scheme_error {
+            return Err(error.clone());
+        }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
         let (tx, rx) = watch::channel(None);
@@ -159,6 +197,7 @@ impl Shared {
         let task = runtime.spawn(flight.run(self.config.timing.fetch_timeout));
         refresh.flight = Some(rx.clone());
         refresh.flight_task = Some(task.abort_handle());
+        self.refreshing.store(true, Ordering::Release);
         Ok(rx)
     }
 
@@ -172,6 +211,7 @@ impl Shared {
         let mut refresh = self.lock();
         refresh.flight = None;
         refresh.flight_task = None;
+        self.refreshing.store(false, Ordering::Release);
         let scheme = self.config.scheme.as_deref();
         let timing = &self.config.timing;
         let entry =
@@ -187,6 +227,7 @@ impl Shared {
                 refresh.failures = 0;
                 refresh.retry_at = None;
                 refresh.last_error = None;
+                self.retry_at.store(0, Ordering::Release);
                 Ok(entry)
             }
             Err(error) => {
@@ -194,7 +235,11 @@ impl Shared {
                     refresh.failures = refresh.failures.saturating_add(1);
                     let failures = refresh.failures;
                     let delay = timing.backoff(failures, &mut refresh.rng);
-                    refresh.retry_at = Some(Instant::now() + delay);
+                    let retry_at = Instant::now() + delay;
+                    refresh.retry_at = Some(retry_at);
+                    let nanos = (retry_at - self.epoch).as_nanos();
+                    let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+                    self.retry_at.store(nanos, Ordering::Release);
                     refresh.last_error = Some(error.clone());
                 }
                 Err(error)
@@ -255,7 +300,7 @@ struct Flight {
 }
 
 impl Flight {
-    async fn run(mut self, timeout: std::time::Duration) {
+    async fn run(mut self, timeout: Duration) {
         let Some(fetch) = self
             .shared
             .upgrade()
