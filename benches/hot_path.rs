@@ -39,6 +39,7 @@ impl Wake for Noop {
 }
 
 /// Every case answers at once: poll once, without a runtime in the loop.
+#[inline(always)]
 fn ready<F: Future>(future: F, cx: &mut Context<'_>) -> F::Output {
     match pin!(future).poll(cx) {
         Poll::Ready(output) => output,
