@@ -54,9 +54,10 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) source: Arc<dyn DynSource>,
     refresh: Mutex<Refresh>,
-    /// Mirrors of `Refresh::flight` and `Refresh::retry_at` (as nanoseconds
-    /// from `epoch`, 0 for none), so that requests in the due window, which
-    /// only need to know whether to start a refresh, take no lock.
+    /// Whether a fetch is in flight, and when the backoff ends (nanoseconds
+    /// from `epoch`, 0 for none): written under the lock, read without it by
+    /// requests in the due window, which only need to know whether to start
+    /// a refresh.
     refreshing: AtomicBool,
     retry_at: AtomicU64,
     epoch: Instant,
@@ -70,7 +71,6 @@ struct Refresh {
     flight_task: Option<AbortHandle>,
     timer_task: Option<AbortHandle>,
     failures: u32,
-    retry_at: Option<Instant>,
     last_error: Option<TokenError>,
     rng: Rng,
 }
@@ -138,7 +138,7 @@ impl Shared {
         match current.phase(now) {
             Phase::Fresh => Lookup::Ready(current),
             Phase::Due => {
-                if refresh.flight.is_none() && refresh.backing_off(now).is_none() {
+                if !self.refresh_pending(now) {
                     // Without a runtime the current token is still good.
                     let _ = self.start(&mut refresh);
                 }
@@ -148,7 +148,7 @@ impl Shared {
                 if let Some(flight) = &refresh.flight {
                     return self.waiter(flight.clone());
                 }
-                if let Some(error) = refresh.backing_off(now) {
+                if let Some(error) = self.backing_off(&refresh, now) {
                     return Lookup::Fail(error);
                 }
                 match self.start(&mut refresh) {
@@ -162,11 +162,30 @@ impl Shared {
     /// Whether a refresh is in flight or waits for its backoff, read without
     /// the lock. A stale answer only means the slow path decides.
     fn refresh_pending(&self, now: Instant) -> bool {
-        if self.refreshing.load(Ordering::Acquire) {
-            return true;
+        self.refreshing.load(Ordering::Acquire) || self.retry_at().is_some_and(|at| now < at)
+    }
+
+    /// When the backoff after the last failure ends.
+    fn retry_at(&self) -> Option<Instant> {
+        match self.retry_at.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.epoch + Duration::from_nanos(nanos)),
         }
-        let retry_at = self.retry_at.load(Ordering::Acquire);
-        retry_at != 0 && now < self.epoch + Duration::from_nanos(retry_at)
+    }
+
+    fn set_retry_at(&self, retry_at: Option<Instant>) {
+        let nanos = retry_at.map_or(0, |at| {
+            let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+            u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+        });
+        self.retry_at.store(nanos, Ordering::Release);
+    }
+
+    /// The error to fail with while a backoff is in force.
+    fn backing_off(&self, refresh: &Refresh, now: Instant) -> Option<TokenError> {
+        let retry_at = self.retry_at().filter(|at| now < *at)?;
+        let last = refresh.last_error.clone()?;
+        Some(TokenError::backing_off(last, retry_at))
     }
 
     fn waiter(self: &Arc<Self>, flight: watch::Receiver<Option<Outcome>>) -> Lookup {
@@ -225,9 +244,8 @@ impl Shared {
                 }
                 refresh.timer_task = entry.spawn_timer();
                 refresh.failures = 0;
-                refresh.retry_at = None;
                 refresh.last_error = None;
-                self.retry_at.store(0, Ordering::Release);
+                self.set_retry_at(None);
                 Ok(entry)
             }
             Err(error) => {
@@ -235,11 +253,7 @@ impl Shared {
                     refresh.failures = refresh.failures.saturating_add(1);
                     let failures = refresh.failures;
                     let delay = timing.backoff(failures, &mut refresh.rng);
-                    let retry_at = Instant::now() + delay;
-                    refresh.retry_at = Some(retry_at);
-                    let nanos = (retry_at - self.epoch).as_nanos();
-                    let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
-                    self.retry_at.store(nanos, Ordering::Release);
+                    self.set_retry_at(Some(Instant::now() + delay));
                     refresh.last_error = Some(error.clone());
                 }
                 Err(error)
@@ -257,18 +271,6 @@ impl Shared {
     pub(crate) fn register(self: &Arc<Self>) {
         if !self.registered.swap(true, Ordering::Relaxed) {
             registry().insert(self.id, Arc::downgrade(self));
-        }
-    }
-}
-
-impl Refresh {
-    /// The error to fail with while a backoff is in force.
-    fn backing_off(&self, now: Instant) -> Option<TokenError> {
-        match (&self.last_error, self.retry_at) {
-            (Some(last), Some(retry_at)) if now < retry_at => {
-                Some(TokenError::backing_off(last.clone(), retry_at))
-            }
-            _ => None,
         }
     }
 }
