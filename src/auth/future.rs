@@ -15,6 +15,9 @@ type Wait = Pin<Box<dyn Future<Output = Result<Arc<Entry>, TokenError>> + Send>>
 
 pin_project! {
     /// Response future of [`BearerAuth`](super::BearerAuth).
+    ///
+    /// With a fresh token it only wraps the inner service's future, to see
+    /// a `401`; otherwise it first waits for the single refresh.
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<B>>,

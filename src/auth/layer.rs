@@ -9,7 +9,29 @@ use crate::{TokenCache, TokenSource};
 /// Layer that applies [`BearerAuth`], which authorizes every request with a
 /// token from a [`TokenCache`].
 ///
-/// Clones share one cache. See the [module docs](crate::auth) for an example.
+/// Clones share one cache. See the [module docs](crate::auth) for more.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use http::{Request, Response};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_bearer::{BearerAuthLayer, Token};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_bearer::BoxError> {
+/// let client = ServiceBuilder::new()
+///     .layer(BearerAuthLayer::new(|| async {
+///         Ok::<_, std::io::Error>(Token::new("abcd1234").expires_in(Duration::from_secs(60)))
+///     }))
+///     .service(service_fn(|request: Request<()>| async move {
+///         assert_eq!(request.headers()["authorization"], "Bearer abcd1234");
+///         Ok::<_, Infallible>(Response::new(()))
+///     }));
+/// client.oneshot(Request::new(())).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct BearerAuthLayer {
     pub(super) cache: TokenCache,

@@ -15,7 +15,34 @@ use crate::{BoxError, TokenCache, TokenSource};
 /// Middleware that authorizes every request with a token from a
 /// [`TokenCache`], as `Authorization: Bearer <token>` by default.
 ///
-/// See the [module docs](crate::auth) for an example.
+/// Usually built with [`BearerAuthLayer`]; [`BearerAuth::new`] wraps a
+/// service directly. See the [module docs](crate::auth) for more.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response, StatusCode};
+/// use tower::{service_fn, ServiceExt};
+/// use tower_bearer::{BearerAuth, Token, TokenCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_bearer::BoxError> {
+/// let cache = TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("abcd1234")) });
+/// let server = service_fn(|_: Request<()>| async {
+///     // this server has revoked every token
+///     let mut response = Response::new(());
+///     *response.status_mut() = StatusCode::UNAUTHORIZED;
+///     Ok::<_, Infallible>(response)
+/// });
+/// let client = BearerAuth::new(server, cache.clone());
+///
+/// let token = cache.token().await?;
+/// let response = client.oneshot(Request::new(())).await?;
+/// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+/// // The 401 evicted the token that was sent.
+/// assert!(!cache.invalidate(&token));
+/// # Ok(())
+/// # }
+/// ```
 pub struct BearerAuth<S> {
     inner: S,
     cache: TokenCache,
