@@ -71,3 +71,8 @@ pub use self::cache::TokenCache;
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
 pub use self::source::TokenSource;
 pub use self::token::Token;
+
+// The README's code compiles too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
