@@ -4,10 +4,8 @@
 //! output shows the token.
 
 use std::convert::Infallible;
-use std::future::Ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderName, InvalidHeaderValue, AUTHORIZATION};
@@ -16,6 +14,10 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_bearer::{
     BearerAuth, BearerAuthLayer, Token, TokenCache, TokenError, TokenErrorKind, TokenSource,
 };
+
+mod common;
+
+use common::Echo;
 
 const SECRET: &str = "s3cr3t-7f3a9c";
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -28,33 +30,6 @@ fn source(value: &'static str, fetches: &Arc<AtomicUsize>) -> impl TokenSource {
         std::future::ready(Ok::<_, Infallible>(
             Token::new(value).expires_in(Duration::from_secs(3600)),
         ))
-    }
-}
-
-/// Answers with the headers it received, and counts its calls.
-#[derive(Clone, Debug, Default)]
-struct Echo {
-    calls: Arc<AtomicUsize>,
-}
-
-impl Echo {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Service<Request<()>> for Echo {
-    type Response = Response<HeaderMap>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Ok(Response::new(request.headers().clone())))
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::error::Error;
 use std::time::Duration;
 
-use common::{client, send, token_of, Next, Rejected, Script};
+use common::{client, send, send_concurrently, token_of, Next, Rejected, Script};
 use tokio::time::{sleep_until, Instant};
 use tower_bearer::{TokenError, TokenErrorKind};
 
@@ -26,14 +26,8 @@ async fn every_waiter_gets_the_error_of_the_fetch_it_waited_on() {
     script.set(Next::Fail);
     let client = client(script.cache(), Rejected::default());
 
-    let requests: Vec<_> = (0..50)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { send(&client).await })
-        })
-        .collect();
-    for request in requests {
-        let error = token_error(request.await.unwrap().unwrap_err());
+    for result in send_concurrently(&client, 50).await {
+        let error = token_error(result.unwrap_err());
         assert_eq!(error.kind(), TokenErrorKind::Fetch);
         let io = error.source().unwrap().downcast_ref::<std::io::Error>();
         assert_eq!(io.unwrap().to_string(), "fetch 1 failed");
@@ -204,14 +198,8 @@ async fn a_panicking_source_fails_its_waiters_instead_of_hanging_them() {
     let script = Script::new(None, SECOND);
     script.set(Next::Panic);
     let client = client(script.cache(), Rejected::default());
-    let requests: Vec<_> = (0..10)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { send(&client).await })
-        })
-        .collect();
-    for request in requests {
-        let error = token_error(request.await.unwrap().unwrap_err());
+    for result in send_concurrently(&client, 10).await {
+        let error = token_error(result.unwrap_err());
         assert_eq!(error.kind(), TokenErrorKind::Panicked);
     }
     assert_eq!(script.fetches(), 1);

@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, client_over, echo, echo_after, send, token_of, Next, Rejected, Script};
+use common::{
+    client, client_over, echo, echo_after, send, send_concurrently, token_of, Next, Rejected,
+    Script,
+};
 use http::{header::AUTHORIZATION, Request, Response, StatusCode};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
@@ -27,29 +30,20 @@ async fn a_burst_of_401s_causes_one_refresh() {
     assert_eq!(token_of(&client).await, "token-1");
 
     reject(&rejected, "token-1");
-    let requests: Vec<_> = (0..100)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { send(&client).await })
-        })
-        .collect();
-    for request in requests {
+    for result in send_concurrently(&client, 100).await {
         // The 401 goes back to the caller unchanged.
-        let (status, auth) = request.await.unwrap().unwrap();
+        let (status, auth) = result.unwrap();
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(auth, "Bearer token-1");
     }
     assert_eq!(script.fetches(), 1, "a 401 does not fetch by itself");
 
     // Later requests wait for the single refresh.
-    let requests: Vec<_> = (0..100)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { token_of(&client).await })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap(), "token-2");
+    for result in send_concurrently(&client, 100).await {
+        assert_eq!(
+            result.unwrap(),
+            (StatusCode::OK, "Bearer token-2".to_owned())
+        );
     }
     assert_eq!(script.fetches(), 2);
 }

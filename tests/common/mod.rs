@@ -1,14 +1,17 @@
 //! A scripted token source and an echoing inner service, shared by the tests.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
+use std::future::Ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, BoxError, Layer, ServiceExt};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, Token, TokenCache, TokenSource};
 
 /// What the next fetch does.
@@ -128,6 +131,25 @@ pub async fn send(client: &Client) -> Result<(StatusCode, String), BoxError> {
     Ok((response.status(), response.into_body()))
 }
 
+/// Sends `n` requests at once, each on a task of its own, and returns their
+/// results in order.
+pub async fn send_concurrently(
+    client: &Client,
+    n: usize,
+) -> Vec<Result<(StatusCode, String), BoxError>> {
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for request in requests {
+        results.push(request.await.expect("request task panicked"));
+    }
+    results
+}
+
 /// The token a successful request carried.
 pub async fn token_of(client: &Client) -> String {
     let (status, auth) = send(client).await.expect("request failed");
@@ -135,4 +157,31 @@ pub async fn token_of(client: &Client) -> String {
     auth.strip_prefix("Bearer ")
         .expect("bearer scheme")
         .to_owned()
+}
+
+/// Answers with the headers it received, and counts its calls.
+#[derive(Clone, Debug, Default)]
+pub struct Echo {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<()>> for Echo {
+    type Response = Response<HeaderMap>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(request.headers().clone())))
+    }
 }
