@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderName, AUTHORIZATION};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -122,7 +122,7 @@ where
     }
 
     #[inline]
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         if self.keep_existing && request.headers().contains_key(&self.header) {
             return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
         }
@@ -130,31 +130,43 @@ where
         if !entry.is_fresh() {
             return self.call_slow(request);
         }
-        request
-            .headers_mut()
-            .insert(&self.header, entry.header.clone());
-        let sent = Sent::new(self.cache_id, entry.generation);
-        ResponseFuture::calling(self.inner.call(request), sent)
+        let (header, sent) = (
+            entry.header.clone(),
+            Sent::new(self.cache_id, entry.generation),
+        );
+        self.send(request, header, sent)
     }
 }
 
 impl<S> BearerAuth<S> {
+    /// Calls the inner service with the token's header value.
+    #[inline]
+    fn send<B>(
+        &mut self,
+        mut request: Request<B>,
+        header: HeaderValue,
+        sent: Sent,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        request.headers_mut().insert(&self.header, header);
+        ResponseFuture::calling(self.inner.call(request), sent)
+    }
+
     /// A request that found no fresh token: kept out of line so that the hot
     /// path stays small enough to inline.
     #[cold]
     #[inline(never)]
-    fn call_slow<B>(&mut self, mut request: Request<B>) -> ResponseFuture<S, B>
+    fn call_slow<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
         let cache = self.cache.shared();
         match cache.lookup(self.local.load()) {
             Lookup::Ready(entry) => {
-                request
-                    .headers_mut()
-                    .insert(&self.header, entry.header.clone());
                 let sent = Sent::new(self.cache_id, entry.generation);
-                ResponseFuture::calling(self.inner.call(request), sent)
+                self.send(request, entry.header.clone(), sent)
             }
             Lookup::Wait(waiter) => {
                 // The instance that was made ready goes with the request; this
