@@ -209,26 +209,74 @@ async fn a_panicking_source_fails_its_waiters_instead_of_hanging_them() {
 fn outside_a_runtime_a_fetch_is_a_typed_error() {
     let script = Script::new(None, Duration::ZERO);
     let cache = script.cache();
-    let token = futures_lite_block_on(cache.token());
+    let token = block_on_without_runtime(cache.token());
     assert_eq!(token.unwrap_err().kind(), TokenErrorKind::NoRuntime);
     assert_eq!(script.fetches(), 0);
 }
 
 /// Polls a future to completion without a tokio runtime.
-fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake};
-
-    struct Noop;
-    impl Wake for Noop {
-        fn wake(self: Arc<Self>) {}
-    }
-    let waker = Arc::new(Noop).into();
-    let mut cx = Context::from_waker(&waker);
+fn block_on_without_runtime<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+        if let std::task::Poll::Ready(output) = poll_once(future.as_mut()) {
             return output;
         }
     }
+}
+
+#[test]
+fn a_runtime_that_is_shutting_down_refuses_the_fetch_without_a_deadlock() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    runtime.shutdown_background();
+
+    // Run the test on a thread of its own, so that a deadlock fails it
+    // instead of hanging the suite.
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _runtime = handle.enter();
+        let script = Script::new(None, Duration::ZERO);
+        let cache = script.cache();
+        let first = block_on_without_runtime(cache.token()).map(|_| ());
+        let second = block_on_without_runtime(cache.token()).map(|_| ());
+        let _ = done.send((first, second));
+    });
+    let (first, second) = result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a fetch on a closed runtime deadlocked");
+    assert_eq!(first.unwrap_err().kind(), TokenErrorKind::Abandoned);
+    assert_eq!(second.unwrap_err().kind(), TokenErrorKind::Abandoned);
+}
+
+#[test]
+fn a_fetch_dropped_with_its_runtime_before_it_ran_is_started_again() {
+    let script = Script::new(None, Duration::ZERO);
+    let cache = script.cache();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    let first = runtime();
+    {
+        let _first = first.enter();
+        // Starts the fetch on `first`, which is dropped before running it.
+        let mut token = std::pin::pin!(cache.token());
+        assert!(poll_once(token.as_mut()).is_pending());
+    }
+    drop(first);
+
+    let token = runtime().block_on(cache.token()).unwrap();
+    assert_eq!(token.secret(), "token-1");
+    assert_eq!(script.fetches(), 1);
+}
+
+fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    let waker = std::task::Waker::noop();
+    future.poll(&mut std::task::Context::from_waker(waker))
 }

@@ -145,8 +145,8 @@ impl Shared {
                 Lookup::Ready(current)
             }
             Phase::Expired => {
-                if let Some(flight) = &refresh.flight {
-                    return self.waiter(flight.clone());
+                if let Some(flight) = self.flight(&mut refresh) {
+                    return self.waiter(flight);
                 }
                 if let Some(error) = self.backing_off(&refresh, now) {
                     return Lookup::Fail(error);
@@ -163,6 +163,19 @@ impl Shared {
     /// the lock. A stale answer only means the slow path decides.
     fn refresh_pending(&self, now: Instant) -> bool {
         self.refreshing.load(Ordering::Acquire) || self.retry_at().is_some_and(|at| now < at)
+    }
+
+    /// The fetch in flight. One whose task was dropped before it ran (its
+    /// runtime shut down) never settles: it is forgotten here.
+    fn flight(&self, refresh: &mut Refresh) -> Option<watch::Receiver<Option<Outcome>>> {
+        let flight = refresh.flight.as_ref()?;
+        if flight.has_changed().is_ok() {
+            return Some(flight.clone());
+        }
+        refresh.flight = None;
+        refresh.flight_task = None;
+        self.refreshing.store(false, Ordering::Release);
+        None
     }
 
     /// When the backoff after the last failure ends.
@@ -211,9 +224,15 @@ impl Shared {
             shared: Arc::downgrade(self),
             tx,
             started: Instant::now(),
+            polled: false,
             settled: false,
         };
         let task = runtime.spawn(flight.run(self.config.timing.fetch_timeout));
+        if task.is_finished() {
+            // The task cannot have settled: that takes the lock held here. So
+            // its runtime is shutting down and dropped it unpolled.
+            return Err(TokenError::abandoned());
+        }
         refresh.flight = Some(rx.clone());
         refresh.flight_task = Some(task.abort_handle());
         self.refreshing.store(true, Ordering::Release);
@@ -298,11 +317,15 @@ struct Flight {
     shared: Weak<Shared>,
     tx: watch::Sender<Option<Outcome>>,
     started: Instant,
+    /// Whether the task ever ran: a runtime that is shutting down drops a new
+    /// task at once, inside `spawn`, while the cache's lock is held.
+    polled: bool,
     settled: bool,
 }
 
 impl Flight {
     async fn run(mut self, timeout: Duration) {
+        self.polled = true;
         let Some(fetch) = self
             .shared
             .upgrade()
@@ -330,7 +353,7 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        if self.settled {
+        if self.settled || !self.polled {
             return;
         }
         // A panicking source is its failure, paced like any other; a fetch
