@@ -209,3 +209,82 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::Token;
+
+    /// Sends one request on another thread while this one holds every lock
+    /// of the cache; fails instead of deadlocking if the request takes one.
+    fn send_while_locked(cache: &TokenCache, runtime: &tokio::runtime::Runtime) {
+        let inner = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+        let service = BearerAuth::new(inner, cache.clone());
+        let handle = runtime.handle().clone();
+        let _locks = cache.shared().hold_locks();
+        let (done, sent) = mpsc::channel();
+        std::thread::spawn(move || {
+            let response = handle.block_on(service.oneshot(Request::new(())));
+            let _ = done.send(response.is_ok());
+        });
+        let sent = sent.recv_timeout(Duration::from_secs(10));
+        assert_eq!(sent, Ok(true), "the request waited for a lock");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_fresh_token_takes_no_lock() {
+        let runtime = runtime();
+        let cache = TokenCache::new(|| async {
+            Ok::<_, Infallible>(Token::new("t").expires_in(Duration::from_secs(3600)))
+        });
+        runtime.block_on(cache.token()).unwrap();
+        send_while_locked(&cache, &runtime);
+    }
+
+    #[test]
+    fn a_due_token_takes_no_lock_while_its_refresh_is_pending() {
+        let runtime = runtime();
+        // Due at once (after half of its lifetime, with no margin left), and
+        // its refresh never ends.
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cache = TokenCache::new({
+            let fetches = fetches.clone();
+            move || {
+                let first = fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                async move {
+                    if !first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Infallible>(Token::new("t").expires_in(Duration::from_secs(3600)))
+                }
+            }
+        })
+        .refresh_before(Duration::from_secs(3600));
+        let token = runtime.block_on(cache.token()).unwrap();
+        // The timer moves it to due at half its lifetime; here we move it by
+        // hand, and the next request starts the refresh.
+        let entry = cache.shared().current.load_full();
+        assert_eq!(entry.generation, token.generation);
+        entry.mark_due();
+        runtime.block_on(cache.token()).unwrap();
+        let now = tokio::time::Instant::now();
+        assert_eq!(entry.phase(now), crate::cache::Phase::Due);
+        assert!(cache.shared().refresh_pending(now));
+        send_while_locked(&cache, &runtime);
+    }
+}

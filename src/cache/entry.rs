@@ -113,6 +113,12 @@ impl Entry {
         self.state.swap(EXPIRED, Ordering::Relaxed) != EXPIRED
     }
 
+    /// Moves a fresh entry to due, as its timer would.
+    #[cfg(test)]
+    pub(crate) fn mark_due(&self) {
+        self.advance(FRESH, DUE);
+    }
+
     fn advance(&self, from: u8, to: u8) {
         let _ = self
             .state

@@ -75,6 +75,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use self::entry::Entry;
+#[cfg(test)]
+pub(crate) use self::entry::Phase;
 pub(crate) use self::refresh::invalidate_by_id;
 pub(crate) use self::refresh::Lookup;
 use self::refresh::{Config, Shared};

@@ -124,6 +124,13 @@ impl Shared {
         self.refresh.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Holds the refresh lock and the registry lock, to prove that a path
+    /// takes neither.
+    #[cfg(test)]
+    pub(crate) fn hold_locks(&self) -> impl Sized + '_ {
+        (self.lock(), registry())
+    }
+
     /// The slow path, for a request that found `seen` not fresh.
     pub(crate) fn lookup(self: &Arc<Self>, seen: &Arc<Entry>) -> Lookup {
         let now = Instant::now();
@@ -161,7 +168,7 @@ impl Shared {
 
     /// Whether a refresh is in flight or waits for its backoff, read without
     /// the lock. A stale answer only means the slow path decides.
-    fn refresh_pending(&self, now: Instant) -> bool {
+    pub(crate) fn refresh_pending(&self, now: Instant) -> bool {
         self.refreshing.load(Ordering::Acquire) || self.retry_at().is_some_and(|at| now < at)
     }
 
