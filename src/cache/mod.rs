@@ -228,3 +228,44 @@ impl fmt::Debug for TokenCache {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cache() -> TokenCache {
+        TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("t")) })
+    }
+
+    #[test]
+    fn setters_configure_an_unshared_cache_in_place() {
+        let cache = cache();
+        let id = cache.shared.id;
+        let cache = cache.fetch_timeout(Duration::from_secs(3)).scheme("token");
+        assert_eq!(cache.shared.id, id);
+        assert_eq!(
+            cache.shared.config.timing.fetch_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(cache.shared.config.scheme.as_deref(), Some("token"));
+    }
+
+    #[test]
+    fn a_setter_on_a_shared_cache_detaches_that_handle() {
+        let cache = cache();
+        let clone = cache.clone();
+        let detached = cache.fetch_timeout(Duration::from_secs(3));
+        assert_ne!(detached.shared.id, clone.shared.id);
+        assert_eq!(
+            detached.shared.config.timing.fetch_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            clone.shared.config.timing.fetch_timeout,
+            Duration::from_secs(10)
+        );
+        assert!(Arc::ptr_eq(&detached.shared.source, &clone.shared.source));
+    }
+}
