@@ -47,18 +47,52 @@ fn ready<F: Future>(future: F, cx: &mut Context<'_>) -> F::Output {
     }
 }
 
-fn bench<S>(c: &mut Criterion, name: &str, mut service: S)
+/// One request: readiness, call, and the single poll of its future.
+#[inline(always)]
+fn request<S>(service: &mut S, cx: &mut Context<'_>)
 where
     S: Service<Request<()>>,
     S::Error: std::fmt::Debug,
 {
+    assert!(service.poll_ready(cx).is_ready());
+    let response = ready(service.call(Request::new(())), cx);
+    black_box(response.unwrap());
+}
+
+/// Each case on one thread, then on two threads, each with its own clone of
+/// the service (the time is per request on each thread).
+fn bench<S>(c: &mut Criterion, name: &str, mut service: S)
+where
+    S: Service<Request<()>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
     let waker = Waker::from(Arc::new(Noop));
     let mut cx = Context::from_waker(&waker);
-    c.bench_function(name, |b| {
-        b.iter(|| {
-            assert!(service.poll_ready(&mut cx).is_ready());
-            let response = ready(service.call(Request::new(())), &mut cx);
-            black_box(response.unwrap());
+    c.bench_function(&format!("{name} / 1 thread"), |b| {
+        b.iter(|| request(&mut service, &mut cx))
+    });
+    c.bench_function(&format!("{name} / 2 threads"), |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (mut service, start) = (service.clone(), &start);
+                        scope.spawn(move || {
+                            let waker = Waker::from(Arc::new(Noop));
+                            let mut cx = Context::from_waker(&waker);
+                            start.wait();
+                            let begun = std::time::Instant::now();
+                            for _ in 0..iters {
+                                request(&mut service, &mut cx);
+                            }
+                            begun.elapsed()
+                        })
+                    })
+                    .collect();
+                let times = threads.into_iter().map(|t| t.join().unwrap());
+                times.max().unwrap()
+            })
         })
     });
 }
