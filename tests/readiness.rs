@@ -113,31 +113,20 @@ async fn buffer_behind_waiting_requests_is_called_on_the_ready_instance() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_limit_permits_are_held_by_the_waiting_requests() {
-    let echo = Echo::default();
-    let semaphore = Arc::new(Semaphore::new(REQUESTS));
-    let inner = ConcurrencyLimit::with_semaphore(echo.clone(), Arc::clone(&semaphore));
-    burst_at_cold_start(inner, || {
-        // Each waiting request took the permit its `poll_ready` acquired.
-        assert_eq!(semaphore.available_permits(), 0);
-        assert_eq!(echo.calls(), 0);
-    })
-    .await;
-    assert_eq!(echo.calls(), REQUESTS);
-    assert_eq!(semaphore.available_permits(), REQUESTS);
-}
-
-#[tokio::test(start_paused = true)]
-async fn concurrency_limit_smaller_than_the_burst_lets_every_request_through() {
-    let echo = Echo::default();
-    let semaphore = Arc::new(Semaphore::new(2));
-    let inner = ConcurrencyLimit::with_semaphore(echo.clone(), Arc::clone(&semaphore));
-    burst_at_cold_start(inner, || {
-        assert_eq!(semaphore.available_permits(), 0);
-        assert_eq!(echo.calls(), 0);
-    })
-    .await;
-    assert_eq!(echo.calls(), REQUESTS);
-    assert_eq!(semaphore.available_permits(), 2);
+    // Room for every request, and for fewer than the burst.
+    for permits in [REQUESTS, 2] {
+        let echo = Echo::default();
+        let semaphore = Arc::new(Semaphore::new(permits));
+        let inner = ConcurrencyLimit::with_semaphore(echo.clone(), Arc::clone(&semaphore));
+        burst_at_cold_start(inner, || {
+            // Each waiting request took the permit its `poll_ready` acquired.
+            assert_eq!(semaphore.available_permits(), 0);
+            assert_eq!(echo.calls(), 0);
+        })
+        .await;
+        assert_eq!(echo.calls(), REQUESTS);
+        assert_eq!(semaphore.available_permits(), permits);
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -254,33 +254,29 @@ mod tests {
         assert_eq!(entry.token.generation, entry.generation);
     }
 
-    #[test]
-    fn an_empty_token_is_rejected() {
-        let error = Entry::new(
-            Token::new(""),
-            Some("Bearer"),
-            Instant::now(),
+    fn rejected(token: &str, scheme: Option<&str>) -> TokenError {
+        let started = Instant::now();
+        Entry::new(
+            Token::new(token),
+            scheme,
+            started,
             &Timing::default(),
             &mut Rng::new(),
         )
         .err()
-        .unwrap();
+        .expect("the token was accepted")
+    }
+
+    #[test]
+    fn an_empty_token_is_rejected() {
+        let error = rejected("", Some("Bearer"));
         assert_eq!(error.kind(), crate::TokenErrorKind::InvalidToken);
         assert_eq!(error.source().unwrap().to_string(), "the token is empty");
     }
 
     #[test]
     fn token_that_is_no_header_value_is_rejected() {
-        let token = Token::new("line\nbreak");
-        let error = Entry::new(
-            token,
-            None,
-            Instant::now(),
-            &Timing::default(),
-            &mut Rng::new(),
-        )
-        .err()
-        .unwrap();
+        let error = rejected("line\nbreak", None);
         assert_eq!(error.kind(), crate::TokenErrorKind::InvalidToken);
     }
 }
