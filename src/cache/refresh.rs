@@ -179,10 +179,14 @@ impl Shared {
         if flight.has_changed().is_ok() {
             return Some(flight.clone());
         }
+        self.end_flight(refresh);
+        None
+    }
+
+    fn end_flight(&self, refresh: &mut Refresh) {
         refresh.flight = None;
         refresh.flight_task = None;
         self.refreshing.store(false, Ordering::Release);
-        None
     }
 
     /// When the backoff after the last failure ends.
@@ -254,9 +258,7 @@ impl Shared {
         counts_as_failure: bool,
     ) -> Outcome {
         let mut refresh = self.lock();
-        refresh.flight = None;
-        refresh.flight_task = None;
-        self.refreshing.store(false, Ordering::Release);
+        self.end_flight(&mut refresh);
         let scheme = self.config.scheme.as_deref();
         let timing = &self.config.timing;
         let entry =
