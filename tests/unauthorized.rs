@@ -169,3 +169,91 @@ async fn invalidate_evicts_only_the_current_token() {
     assert!(!cache.invalidate(&tower_bearer::Token::new("token-2")));
     assert_eq!(script.fetches(), 3);
 }
+
+/// Many threads, a server that revokes each token after a while: every
+/// revocation costs exactly one fetch, however many requests see the 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_each_revoked_token_causes_exactly_one_refresh() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    const TASKS: usize = 16;
+    const REQUESTS: usize = 500;
+    const USES: usize = 50;
+
+    struct Server {
+        uses: Mutex<std::collections::HashMap<String, usize>>,
+        revoked: AtomicUsize,
+    }
+    let server = Arc::new(Server {
+        uses: Mutex::default(),
+        revoked: AtomicUsize::new(0),
+    });
+    let inner = service_fn({
+        let server = server.clone();
+        move |request: Request<()>| {
+            let auth = request.headers()[AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let mut uses = server.uses.lock().unwrap();
+            let count = uses.entry(auth.clone()).or_default();
+            *count += 1;
+            // The USES-th use revokes the token; it and later ones get 401.
+            let status = if *count < USES {
+                StatusCode::OK
+            } else {
+                if *count == USES {
+                    server.revoked.fetch_add(1, Ordering::SeqCst);
+                }
+                StatusCode::UNAUTHORIZED
+            };
+            drop(uses);
+            let mut response = Response::new(auth);
+            *response.status_mut() = status;
+            async move {
+                // Let other requests overtake this one, so that 401s arrive
+                // late, after their token was replaced.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        }
+    });
+    let script = Script::new(None, Duration::ZERO);
+    let client = BearerAuthLayer::from_cache(script.cache()).layer(inner);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut unauthorized = 0;
+            for _ in 0..REQUESTS {
+                let response = client.clone().oneshot(Request::new(())).await.unwrap();
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    unauthorized += 1;
+                }
+            }
+            unauthorized
+        });
+    }
+    let mut unauthorized = 0;
+    while let Some(task) = tasks.join_next().await {
+        unauthorized += task.unwrap();
+    }
+
+    let revoked = server.revoked.load(Ordering::SeqCst);
+    assert!(
+        revoked > 10,
+        "the test should revoke many tokens: {revoked}"
+    );
+    assert!(unauthorized >= revoked);
+    // The current token may be revoked by the very last request, with no
+    // request after it to fetch a new one.
+    let fetches = script.fetches();
+    assert!(
+        fetches == revoked || fetches == revoked + 1,
+        "{fetches} fetches for {revoked} revocations"
+    );
+}
