@@ -130,5 +130,22 @@ fn per_request(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, per_request);
+/// What the hot path avoids: one read of tokio's clock (inside a runtime,
+/// as a request would be; `std` alone is the cost without tokio's test-util
+/// feature, which dev-dependencies switch on).
+fn clock(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    c.bench_function("clock read: tokio::time::Instant::now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    c.bench_function("clock read: std::time::Instant::now", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+}
+
+criterion_group!(benches, per_request, clock);
 criterion_main!(benches);
