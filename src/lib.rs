@@ -76,3 +76,30 @@ pub use self::token::Token;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::{Request, Response};
+
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    /// What tonic, hyper and `tower::buffer::Buffer` require of a layer, its
+    /// service and its future.
+    #[test]
+    fn the_middleware_is_send_and_sync() {
+        type Inner = tower::util::ServiceFn<
+            fn(Request<String>) -> std::future::Ready<Result<Response<()>, Infallible>>,
+        >;
+        send_sync::<Token>();
+        send_sync::<TokenCache>();
+        send_sync::<TokenError>();
+        send_sync::<BearerAuthLayer>();
+        send_sync::<BearerAuth<Inner>>();
+        send::<auth::ResponseFuture<Inner, String>>();
+    }
+}
