@@ -97,11 +97,15 @@ where
     });
 }
 
-fn per_request(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn per_request(c: &mut Criterion) {
+    let runtime = runtime();
     let _guard = runtime.enter();
 
     bench(c, "1 bare inner service", inner());
@@ -134,10 +138,7 @@ fn per_request(c: &mut Criterion) {
 /// as a request would be; `std` alone is the cost without tokio's test-util
 /// feature, which dev-dependencies switch on).
 fn clock(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let _guard = runtime.enter();
     c.bench_function("clock read: tokio::time::Instant::now", |b| {
         b.iter(|| black_box(tokio::time::Instant::now()))
