@@ -231,12 +231,62 @@ impl fmt::Debug for TokenCache {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::time::Duration;
 
     use super::*;
 
     fn cache() -> TokenCache {
         TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("t")) })
+    }
+
+    /// A due token whose background refresh was dropped with its runtime,
+    /// before it ran, is refreshed again by the next request.
+    #[test]
+    fn a_refresh_dropped_unpolled_does_not_stall_the_due_window() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Waker};
+
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let cache = TokenCache::new({
+            let fetches = fetches.clone();
+            move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                async {
+                    Ok::<_, std::io::Error>(Token::new("t").expires_in(Duration::from_secs(3600)))
+                }
+            }
+        });
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let main = runtime();
+        main.block_on(cache.token()).unwrap();
+        cache.shared.current.load().mark_due();
+
+        // The due token is served at once; the refresh it starts goes to a
+        // runtime that is dropped before running it.
+        let first = runtime();
+        {
+            let _first = first.enter();
+            let token = std::pin::pin!(cache.token());
+            let served = token.poll(&mut Context::from_waker(Waker::noop()));
+            assert!(served.is_ready());
+        }
+        drop(first);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "that fetch never ran");
+
+        main.block_on(async {
+            cache.token().await.unwrap();
+            // Let the new background refresh run.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
     #[test]

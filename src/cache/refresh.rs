@@ -362,7 +362,16 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        if self.settled || !self.polled {
+        if self.settled {
+            return;
+        }
+        if !self.polled {
+            // Dropped by its runtime before it ran, maybe inside `spawn`
+            // under the cache's lock, so take no lock: only say that no
+            // fetch is in flight. The next request starts a new one.
+            if let Some(shared) = self.shared.upgrade() {
+                shared.refreshing.store(false, Ordering::Release);
+            }
             return;
         }
         // A panicking source is its failure, paced like any other; a fetch
