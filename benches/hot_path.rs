@@ -1,5 +1,8 @@
 //! Per-request cost of `BearerAuth` with a fresh token, against the same
-//! request through tower-http's static headers and through no middleware.
+//! request through no middleware, through tower-http's static headers (the
+//! practical limit and the floor), and through the designs it replaces: an
+//! async mutex locked per request (the seed article's), a reader-writer
+//! lock, and `tower::filter::AsyncFilter` over a mutex (kube-rs's shape).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
+use tower::filter::{AsyncFilter, AsyncPredicate};
 use tower::{service_fn, Layer, Service};
 use tower_bearer::{BearerAuthLayer, Token, TokenCache};
 use tower_http::auth::AddAuthorizationLayer;
@@ -38,12 +42,16 @@ impl Wake for Noop {
     fn wake(self: Arc<Self>) {}
 }
 
-/// Every case answers at once: poll once, without a runtime in the loop.
+/// Every case answers at once, without a runtime in the loop, except a lock
+/// held by the other thread: then spin until it is released.
 #[inline(always)]
 fn ready<F: Future>(future: F, cx: &mut Context<'_>) -> F::Output {
-    match pin!(future).poll(cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => unreachable!("the inner service answers at once"),
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return output;
+        }
+        std::hint::spin_loop();
     }
 }
 
@@ -132,6 +140,90 @@ fn per_request(c: &mut Criterion) {
         "3 BearerAuth, fresh token",
         BearerAuthLayer::from_cache(cache).layer(inner()),
     );
+
+    bench(c, "4 seed design, tokio Mutex", seed_mutex(inner()));
+    bench(c, "5 std RwLock", rw_lock(inner()));
+    bench(c, "6 tower AsyncFilter, tokio Mutex", async_filter(inner()));
+}
+
+// ===== the designs BearerAuth replaces =====
+//
+// Each holds a token that expires in an hour, so that no case ever fetches;
+// they differ only in how a request reads it.
+
+struct Cached {
+    header: HeaderValue,
+    expires: std::time::Instant,
+}
+
+fn cached() -> Option<Cached> {
+    let mut header = HeaderValue::try_from(format!("Bearer {TOKEN}")).unwrap();
+    header.set_sensitive(true);
+    let expires = std::time::Instant::now() + Duration::from_secs(3600);
+    Some(Cached { header, expires })
+}
+
+/// The header value of a cached, unexpired token; where a real cache would
+/// fetch, the benchmark fails.
+fn header_of(cached: &Option<Cached>) -> HeaderValue {
+    match cached {
+        Some(c) if c.expires > std::time::Instant::now() => c.header.clone(),
+        _ => unreachable!("the token lasts an hour"),
+    }
+}
+
+/// The seed article's design: every request locks an async mutex around the
+/// cached token and checks its expiry.
+fn seed_mutex<S>(
+    inner: S,
+) -> impl Service<Request<()>, Response = S::Response, Error = S::Error> + Clone
+where
+    S: Service<Request<()>> + Clone,
+{
+    let state = Arc::new(tokio::sync::Mutex::new(cached()));
+    service_fn(move |mut request: Request<()>| {
+        let (state, mut inner) = (state.clone(), inner.clone());
+        async move {
+            let header = header_of(&*state.lock().await);
+            request.headers_mut().insert(AUTHORIZATION, header);
+            inner.call(request).await
+        }
+    })
+}
+
+/// A blocking reader-writer lock read by every request.
+fn rw_lock<S>(
+    inner: S,
+) -> impl Service<Request<()>, Response = S::Response, Error = S::Error> + Clone
+where
+    S: Service<Request<()>> + Clone,
+{
+    let state = Arc::new(std::sync::RwLock::new(cached()));
+    let mut inner = inner;
+    service_fn(move |mut request: Request<()>| {
+        let header = header_of(&state.read().unwrap());
+        request.headers_mut().insert(AUTHORIZATION, header);
+        inner.call(request)
+    })
+}
+
+/// `tower::filter::AsyncFilter` with a mutex-guarded token, the shape
+/// kube-rs uses for refreshable tokens.
+fn async_filter<S>(
+    inner: S,
+) -> AsyncFilter<S, impl AsyncPredicate<Request<()>, Request = Request<()>> + Clone>
+where
+    S: Service<Request<()>> + Clone,
+{
+    let state = Arc::new(tokio::sync::Mutex::new(cached()));
+    AsyncFilter::new(inner, move |mut request: Request<()>| {
+        let state = state.clone();
+        async move {
+            let header = header_of(&*state.lock().await);
+            request.headers_mut().insert(AUTHORIZATION, header);
+            Ok::<_, Infallible>(request)
+        }
+    })
 }
 
 /// What the hot path avoids: one read of tokio's clock (inside a runtime,
