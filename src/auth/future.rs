@@ -44,9 +44,6 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
-        Failed {
-            error: Option<TokenError>,
-        },
     }
 }
 
@@ -105,9 +102,15 @@ where
         }
     }
 
+    /// A request that fails without being sent. Shaped like a wait that
+    /// ends at once, so that the state has two variants and dropping the
+    /// future of a fresh token stays cheap.
     pub(super) fn failed(error: TokenError) -> Self {
         Self {
-            state: State::Failed { error: Some(error) },
+            state: State::Waiting {
+                token: Box::pin(std::future::ready(Err(error))),
+                pending: None,
+            },
             sent: Sent::NOTHING,
         }
     }
@@ -136,10 +139,6 @@ where
                     Ok(entry) => send(pending, &entry, this.sent),
                     Err(error) => return Poll::Ready(Err(error.into())),
                 },
-                StateProj::Failed { error } => {
-                    let error = error.take().expect("polled after completion");
-                    return Poll::Ready(Err(error.into()));
-                }
             };
             this.state.set(State::Calling { future });
         }

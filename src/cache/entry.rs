@@ -42,6 +42,21 @@ pub(crate) struct Entry {
     state: AtomicU8,
 }
 
+/// The header's bytes, in a buffer with room to spare: `bytes` then shares
+/// it through its plain reference-counted form, whose clone (once per
+/// request) is a few instructions shorter than that of an exactly sized one.
+fn header_bytes(scheme: Option<&str>, secret: &str) -> Vec<u8> {
+    let parts = match scheme {
+        Some(scheme) => [scheme, " ", secret],
+        None => ["", "", secret],
+    };
+    let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 1);
+    for part in parts {
+        bytes.extend_from_slice(part.as_bytes());
+    }
+    bytes
+}
+
 impl Entry {
     /// The entry of a cache that has no token yet.
     pub(crate) fn empty() -> Self {
@@ -65,11 +80,8 @@ impl Entry {
         if token.secret().is_empty() {
             return Err(TokenError::empty_token());
         }
-        let mut header = match scheme {
-            Some(scheme) => HeaderValue::try_from(format!("{scheme} {}", token.secret())),
-            None => HeaderValue::try_from(token.secret()),
-        }
-        .map_err(TokenError::invalid_token)?;
+        let mut header = HeaderValue::try_from(header_bytes(scheme, token.secret()))
+            .map_err(TokenError::invalid_token)?;
         header.set_sensitive(true);
 
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
