@@ -1,5 +1,6 @@
 //! Behaviour 2: with a fresh token, a request through `BearerAuth` allocates
-//! no more than one through tower-http's static `AddAuthorization`.
+//! no more than one through tower-http's static headers: `AddAuthorization`
+//! and `SetRequestHeader` with a `'static` value.
 //!
 //! This file is a test binary of its own with a counting global allocator, and
 //! holds exactly one test, so that no other test allocates while it counts.
@@ -14,6 +15,7 @@ use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, Token};
 use tower_http::auth::AddAuthorization;
+use tower_http::set_header::SetRequestHeader;
 
 struct Counting;
 
@@ -100,13 +102,15 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
         )))
     });
 
-    let (bearer, baseline, per_request) = runtime.block_on(async {
+    let (bearer, baseline, floor, per_request) = runtime.block_on(async {
         let layer = BearerAuthLayer::new(|| async {
             Ok::<_, Infallible>(Token::new(TOKEN).expires_in(Duration::from_secs(3600)))
         });
         let bearer = count(layer.layer(inner)).await;
 
         let baseline = count(AddAuthorization::bearer(inner, TOKEN).as_sensitive(true)).await;
+        let value = HeaderValue::from_static("Bearer abcd1234-fresh-token");
+        let floor = count(SetRequestHeader::overriding(inner, AUTHORIZATION, value)).await;
 
         // The harness must see an allocation per request: a header value
         // formatted for each one.
@@ -120,12 +124,13 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
         };
         let per_request = count(formatting).await;
 
-        (bearer, baseline, per_request)
+        (bearer, baseline, floor, per_request)
     });
 
     println!("allocations for {REQUESTS} requests with a fresh token:");
     println!("  BearerAuth:                  {bearer}");
     println!("  AddAuthorization (baseline): {baseline}");
+    println!("  SetRequestHeader, static:    {floor}");
     println!("  format! per request (check): {per_request}");
 
     assert!(
@@ -133,7 +138,8 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
         "the harness misses per-request allocations: {per_request} vs {baseline}"
     );
     assert!(
-        bearer <= baseline,
-        "BearerAuth allocated {bearer} times, AddAuthorization {baseline}"
+        bearer <= baseline && bearer <= floor,
+        "BearerAuth allocated {bearer} times, AddAuthorization {baseline}, \
+         SetRequestHeader {floor}"
     );
 }
