@@ -69,7 +69,7 @@ pub use self::auth::{BearerAuth, BearerAuthLayer};
 pub use self::cache::TokenCache;
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
-pub use self::source::TokenSource;
+pub use self::source::{RetryHint, TokenSource};
 pub use self::token::Token;
 
 // The README's code compiles too.
