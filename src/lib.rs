@@ -60,6 +60,9 @@
 pub mod auth;
 pub mod cache;
 pub mod error;
+#[cfg(feature = "oauth2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
+pub mod oauth2;
 mod source;
 mod token;
 
