@@ -63,6 +63,9 @@ pub mod error;
 #[cfg(feature = "oauth2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
 pub mod oauth2;
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub mod retry;
 mod source;
 mod token;
 
@@ -72,6 +75,9 @@ pub use self::auth::{BearerAuth, BearerAuthLayer};
 pub use self::cache::TokenCache;
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
+#[cfg(feature = "retry")]
+#[doc(inline)]
+pub use self::retry::RetryOn401;
 pub use self::source::{RetryHint, TokenSource};
 pub use self::token::Token;
 
