@@ -78,6 +78,9 @@ enum Client {
     Custom(Arc<dyn HttpClient>),
 }
 
+/// A token request, and the client to send it with.
+type Prepared = (Arc<dyn HttpClient>, Request<Full<Bytes>>);
+
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
 
 impl ClientCredentials {
@@ -244,7 +247,7 @@ impl ClientCredentials {
     }
 
     /// The token request, and the client to send it with.
-    fn prepare(&self) -> Result<(Arc<dyn HttpClient>, Request<Full<Bytes>>), Error> {
+    fn prepare(&self) -> Result<Prepared, Error> {
         let uri = self.uri.clone()?;
         let client = match &self.client {
             Client::Custom(client) => Arc::clone(client),
@@ -341,7 +344,7 @@ impl TokenSource for ClientCredentials {
 
 /// One token request, from sending it to reading the token.
 async fn send(
-    prepared: Result<(Arc<dyn HttpClient>, Request<Full<Bytes>>), Error>,
+    prepared: Result<Prepared, Error>,
     secret: Zeroizing<String>,
     default_lifetime: Duration,
 ) -> Result<Token, Error> {
