@@ -52,12 +52,18 @@ impl MockIdp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("cannot run `node` (Node 20.19 or later is needed)");
-        let mut line = String::new();
         let stdout = child.stdout.take().expect("piped stdout");
-        // EOF (node failed to start) ends the read as well.
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the server's address");
+        // EOF (node failed to start) ends the read as well; the timeout is
+        // only a guard against a node that neither starts nor exits.
+        let (sent, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sent.send(line);
+        });
+        let line = received
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the OAuth2 test server did not start within a minute");
         let urls: Value = serde_json::from_str(&line)
             .unwrap_or_else(|_| panic!("the OAuth2 test server did not start: {line:?}"));
         let url = |name: &str| urls[name].as_str().expect("a URL").to_owned();
@@ -103,7 +109,10 @@ fn client(source: ClientCredentials) -> BearerAuth<HttpClient> {
 }
 
 /// One GET of the protected resource: its status and JSON body.
-async fn get(client: &mut BearerAuth<HttpClient>, url: &str) -> Result<(StatusCode, Value), BoxError> {
+async fn get(
+    client: &mut BearerAuth<HttpClient>,
+    url: &str,
+) -> Result<(StatusCode, Value), BoxError> {
     let request = Request::get(url).body(Full::default())?;
     let response = client.ready().await?.call(request).await?;
     let status = response.status();
@@ -115,7 +124,11 @@ async fn get(client: &mut BearerAuth<HttpClient>, url: &str) -> Result<(StatusCo
 async fn a_token_is_fetched_and_accepted_by_a_server_that_verifies_it() {
     for auth in [ClientAuth::Basic, ClientAuth::Post] {
         let idp = MockIdp::start(3600);
-        let mut client = client(idp.source().scope("orders:read orders:write").auth_method(auth));
+        let mut client = client(
+            idp.source()
+                .scope("orders:read orders:write")
+                .auth_method(auth),
+        );
 
         let (status, body) = get(&mut client, &idp.protected_url).await.unwrap();
         assert_eq!(status, StatusCode::OK, "{auth:?}: {body}");
@@ -189,7 +202,11 @@ async fn tokens_expiring_every_two_seconds_are_renewed_in_time() {
 #[tokio::test]
 async fn a_wrong_secret_is_a_permanent_error() {
     let idp = MockIdp::start(3600);
-    let mut client = client(ClientCredentials::new(&idp.token_url, CLIENT_ID, "not-the-secret"));
+    let mut client = client(ClientCredentials::new(
+        &idp.token_url,
+        CLIENT_ID,
+        "not-the-secret",
+    ));
 
     let error = get(&mut client, &idp.protected_url).await.unwrap_err();
     let error = error.downcast_ref::<TokenError>().expect("a TokenError");
