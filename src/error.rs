@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::RetryHint;
+
 /// A type-erased error, the same as `tower::BoxError`.
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -39,6 +41,7 @@ struct Inner {
     kind: TokenErrorKind,
     source: Option<Source>,
     retry_at: Option<Instant>,
+    hint: RetryHint,
 }
 
 enum Source {
@@ -82,12 +85,17 @@ impl TokenError {
                 kind,
                 source,
                 retry_at: None,
+                hint: RetryHint::Backoff,
             }),
         }
     }
 
-    pub(crate) fn fetch(source: BoxError) -> Self {
-        Self::new(TokenErrorKind::Fetch, Some(Source::Boxed(source)))
+    pub(crate) fn fetch(source: BoxError, hint: RetryHint) -> Self {
+        let mut error = Self::new(TokenErrorKind::Fetch, Some(Source::Boxed(source)));
+        if let Some(inner) = Arc::get_mut(&mut error.inner) {
+            inner.hint = hint;
+        }
+        error
     }
 
     pub(crate) fn timeout(after: Duration) -> Self {
@@ -120,6 +128,7 @@ impl TokenError {
         Self {
             inner: Arc::new(Inner {
                 kind: TokenErrorKind::BackingOff,
+                hint: last.inner.hint,
                 source: Some(Source::Token(last)),
                 retry_at: Some(retry_at),
             }),
@@ -143,10 +152,33 @@ impl TokenError {
         self.inner.kind
     }
 
-    /// For a [`BackingOff`](TokenErrorKind::BackingOff) error, when the next
-    /// fetch may start.
+    /// When the next fetch may start: set on a
+    /// [`BackingOff`](TokenErrorKind::BackingOff) error, and on the failure
+    /// that started the backoff as its waiters receive it. It reflects the
+    /// source's [`RetryHint`].
     pub fn retry_at(&self) -> Option<Instant> {
         self.inner.retry_at
+    }
+
+    /// Whether the token source said that trying again cannot help until the
+    /// configuration changes ([`RetryHint::Permanent`]), as for an OAuth2
+    /// `invalid_client`. For a [`BackingOff`](TokenErrorKind::BackingOff)
+    /// error, whether its last failure was.
+    pub fn is_permanent(&self) -> bool {
+        self.inner.hint == RetryHint::Permanent
+    }
+
+    /// What the token source said about trying again after this failure.
+    pub(crate) fn retry_hint(&self) -> RetryHint {
+        self.inner.hint
+    }
+
+    /// Records when the next fetch may start, on an error that has not been
+    /// handed out yet.
+    pub(crate) fn set_retry_at(&mut self, retry_at: Instant) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.retry_at = Some(retry_at);
+        }
     }
 
     /// The failure behind a [`BackingOff`](TokenErrorKind::BackingOff) error,
@@ -222,7 +254,7 @@ mod tests {
     #[test]
     fn source_chain_reaches_the_token_source_error() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let fetch = TokenError::fetch(Box::new(io));
+        let fetch = TokenError::fetch(Box::new(io), RetryHint::Backoff);
         let backoff = TokenError::backing_off(fetch, Instant::now());
 
         assert_eq!(backoff.kind(), TokenErrorKind::BackingOff);

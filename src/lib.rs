@@ -21,6 +21,16 @@
 //! See [`cache`] for the phases of a token, the defaults and the failure
 //! handling, and [`auth`] for the middleware.
 //!
+//! # Features
+//!
+//! | feature | default | gives |
+//! |---|---|---|
+//! | `oauth2` | on | `oauth2::ClientCredentials`, a token source for the OAuth2 client-credentials grant |
+//! | `rustls` | on | https for its built-in HTTP client (rustls with `ring`, webpki roots) |
+//! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 |
+//!
+//! Without them the crate is the cache and the middleware alone.
+//!
 //! # Example
 //!
 //! ```
@@ -55,11 +65,18 @@
 //! runtime fails with [`TokenErrorKind::NoRuntime`].
 
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rust_2018_idioms)]
 
 pub mod auth;
 pub mod cache;
 pub mod error;
+#[cfg(feature = "oauth2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
+pub mod oauth2;
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub mod retry;
 mod source;
 mod token;
 
@@ -69,7 +86,10 @@ pub use self::auth::{BearerAuth, BearerAuthLayer};
 pub use self::cache::TokenCache;
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
-pub use self::source::TokenSource;
+#[cfg(feature = "retry")]
+#[doc(inline)]
+pub use self::retry::RetryOn401;
+pub use self::source::{RetryHint, TokenSource};
 pub use self::token::Token;
 
 // The README's code compiles too.

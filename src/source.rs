@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::{BoxError, Token};
 
@@ -53,6 +54,84 @@ pub trait TokenSource: Send + Sync + 'static {
 
     /// Starts one fetch.
     fn fetch(&self) -> Self::Future;
+
+    /// What a failed fetch's `error` tells the cache about trying again.
+    ///
+    /// The default, [`RetryHint::Backoff`], leaves it to the cache's backoff.
+    /// A source that knows better says so: an OAuth2 token endpoint that
+    /// answered `429` with `Retry-After: 60` is
+    /// [`NotBefore(60 s)`](RetryHint::NotBefore), one that rejected the
+    /// client's credentials is [`Permanent`](RetryHint::Permanent).
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::pin::Pin;
+    /// use std::time::Duration;
+    /// use tower_bearer::{RetryHint, Token, TokenSource};
+    ///
+    /// #[derive(Debug)]
+    /// enum LogOnError {
+    ///     BadPassword,
+    ///     Busy { retry_after: Duration },
+    /// }
+    /// # impl std::fmt::Display for LogOnError {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") }
+    /// # }
+    /// # impl std::error::Error for LogOnError {}
+    ///
+    /// struct LogOn;
+    ///
+    /// impl TokenSource for LogOn {
+    ///     type Error = LogOnError;
+    ///     type Future = Pin<Box<dyn Future<Output = Result<Token, LogOnError>> + Send>>;
+    ///
+    ///     fn fetch(&self) -> Self::Future {
+    ///         Box::pin(async { Err(LogOnError::BadPassword) })
+    ///     }
+    ///
+    ///     fn retry_hint(error: &LogOnError) -> RetryHint {
+    ///         match error {
+    ///             LogOnError::BadPassword => RetryHint::Permanent,
+    ///             LogOnError::Busy { retry_after } => RetryHint::NotBefore(*retry_after),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn retry_hint(error: &Self::Error) -> RetryHint
+    where
+        Self: Sized,
+    {
+        let _ = error;
+        RetryHint::Backoff
+    }
+}
+
+/// What a failed fetch tells the cache about trying again; see
+/// [`TokenSource::retry_hint`].
+///
+/// It only ever lengthens the wait after a failure: the cache's own backoff
+/// (see [`TokenCache::backoff`](crate::TokenCache::backoff)) is the least a
+/// source waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryHint {
+    /// Nothing special: the cache's own backoff decides.
+    Backoff,
+    /// Do not fetch again for at least this long (an HTTP `Retry-After`, say).
+    /// The cache waits the longer of this and its own backoff, and at most
+    /// [`RetryHint::MAX_NOT_BEFORE`], so that a hostile or mistaken server
+    /// cannot switch the cache off for days.
+    NotBefore(Duration),
+    /// Trying again cannot help until the configuration changes (wrong
+    /// credentials, say). The cache waits its maximum backoff before the next
+    /// fetch, and the error says [`is_permanent`](crate::TokenError::is_permanent).
+    Permanent,
+}
+
+impl RetryHint {
+    /// The longest a [`NotBefore`](Self::NotBefore) hint holds the cache back:
+    /// one hour.
+    pub const MAX_NOT_BEFORE: Duration = Duration::from_secs(60 * 60);
 }
 
 impl<F, Fut, E> TokenSource for F
@@ -69,7 +148,10 @@ where
     }
 }
 
-pub(crate) type BoxFetch = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
+/// A failed fetch's error, with what it says about trying again.
+pub(crate) type FetchError = (BoxError, RetryHint);
+
+pub(crate) type BoxFetch = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
 
 /// A [`TokenSource`] with its types erased, so that the cache is not generic.
 pub(crate) trait DynSource: Send + Sync + 'static {
@@ -80,7 +162,13 @@ pub(crate) trait DynSource: Send + Sync + 'static {
 impl<T: TokenSource> DynSource for T {
     fn fetch_boxed(&self) -> BoxFetch {
         let fetch = self.fetch();
-        Box::pin(async move { fetch.await.map_err(Into::into) })
+        // The hint is read here, while the error still has its own type.
+        Box::pin(async move {
+            fetch.await.map_err(|error| {
+                let hint = T::retry_hint(&error);
+                (error.into(), hint)
+            })
+        })
     }
 
     fn type_name(&self) -> &'static str {

@@ -2,7 +2,10 @@
 //! loopback tests. Not part of the crate's API.
 //!
 //! `POST /token` (or `GET`) issues an opaque token for a fixed lifetime, in
-//! the shape of an OAuth2 client-credentials response. `GET /protected`
+//! the shape of an OAuth2 client-credentials response. With
+//! [`Backend::require_client`] it answers like an OAuth2 token endpoint:
+//! only to a `grant_type=client_credentials` POST that authenticates with
+//! HTTP Basic (`client_secret_basic`), and `401 invalid_client` otherwise. `GET /protected`
 //! answers 200 only with a known, unexpired bearer token and 401 otherwise.
 
 // Each example and test compiles this module on its own and uses only part of it.
@@ -51,6 +54,8 @@ pub struct Backend {
 
 struct State {
     lifetime: Duration,
+    /// The `Authorization` value the token endpoint requires, if any.
+    client: Mutex<Option<String>>,
     latency: Mutex<Duration>,
     tokens: Mutex<Tokens>,
 }
@@ -76,6 +81,7 @@ impl Backend {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             lifetime: token_lifetime,
+            client: Mutex::new(None),
             latency: Mutex::new(Duration::ZERO),
             tokens: Mutex::new(Tokens::default()),
         });
@@ -93,6 +99,16 @@ impl Backend {
     /// concurrent callers really do overlap with the fetch.
     pub fn with_latency(self, latency: Duration) -> Self {
         *lock(&self.state.latency) = latency;
+        self
+    }
+
+    /// Makes the token endpoint an OAuth2 client-credentials endpoint that
+    /// only issues tokens to this client, authenticated with HTTP Basic. Keep
+    /// the id and secret to letters, digits and `-._*`, which form-encoding
+    /// leaves as they are.
+    pub fn require_client(self, id: &str, secret: &str) -> Self {
+        let basic = format!("Basic {}", base64(format!("{id}:{secret}").as_bytes()));
+        *lock(&self.state.client) = Some(basic);
         self
     }
 
@@ -181,10 +197,62 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 
 async fn route(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
-        (&Method::POST | &Method::GET, "/token") => issue_token(state).await,
+        (&Method::POST | &Method::GET, "/token") => {
+            if let Some(rejection) = check_client(state, request).await {
+                return rejection;
+            }
+            issue_token(state).await
+        }
         (&Method::GET, "/protected") => protected(state, &request),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// With [`Backend::require_client`], the OAuth2 error response (RFC 6749
+/// §5.2) for a request that is not a client-credentials grant by that client.
+async fn check_client(state: &State, request: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let expected = lock(&state.client).clone()?;
+    let authorized = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|value| value.as_bytes() == expected.as_bytes());
+    let post = request.method() == Method::POST;
+    let body = request.into_body().collect().await.ok()?.to_bytes();
+    let grant = body
+        .split(|b| *b == b'&')
+        .any(|pair| pair == b"grant_type=client_credentials");
+    let (status, error) = match (post && grant, authorized) {
+        (false, _) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+        (true, false) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+        (true, true) => return None,
+    };
+    let body = format!(r#"{{"error":"{error}"}}"#);
+    let mut response = text(status, body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Some(response)
+}
+
+/// Standard base64, padded.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn issue_token(state: &State) -> Response<Full<Bytes>> {

@@ -38,6 +38,12 @@
 //!   the last failure. A success resets the backoff. Timeouts, panics, tokens
 //!   that are not valid header values and tokens that arrive already expired
 //!   count as failures.
+//! - A source can lengthen the wait after its failure
+//!   ([`TokenSource::retry_hint`]):
+//!   [`RetryHint::NotBefore`](crate::RetryHint::NotBefore) waits at least that
+//!   long (at most an hour), [`RetryHint::Permanent`](crate::RetryHint::Permanent)
+//!   waits the maximum backoff and marks the error
+//!   [`is_permanent`](crate::TokenError::is_permanent).
 //! - A failed background refresh never evicts a token that is still valid: it
 //!   is served until it expires, and the refresh is tried again after the
 //!   backoff.

@@ -276,12 +276,14 @@ impl Shared {
                 self.set_retry_at(None);
                 Ok(entry)
             }
-            Err(error) => {
+            Err(mut error) => {
                 if counts_as_failure {
                     refresh.failures = refresh.failures.saturating_add(1);
                     let failures = refresh.failures;
-                    let delay = timing.backoff(failures, &mut refresh.rng);
-                    self.set_retry_at(Some(Instant::now() + delay));
+                    let delay = timing.delay(failures, error.retry_hint(), &mut refresh.rng);
+                    let retry_at = Instant::now() + delay;
+                    self.set_retry_at(Some(retry_at));
+                    error.set_retry_at(retry_at);
                     refresh.last_error = Some(error.clone());
                 }
                 Err(error)
@@ -344,7 +346,7 @@ impl Flight {
         };
         let result = match tokio::time::timeout(timeout, fetch).await {
             Ok(Ok(token)) => Ok(token),
-            Ok(Err(error)) => Err(TokenError::fetch(error)),
+            Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
             Err(_elapsed) => Err(TokenError::timeout(timeout)),
         };
         self.settle(result, true);

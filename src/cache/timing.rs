@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::RetryHint;
+
 /// The cache's clock settings. See the defaults on [`TokenCache`](crate::TokenCache).
 #[derive(Clone, Debug)]
 pub(crate) struct Timing {
@@ -76,6 +78,22 @@ impl Timing {
             .saturating_mul(doubling)
             .min(self.backoff_cap);
         ceiling / 2 + rng.below(ceiling - ceiling / 2)
+    }
+}
+
+impl Timing {
+    /// How long to wait after the `failures`-th failure in a row, given what
+    /// the source said about it: the backoff, at least a `NotBefore` hint
+    /// (itself capped at [`RetryHint::MAX_NOT_BEFORE`]), or the whole cap for
+    /// a permanent failure.
+    pub(crate) fn delay(&self, failures: u32, hint: RetryHint, rng: &mut Rng) -> Duration {
+        match hint {
+            RetryHint::Permanent => self.backoff_cap,
+            RetryHint::NotBefore(at_least) => self
+                .backoff(failures, rng)
+                .max(at_least.min(RetryHint::MAX_NOT_BEFORE)),
+            RetryHint::Backoff => self.backoff(failures, rng),
+        }
     }
 }
 

@@ -1,0 +1,564 @@
+//! [`ClientCredentials`]: a token source for the OAuth2 client-credentials
+//! grant (RFC 6749 §4.4).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{Request, Response, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower_service::Service;
+use zeroize::Zeroizing;
+
+use super::error::Error;
+use super::response::{self, Context, MAX_BODY};
+use super::transport::{self, HttpClient, ResponseBody, Tower};
+use crate::{BoxError, RetryHint, Token, TokenSource};
+
+/// A [`TokenSource`] that asks an OAuth2 token endpoint for a token with the
+/// client-credentials grant (RFC 6749 §4.4), for machine-to-machine calls.
+///
+/// See the [module docs](super) for the request it sends, how it reads the
+/// answer and which failures are permanent.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_bearer::oauth2::{ClientAuth, ClientCredentials};
+///
+/// let source = ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "s3cret")
+///     .scopes(["orders:read", "orders:write"])
+///     .audience("https://api.example.com")
+///     .auth_method(ClientAuth::Post)
+///     .default_lifetime(Duration::from_secs(600));
+/// // Never shows the secret.
+/// assert!(!format!("{source:?}").contains("s3cret"));
+/// ```
+#[derive(Clone)]
+pub struct ClientCredentials {
+    token_url: String,
+    uri: Result<Uri, Error>,
+    client_id: String,
+    client_secret: Zeroizing<String>,
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resources: Vec<String>,
+    params: Vec<(String, String)>,
+    auth: ClientAuth,
+    default_lifetime: Duration,
+    allow_insecure_http: bool,
+    client: Client,
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic authentication, with the id and
+    /// secret each form-encoded before they are joined and base64-encoded,
+    /// as §2.3.1 requires. The default.
+    #[default]
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form
+    /// body.
+    Post,
+}
+
+#[derive(Clone)]
+enum Client {
+    /// The built-in hyper-util client, built on the first fetch.
+    Default(Arc<OnceLock<Result<Arc<dyn HttpClient>, Error>>>),
+    /// The user's own service.
+    Custom(Arc<dyn HttpClient>),
+}
+
+/// A token request, and the client to send it with.
+type Prepared = (Arc<dyn HttpClient>, Request<Full<Bytes>>);
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
+
+impl ClientCredentials {
+    /// The lifetime of a token whose response has neither `expires_in` nor
+    /// a JWT `exp` claim, unless set with
+    /// [`default_lifetime`](Self::default_lifetime): one hour.
+    pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+    /// A source that asks `token_url` for tokens as `client_id`, using the
+    /// built-in client and `client_secret_basic`.
+    ///
+    /// It never fails: a token URL that is not valid or not allowed (see
+    /// [`allow_insecure_http`](Self::allow_insecure_http)) makes every fetch
+    /// fail with a permanent [`Config`](super::ErrorKind::Config) error.
+    /// [`try_new`](Self::try_new) checks it up front.
+    pub fn new(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        let token_url = token_url.into();
+        Self {
+            uri: transport::check_url(&token_url, false),
+            token_url,
+            client_id: client_id.into(),
+            client_secret: Zeroizing::new(client_secret.into()),
+            scopes: Vec::new(),
+            audience: None,
+            resources: Vec::new(),
+            params: Vec::new(),
+            auth: ClientAuth::Basic,
+            default_lifetime: Self::DEFAULT_LIFETIME,
+            allow_insecure_http: false,
+            client: Client::Default(Arc::default()),
+        }
+    }
+
+    /// Like [`new`](Self::new), but fails at once if the token URL is not a
+    /// valid `https` URL (or plain `http` to a loopback host).
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::{ClientCredentials, ErrorKind};
+    ///
+    /// let error = ClientCredentials::try_new("http://idp.example.com/token", "id", "secret")
+    ///     .unwrap_err();
+    /// assert_eq!(error.kind(), ErrorKind::Config);
+    /// assert!(ClientCredentials::try_new("http://127.0.0.1:8080/token", "id", "secret").is_ok());
+    /// ```
+    pub fn try_new(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Result<Self, Error> {
+        let source = Self::new(token_url, client_id, client_secret);
+        match &source.uri {
+            Ok(_) => Ok(source),
+            Err(error) => Err(error.clone()),
+        }
+    }
+
+    /// Asks for one more scope. Scopes are sent space-joined as `scope`.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// Asks for these scopes as well.
+    pub fn scopes<I>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sends `audience` (Auth0, Okta and others name the API the token is
+    /// for with it).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Sends one more `resource` (RFC 8707 resource indicators).
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Sends any other form parameter, after the crate's own. Do not repeat
+    /// `grant_type` or the client's credentials with it.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// How the client authenticates. Default: [`ClientAuth::Basic`].
+    pub fn auth_method(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The lifetime of a token whose response has neither `expires_in` nor
+    /// a JWT `exp` claim. Default: [`DEFAULT_LIFETIME`](Self::DEFAULT_LIFETIME),
+    /// one hour. A server that revokes it earlier answers 401, which evicts
+    /// it.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = lifetime;
+        self
+    }
+
+    /// Allows a plain `http` token URL to a host that is not loopback.
+    /// Default: `false`: the secret and the tokens would cross the network in
+    /// clear text. `http://localhost`, `127.0.0.0/8` and `[::1]` are always
+    /// allowed.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self.uri = transport::check_url(&self.token_url, allow);
+        self
+    }
+
+    /// Sends token requests through `client` instead of the built-in
+    /// hyper-util client: any tower service of `http::Request<Full<Bytes>>`
+    /// whose response body is an [`http_body::Body`], so that proxies, TLS
+    /// and timeouts can be your own.
+    ///
+    /// The service is cloned for each fetch, and made ready before it is
+    /// called.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::service_fn;
+    /// use tower_bearer::oauth2::ClientCredentials;
+    /// use tower_bearer::TokenCache;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_bearer::TokenError> {
+    /// // Stands in for your own HTTP client.
+    /// let idp = service_fn(|_request: Request<Full<Bytes>>| async {
+    ///     let body = r#"{"access_token":"abcd1234","token_type":"Bearer","expires_in":3600}"#;
+    ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    /// });
+    /// let cache = TokenCache::new(
+    ///     ClientCredentials::new("https://idp.example.com/token", "id", "secret").with_client(idp),
+    /// );
+    /// assert_eq!(cache.token().await?.secret(), "abcd1234");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_client<S, B>(mut self, client: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.client = Client::Custom(Arc::new(Tower::new(client)));
+        self
+    }
+
+    /// The token request, and the client to send it with.
+    fn prepare(&self) -> Result<Prepared, Error> {
+        let uri = self.uri.clone()?;
+        let client = match &self.client {
+            Client::Custom(client) => Arc::clone(client),
+            Client::Default(client) => {
+                if uri.scheme_str() == Some("https") && !transport::DEFAULT_CLIENT_HAS_TLS {
+                    return Err(Error::config(
+                        "an https token URL needs the `rustls` feature, or a client of your own \
+                         (with_client)",
+                    ));
+                }
+                client.get_or_init(transport::default_client).clone()?
+            }
+        };
+        Ok((client, self.request(uri)?))
+    }
+
+    fn request(&self, uri: Uri) -> Result<Request<Full<Bytes>>, Error> {
+        let mut form = Form::default();
+        form.pair("grant_type", "client_credentials");
+        if !self.scopes.is_empty() {
+            form.pair("scope", &self.scopes.join(" "));
+        }
+        if let Some(audience) = &self.audience {
+            form.pair("audience", audience);
+        }
+        for resource in &self.resources {
+            form.pair("resource", resource);
+        }
+        for (name, value) in &self.params {
+            form.pair(name, value);
+        }
+        let mut request = Request::post(uri)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            )
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        match self.auth {
+            ClientAuth::Basic => {
+                request = request.header(AUTHORIZATION, self.basic_auth()?);
+            }
+            ClientAuth::Post => {
+                form.pair("client_id", &self.client_id);
+                form.pair("client_secret", &self.client_secret);
+            }
+        }
+        // The body is copied into `Bytes` for the wire; that copy, like the
+        // HTTP client's buffers, is not wiped.
+        let body = Full::new(Bytes::copy_from_slice(form.0.as_bytes()));
+        request
+            .body(body)
+            .map_err(|error| Error::config(format!("cannot build the token request: {error}")))
+    }
+
+    /// `Basic base64(form(id) ":" form(secret))`, marked sensitive.
+    fn basic_auth(&self) -> Result<HeaderValue, Error> {
+        let credentials = Zeroizing::new(format!(
+            "{}:{}",
+            form_encode(&self.client_id),
+            *Zeroizing::new(form_encode(&self.client_secret))
+        ));
+        let encoded = Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes())
+        ));
+        let mut value = HeaderValue::from_str(&encoded)
+            .map_err(|_| Error::config("the client credentials do not fit in a header"))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl TokenSource for ClientCredentials {
+    type Error = Error;
+    type Future = FetchFuture;
+
+    fn fetch(&self) -> FetchFuture {
+        let prepared = self.prepare();
+        let secret = self.client_secret.clone();
+        let default_lifetime = self.default_lifetime;
+        Box::pin(send(prepared, secret, default_lifetime))
+    }
+
+    fn retry_hint(error: &Error) -> RetryHint {
+        if error.is_permanent() {
+            RetryHint::Permanent
+        } else if let Some(retry_after) = error.retry_after() {
+            RetryHint::NotBefore(retry_after)
+        } else {
+            RetryHint::Backoff
+        }
+    }
+}
+
+/// One token request, from sending it to reading the token.
+async fn send(
+    prepared: Result<Prepared, Error>,
+    secret: Zeroizing<String>,
+    default_lifetime: Duration,
+) -> Result<Token, Error> {
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let (client, request) = prepared?;
+    let response = client.send(request).await.map_err(Error::transport)?;
+    let (parts, body) = response.into_parts();
+    let body = read_body(body).await?;
+    let context = Context {
+        started,
+        started_wall,
+        default_lifetime,
+        secret: &secret,
+    };
+    response::token(parts.status, &parts.headers, &body, &context)
+}
+
+/// The whole body, up to [`MAX_BODY`]: a bigger one is refused as soon as
+/// its declared length or the data received says so.
+async fn read_body(mut body: ResponseBody) -> Result<Bytes, Error> {
+    // (`http_body_util::Limited` does the same, but its future trips the
+    // compiler's `Send` check for boxed errors.)
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        return Err(Error::body_too_large(MAX_BODY));
+    }
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Error::transport)?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > MAX_BODY {
+                return Err(Error::body_too_large(MAX_BODY));
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(collected))
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let params: Vec<&str> = self.params.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("ClientCredentials")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .field("resources", &self.resources)
+            .field("params", &params)
+            .field("auth", &self.auth)
+            .field("default_lifetime", &self.default_lifetime)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field(
+                "client",
+                &match self.client {
+                    Client::Default(_) => "built-in",
+                    Client::Custom(_) => "custom",
+                },
+            )
+            .finish()
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body, wiped on drop: it may hold
+/// the secret.
+#[derive(Default)]
+struct Form(Zeroizing<String>);
+
+impl Form {
+    fn pair(&mut self, name: &str, value: &str) {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        self.0.push_str(&form_encode(name));
+        self.0.push('=');
+        self.0.push_str(&Zeroizing::new(form_encode(value)));
+    }
+}
+
+/// The `application/x-www-form-urlencoded` byte serializer: ASCII letters,
+/// digits and `*-._` as they are, space as `+`, every other byte as `%XX`.
+pub(super) fn form_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                encoded.push(char::from(byte));
+            }
+            b' ' => encoded.push('+'),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                encoded.push('%');
+                encoded.push(char::from(HEX[usize::from(byte >> 4)]));
+                encoded.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(request: Request<Full<Bytes>>) -> String {
+        let body = futures_body(request.into_body());
+        String::from_utf8(body).unwrap()
+    }
+
+    fn futures_body(body: Full<Bytes>) -> Vec<u8> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async { body.collect().await.unwrap().to_bytes().to_vec() })
+    }
+
+    fn source() -> ClientCredentials {
+        ClientCredentials::new(
+            "https://idp.example.com/token",
+            "my client:1",
+            "p@ss word/é",
+        )
+    }
+
+    #[test]
+    fn form_encoding_follows_the_url_standard() {
+        assert_eq!(form_encode("abcXYZ019*-._"), "abcXYZ019*-._");
+        assert_eq!(
+            form_encode("a b+c&d=e:f/é~"),
+            "a+b%2Bc%26d%3De%3Af%2F%C3%A9%7E"
+        );
+        assert_eq!(form_encode(""), "");
+    }
+
+    #[test]
+    fn basic_auth_form_encodes_id_and_secret_before_base64() {
+        let request = source()
+            .request("https://idp.example.com/token".parse().unwrap())
+            .unwrap();
+        let header = &request.headers()[AUTHORIZATION];
+        assert!(header.is_sensitive());
+        let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "my+client%3A1:p%40ss+word%2F%C3%A9"
+        );
+        assert_eq!(
+            request.headers()[CONTENT_TYPE],
+            "application/x-www-form-urlencoded"
+        );
+        assert_eq!(request.headers()[ACCEPT], "application/json");
+        assert_eq!(request.method(), http::Method::POST);
+        // The secret is not in the body.
+        assert_eq!(body_of(request), "grant_type=client_credentials");
+    }
+
+    #[test]
+    fn the_form_carries_scopes_audience_resources_and_params() {
+        let request = source()
+            .scope("read")
+            .scopes(["write", "admin:all"])
+            .audience("https://api.example.com")
+            .resource("urn:a")
+            .resource("urn:b")
+            .param("tenant", "t 1")
+            .auth_method(ClientAuth::Post)
+            .request("https://idp.example.com/token".parse().unwrap())
+            .unwrap();
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        assert_eq!(
+            body_of(request),
+            "grant_type=client_credentials&scope=read+write+admin%3Aall\
+             &audience=https%3A%2F%2Fapi.example.com&resource=urn%3Aa&resource=urn%3Ab\
+             &tenant=t+1&client_id=my+client%3A1&client_secret=p%40ss+word%2F%C3%A9"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret_nor_param_values() {
+        let source = source().param("client_assertion", "eyJsecret-assertion");
+        let debug = format!("{source:?} {source:#?}");
+        assert!(!debug.contains("p@ss"), "{debug}");
+        assert!(!debug.contains("eyJsecret"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+        assert!(debug.contains("client_assertion"));
+        assert!(debug.contains("my client:1"));
+    }
+
+    #[test]
+    fn a_disallowed_url_fails_every_fetch_permanently() {
+        let source = ClientCredentials::new("http://idp.example.com/token", "id", "secret");
+        let error = source.prepare().err().unwrap();
+        assert_eq!(error.kind(), super::super::ErrorKind::Config);
+        assert_eq!(ClientCredentials::retry_hint(&error), RetryHint::Permanent);
+        // The explicit opt-in allows it.
+        assert!(source.allow_insecure_http(true).prepare().is_ok());
+    }
+
+    #[test]
+    fn hints_follow_the_error() {
+        let transient = Error::transport("refused".into());
+        assert_eq!(
+            ClientCredentials::retry_hint(&transient),
+            RetryHint::Backoff
+        );
+        let throttled = Error::bad_status(http::StatusCode::TOO_MANY_REQUESTS, String::new())
+            .with_retry_after(Some(Duration::from_secs(7)));
+        assert_eq!(
+            ClientCredentials::retry_hint(&throttled),
+            RetryHint::NotBefore(Duration::from_secs(7))
+        );
+    }
+}

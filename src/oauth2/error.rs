@@ -1,0 +1,368 @@
+//! The error of a client-credentials fetch.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::BoxError;
+
+/// Why a token request to an OAuth2 token endpoint failed.
+///
+/// The cache hands it out as the [`source`](std::error::Error::source) of a
+/// [`TokenError`](crate::TokenError) of kind
+/// [`Fetch`](crate::TokenErrorKind::Fetch). Its text never contains the
+/// client secret nor a token: what the server sent is quoted only as a short
+/// excerpt, with control characters removed and secrets masked.
+///
+/// ```
+/// use tower_bearer::oauth2::{self, ErrorKind};
+/// # fn check(error: &tower_bearer::TokenError) {
+/// let cause = std::error::Error::source(error.last_failure())
+///     .and_then(|source| source.downcast_ref::<oauth2::Error>());
+/// if let Some(cause) = cause {
+///     if cause.kind() == ErrorKind::Rejected {
+///         println!("the IdP said {:?}", cause.response().map(|r| r.error()));
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    status: Option<StatusCode>,
+    response: Option<ErrorResponse>,
+    retry_after: Option<Duration>,
+    message: String,
+    source: Option<BoxError>,
+}
+
+/// What kind of failure an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The token URL is not valid or not allowed (plain `http` to a host
+    /// that is not loopback), or `https` was asked of the built-in client
+    /// without the `rustls` feature. Permanent.
+    Config,
+    /// The request could not be sent or the response could not be read:
+    /// connection refused or reset, DNS, TLS. Transient.
+    Transport,
+    /// The token endpoint answered with an OAuth2 error response
+    /// (RFC 6749 §5.2), available as [`Error::response`].
+    Rejected,
+    /// The token endpoint answered with an error status and no OAuth2 error
+    /// in the body (an HTML error page, say).
+    Status,
+    /// A success response that is not a valid token response: not JSON, no
+    /// `access_token`, no `token_type`, or an `expires_in` that is not a
+    /// number of seconds. Transient.
+    InvalidResponse,
+    /// The token is not a bearer token (`token_type` is not `Bearer`).
+    /// Permanent.
+    UnsupportedTokenType,
+    /// The response body is larger than 64 KiB. Transient.
+    BodyTooLarge,
+}
+
+/// An OAuth2 error response (RFC 6749 §5.2), as the token endpoint sent it.
+///
+/// The strings come from the server: control characters are removed and
+/// each is cut to a bounded length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub(super) error: String,
+    pub(super) description: Option<String>,
+    pub(super) uri: Option<String>,
+}
+
+impl ErrorResponse {
+    /// The error code, such as `invalid_client`.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// The human-readable `error_description`, if any.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The `error_uri`, if any.
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+
+    /// Whether this error code says that retrying cannot help until the
+    /// configuration changes. See [`Error::is_permanent`].
+    pub fn is_permanent(&self) -> bool {
+        PERMANENT_CODES.contains(&self.error.as_str())
+    }
+}
+
+/// The error codes of RFC 6749 §5.2 (and RFC 8707's `invalid_target`) that
+/// the same request cannot get past by being sent again.
+const PERMANENT_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_target",
+];
+
+impl Error {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                status: None,
+                response: None,
+                retry_after: None,
+                message: message.into(),
+                source: None,
+            }),
+        }
+    }
+
+    fn with(mut self, set: impl FnOnce(&mut Inner)) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            set(inner);
+        }
+        self
+    }
+
+    pub(super) fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    pub(super) fn transport(source: BoxError) -> Self {
+        Self::new(ErrorKind::Transport, "").with(|inner| inner.source = Some(source))
+    }
+
+    pub(super) fn rejected(status: StatusCode, response: ErrorResponse) -> Self {
+        Self::new(ErrorKind::Rejected, "").with(|inner| {
+            inner.status = Some(status);
+            inner.response = Some(response);
+        })
+    }
+
+    pub(super) fn bad_status(status: StatusCode, excerpt: String) -> Self {
+        Self::new(ErrorKind::Status, excerpt).with(|inner| inner.status = Some(status))
+    }
+
+    pub(super) fn invalid_response(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidResponse, message)
+    }
+
+    pub(super) fn unsupported_token_type(token_type: String) -> Self {
+        Self::new(ErrorKind::UnsupportedTokenType, token_type)
+    }
+
+    pub(super) fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorKind::BodyTooLarge,
+            format!("the response body is larger than {} KiB", limit / 1024),
+        )
+    }
+
+    pub(super) fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        self.with(|inner| inner.retry_after = retry_after)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The HTTP status of the response, when there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The OAuth2 error response, for a [`Rejected`](ErrorKind::Rejected)
+    /// error.
+    pub fn response(&self) -> Option<&ErrorResponse> {
+        self.inner.response.as_ref()
+    }
+
+    /// The server's `Retry-After`, on a `429` or `503` answer that had one
+    /// (in seconds or as an HTTP date). The cache waits at least this long
+    /// before the next fetch.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether sending the same request again cannot help until the
+    /// configuration changes. Such a failure is reported to the cache as
+    /// [`RetryHint::Permanent`](crate::RetryHint::Permanent).
+    ///
+    /// Permanent: a [`Config`](ErrorKind::Config) error; an
+    /// [`UnsupportedTokenType`](ErrorKind::UnsupportedTokenType); an OAuth2
+    /// error `invalid_request`, `invalid_client`, `invalid_grant`,
+    /// `unauthorized_client`, `unsupported_grant_type`, `invalid_scope` or
+    /// `invalid_target`; any other `3xx` or `4xx` status but `408` and `429`.
+    /// Transient: connection failures, `5xx`, `408` and `429` (whatever the
+    /// body says), and malformed or oversized success responses.
+    pub fn is_permanent(&self) -> bool {
+        let transient_status = self.inner.status.is_some_and(|status| {
+            status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+        });
+        match self.inner.kind {
+            ErrorKind::Config | ErrorKind::UnsupportedTokenType => true,
+            ErrorKind::Rejected => {
+                !transient_status
+                    && self
+                        .inner
+                        .response
+                        .as_ref()
+                        .is_some_and(ErrorResponse::is_permanent)
+            }
+            ErrorKind::Status => !transient_status,
+            ErrorKind::Transport | ErrorKind::InvalidResponse | ErrorKind::BodyTooLarge => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        match inner.kind {
+            ErrorKind::Config => write!(f, "invalid oauth2 configuration: {}", inner.message),
+            ErrorKind::Transport => f.write_str("oauth2 token request failed"),
+            ErrorKind::Rejected => {
+                f.write_str("token endpoint rejected the request")?;
+                if let Some(status) = inner.status {
+                    write!(f, " ({status})")?;
+                }
+                if let Some(response) = &inner.response {
+                    write!(f, ": {}", response.error)?;
+                    if let Some(description) = &response.description {
+                        write!(f, ": {description}")?;
+                    }
+                }
+                Ok(())
+            }
+            ErrorKind::Status => {
+                f.write_str("token endpoint answered")?;
+                if let Some(status) = inner.status {
+                    write!(f, " {status}")?;
+                }
+                if !inner.message.is_empty() {
+                    write!(f, ": {:?}", inner.message)?;
+                }
+                Ok(())
+            }
+            ErrorKind::InvalidResponse => write!(f, "invalid token response: {}", inner.message),
+            ErrorKind::UnsupportedTokenType => write!(
+                f,
+                "token endpoint issued a token of type {:?}, not a bearer token",
+                inner.message
+            ),
+            ErrorKind::BodyTooLarge => write!(f, "invalid token response: {}", inner.message),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        let mut debug = f.debug_struct("Error");
+        debug.field("kind", &inner.kind);
+        if let Some(status) = inner.status {
+            debug.field("status", &status);
+        }
+        if let Some(response) = &inner.response {
+            debug.field("response", response);
+        }
+        if let Some(retry_after) = inner.retry_after {
+            debug.field("retry_after", &retry_after);
+        }
+        if !inner.message.is_empty() {
+            debug.field("message", &inner.message);
+        }
+        if let Some(source) = &inner.source {
+            debug.field("source", source);
+        }
+        debug.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|source| &**source as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: u16, code: &str) -> Error {
+        let response = ErrorResponse {
+            error: code.to_owned(),
+            description: Some("bad".to_owned()),
+            uri: None,
+        };
+        Error::rejected(StatusCode::from_u16(status).unwrap(), response)
+    }
+
+    #[test]
+    fn credential_errors_are_permanent_and_overload_is_not() {
+        for code in [
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_scope",
+            "unsupported_grant_type",
+            "invalid_grant",
+        ] {
+            assert!(rejected(400, code).is_permanent(), "{code}");
+            assert!(rejected(401, code).is_permanent(), "{code}");
+            // An overloaded server's body does not make its answer permanent.
+            assert!(!rejected(503, code).is_permanent(), "{code}");
+            assert!(!rejected(429, code).is_permanent(), "{code}");
+        }
+        assert!(!rejected(400, "temporarily_unavailable").is_permanent());
+        assert!(!rejected(400, "slow_down").is_permanent());
+    }
+
+    #[test]
+    fn status_errors_are_permanent_only_for_client_errors() {
+        let status = |code| Error::bad_status(StatusCode::from_u16(code).unwrap(), String::new());
+        assert!(status(404).is_permanent());
+        assert!(status(401).is_permanent());
+        assert!(!status(500).is_permanent());
+        assert!(!status(502).is_permanent());
+        assert!(!status(429).is_permanent());
+        assert!(!status(408).is_permanent());
+        assert!(Error::config("x").is_permanent());
+        assert!(!Error::transport("refused".into()).is_permanent());
+        assert!(!Error::invalid_response("x").is_permanent());
+        assert!(Error::unsupported_token_type("mac".into()).is_permanent());
+    }
+
+    #[test]
+    fn display_names_the_oauth2_error() {
+        let error = rejected(401, "invalid_client");
+        assert_eq!(
+            error.to_string(),
+            "token endpoint rejected the request (401 Unauthorized): invalid_client: bad"
+        );
+        let error = Error::bad_status(StatusCode::BAD_GATEWAY, "<html>oops".into());
+        assert_eq!(
+            error.to_string(),
+            r#"token endpoint answered 502 Bad Gateway: "<html>oops""#
+        );
+    }
+}

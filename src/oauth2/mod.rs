@@ -1,0 +1,113 @@
+//! OAuth2 client credentials: [`ClientCredentials`], a token source for
+//! machine-to-machine calls (RFC 6749 §4.4).
+//!
+//! Behind the `oauth2` feature (on by default); https for the built-in client
+//! comes with the `rustls` feature (on by default).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_bearer::oauth2::ClientCredentials;
+//! use tower_bearer::BearerAuthLayer;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! let source = ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "s3cret")
+//!     .scope("orders:read");
+//! let mut client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(source))
+//!     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+//!
+//! let request = http::Request::get("http://127.0.0.1:8080/orders").body(Full::default())?;
+//! let response = client.ready().await?.call(request).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The request
+//!
+//! `POST` to the token URL, `application/x-www-form-urlencoded`, with
+//! `Accept: application/json` and the form `grant_type=client_credentials`,
+//! then `scope` (space-joined), `audience`, each `resource` and each
+//! [`param`](ClientCredentials::param), in that order. The client
+//! authenticates with [`ClientAuth::Basic`] (`client_secret_basic`, the
+//! default: the id and secret form-encoded, then joined by `:` and
+//! base64-encoded, as RFC 6749 §2.3.1 requires) or [`ClientAuth::Post`]
+//! (`client_secret_post`: both in the form).
+//!
+//! The token URL must be `https`. Plain `http` is allowed to `localhost`,
+//! `127.0.0.0/8` and `[::1]`, and to other hosts only with
+//! [`allow_insecure_http(true)`](ClientCredentials::allow_insecure_http).
+//!
+//! # The response
+//!
+//! - `access_token` is required, and so is `token_type`, which must be
+//!   `Bearer` in any case; anything else is an
+//!   [`UnsupportedTokenType`](ErrorKind::UnsupportedTokenType) error.
+//! - The token expires `expires_in` seconds (a number, or a string of
+//!   digits) after the request **started**. Without `expires_in`, a token
+//!   that is a JWT expires at its `exp` claim (read, not verified: the token
+//!   is for the resource server to verify), and any other after
+//!   [`default_lifetime`](ClientCredentials::default_lifetime) (one hour).
+//! - The body is read up to 64 KiB; a bigger one is a
+//!   [`BodyTooLarge`](ErrorKind::BodyTooLarge) error.
+//!
+//! # Errors
+//!
+//! Failures are an [`Error`] with an [`ErrorKind`]. An OAuth2 error response
+//! (§5.2) is kept as an [`ErrorResponse`] with its `error`,
+//! `error_description` and `error_uri`. A body that is not what was expected
+//! (an HTML error page, truncated JSON) is quoted as a short excerpt:
+//! at most 120 characters, control characters replaced, the client secret
+//! and any `access_token`, `refresh_token` or `id_token` value masked.
+//!
+//! The cache is told what each failure means
+//! ([`TokenSource::retry_hint`](crate::TokenSource::retry_hint)):
+//!
+//! - **permanent** ([`Error::is_permanent`]): wrong credentials or
+//!   configuration (`invalid_client`, `unauthorized_client`, `invalid_scope`,
+//!   `unsupported_grant_type`, `invalid_grant`, `invalid_request`,
+//!   `invalid_target`, other `4xx` statuses, a disallowed URL, a token that
+//!   is not a bearer token). The cache waits its maximum backoff before the
+//!   next try, and its error says
+//!   [`is_permanent`](crate::TokenError::is_permanent);
+//! - **transient**: connection failures, `5xx`, `408`, `429`, malformed
+//!   success responses. The cache's usual backoff applies;
+//! - **`Retry-After`** on a `429` or `503`, in seconds or as an HTTP date,
+//!   holds the next fetch back at least that long (at most an hour).
+//!
+//! # Security
+//!
+//! The client secret never appears in `Debug` output nor in errors, and is
+//! wiped from memory when the source is dropped (with `zeroize`), as are the
+//! intermediate strings built from it. The copies made for the wire (the
+//! request's `Bytes`, the HTTP client's buffers) are not.
+//!
+//! # The HTTP client
+//!
+//! By default, hyper-util's client, HTTP/1.1, with TLS from rustls (the
+//! `ring` provider) trusting the Mozilla root certificates compiled in by
+//! `webpki-roots`, not the system's store: it works the same in a bare
+//! container, but a private CA needs a client of your own. Pass any tower
+//! HTTP service to [`with_client`](ClientCredentials::with_client) for
+//! proxies, private CAs or client certificates. Each fetch is bounded by the
+//! cache's [`fetch_timeout`](crate::TokenCache::fetch_timeout).
+//!
+//! # Out of scope
+//!
+//! Interactive flows (authorization code, device code), refresh tokens for
+//! user sessions, token exchange, and client authentication by
+//! `private_key_jwt` or mutual TLS (`param` can carry a `client_assertion`
+//! you sign yourself, but it is not refreshed per request).
+
+mod client_credentials;
+mod error;
+mod response;
+mod transport;
+
+pub use self::client_credentials::{ClientAuth, ClientCredentials};
+pub use self::error::{Error, ErrorKind, ErrorResponse};

@@ -1,0 +1,165 @@
+//! [`RetryOn401`]: a `tower::retry::Policy` that sends a request once more
+//! after a `401 Unauthorized`, with a fresh token.
+//!
+//! Behind the `retry` feature (on by default).
+//!
+//! A `401` to a request that carried token T makes
+//! [`BearerAuth`](crate::BearerAuth) evict T before the response reaches the
+//! policy, so the retry waits for the single refresh and goes out with a new
+//! token. Put the retry **outside** the bearer layer, so that each attempt
+//! passes through it:
+//!
+//! ```text
+//! ServiceBuilder::new().retry(RetryOn401::new()).layer(bearer).service(client)
+//! ```
+//!
+//! - A request is retried at most once: a second `401` is returned as it is.
+//! - Only a request that can be copied is retried. [`RetryOn401::new`] copies
+//!   bodies that are `Clone` (`Full<Bytes>`, `String`, `()`...);
+//!   [`RetryOn401::cloning_body_with`] takes a function for a body that can
+//!   only sometimes be copied (a streaming body cannot): a request whose body
+//!   it cannot copy gets its `401` back.
+//! - Any other response or error is returned as it is.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use http::{header::AUTHORIZATION, Request, Response, StatusCode};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tower_bearer::{BearerAuthLayer, RetryOn401, Token};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! let fetches = Arc::new(AtomicUsize::new(0));
+//! let source = {
+//!     let fetches = fetches.clone();
+//!     move || {
+//!         let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+//!         async move { Ok::<_, Infallible>(Token::new(format!("token-{n}"))) }
+//!     }
+//! };
+//! // This server has revoked the first token.
+//! let server = service_fn(|request: Request<String>| async move {
+//!     let auth = request.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
+//!     let mut response = Response::new(auth.clone());
+//!     if auth == "Bearer token-1" {
+//!         *response.status_mut() = StatusCode::UNAUTHORIZED;
+//!     }
+//!     Ok::<_, Infallible>(response)
+//! });
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .retry(RetryOn401::new())
+//!     .layer(BearerAuthLayer::new(source))
+//!     .service(server);
+//!
+//! let response = client.ready().await?.call(Request::new(String::new())).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.body(), "Bearer token-2");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::{ready, Ready};
+
+use http::{Request, Response, StatusCode};
+use tower::retry::Policy;
+
+/// A `tower::retry::Policy` that retries a request once after a
+/// `401 Unauthorized`. See the [module docs](crate::retry).
+pub struct RetryOn401<B> {
+    clone_body: fn(&B) -> Option<B>,
+    retried: bool,
+}
+
+impl<B: Clone> RetryOn401<B> {
+    /// A policy for requests whose body is `Clone`.
+    pub fn new() -> Self {
+        Self::cloning_body_with(|body| Some(body.clone()))
+    }
+}
+
+impl<B: Clone> Default for RetryOn401<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> RetryOn401<B> {
+    /// A policy that copies a request's body with `clone_body`; a request
+    /// whose body it cannot copy (`None`) is not retried.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_bearer::RetryOn401;
+    ///
+    /// enum Body {
+    ///     Bytes(Bytes),
+    ///     Stream(/* a channel, say */),
+    /// }
+    ///
+    /// let policy = RetryOn401::cloning_body_with(|body: &Body| match body {
+    ///     Body::Bytes(bytes) => Some(Body::Bytes(bytes.clone())),
+    ///     Body::Stream() => None,
+    /// });
+    /// ```
+    pub fn cloning_body_with(clone_body: fn(&B) -> Option<B>) -> Self {
+        Self {
+            clone_body,
+            retried: false,
+        }
+    }
+}
+
+impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<Response<ResBody>, E>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !self.retried => {
+                self.retried = true;
+                Some(ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        if self.retried {
+            return None;
+        }
+        let body = (self.clone_body)(request.body())?;
+        let mut clone = Request::new(body);
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.version_mut() = request.version();
+        *clone.headers_mut() = request.headers().clone();
+        *clone.extensions_mut() = request.extensions().clone();
+        Some(clone)
+    }
+}
+
+impl<B> Clone for RetryOn401<B> {
+    fn clone(&self) -> Self {
+        Self {
+            clone_body: self.clone_body,
+            retried: self.retried,
+        }
+    }
+}
+
+impl<B> fmt::Debug for RetryOn401<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryOn401")
+            .field("retried", &self.retried)
+            .finish()
+    }
+}

@@ -1,0 +1,237 @@
+//! `ClientCredentials` against a real third-party OAuth2 server: the npm
+//! package `oauth2-mock-server`, run by `tests/fixtures/oauth2-server`, with a
+//! protected resource that verifies every token's signature (against the
+//! server's JWKS), issuer and expiry.
+//!
+//! Needs Node 20.19+ and `npm ci --prefix tests/fixtures/oauth2-server`.
+#![cfg(feature = "oauth2")]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_bearer::oauth2::{self, ClientAuth, ClientCredentials, ErrorKind};
+use tower_bearer::{BearerAuth, BearerAuthLayer, TokenError, TokenErrorKind};
+
+const CLIENT_ID: &str = "orders-service";
+const CLIENT_SECRET: &str = "correct horse:battery/staple";
+
+/// The Node servers, stopped on drop.
+struct MockIdp {
+    child: Child,
+    token_url: String,
+    protected_url: String,
+    stats_url: String,
+}
+
+impl MockIdp {
+    fn start(token_lifetime: u64) -> Self {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oauth2-server");
+        assert!(
+            fixture.join("node_modules/oauth2-mock-server").is_dir(),
+            "the OAuth2 test server is not installed: run `npm ci --prefix tests/fixtures/oauth2-server`"
+        );
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&fixture)
+            .env("CLIENT_ID", CLIENT_ID)
+            .env("CLIENT_SECRET", CLIENT_SECRET)
+            .env("TOKEN_LIFETIME", token_lifetime.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot run `node` (Node 20.19 or later is needed)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // EOF (node failed to start) ends the read as well; the timeout is
+        // only a guard against a node that neither starts nor exits.
+        let (sent, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sent.send(line);
+        });
+        let line = received
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the OAuth2 test server did not start within a minute");
+        let urls: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("the OAuth2 test server did not start: {line:?}"));
+        let url = |name: &str| urls[name].as_str().expect("a URL").to_owned();
+        Self {
+            token_url: url("token_url"),
+            protected_url: url("protected_url"),
+            stats_url: url("stats_url"),
+            child,
+        }
+    }
+
+    async fn stats(&self) -> Value {
+        let response = http_client()
+            .get(self.stats_url.parse().unwrap())
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn source(&self) -> ClientCredentials {
+        ClientCredentials::new(&self.token_url, CLIENT_ID, CLIENT_SECRET)
+    }
+}
+
+impl Drop for MockIdp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn client(source: ClientCredentials) -> BearerAuth<HttpClient> {
+    ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(source))
+        .service(http_client())
+}
+
+/// One GET of the protected resource: its status and JSON body.
+async fn get(
+    client: &mut BearerAuth<HttpClient>,
+    url: &str,
+) -> Result<(StatusCode, Value), BoxError> {
+    let request = Request::get(url).body(Full::default())?;
+    let response = client.ready().await?.call(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body)?))
+}
+
+#[tokio::test]
+async fn a_token_is_fetched_and_accepted_by_a_server_that_verifies_it() {
+    for auth in [ClientAuth::Basic, ClientAuth::Post] {
+        let idp = MockIdp::start(3600);
+        let mut client = client(
+            idp.source()
+                .scope("orders:read orders:write")
+                .auth_method(auth),
+        );
+
+        let (status, body) = get(&mut client, &idp.protected_url).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{auth:?}: {body}");
+        assert_eq!(body["client_id"], CLIENT_ID);
+        assert_eq!(body["scope"], "orders:read orders:write");
+        let (status, _) = get(&mut client, &idp.protected_url).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+
+        let stats = idp.stats().await;
+        assert_eq!(stats["tokens_issued"], 1, "{stats}");
+        assert_eq!(stats["protected_ok"], 2, "{stats}");
+        assert_eq!(stats["protected_rejected"], 0, "{stats}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests_at_cold_start_make_one_token_request() {
+    let idp = MockIdp::start(3600);
+    let client = client(idp.source());
+
+    let mut requests = JoinSet::new();
+    for _ in 0..100 {
+        let mut client = client.clone();
+        let url = idp.protected_url.clone();
+        requests.spawn(async move { get(&mut client, &url).await });
+    }
+    while let Some(result) = requests.join_next().await {
+        let (status, body) = result.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let stats = idp.stats().await;
+    assert_eq!(stats["token_requests"], 1, "{stats}");
+    assert_eq!(stats["protected_ok"], 100, "{stats}");
+}
+
+/// Real time, unavoidably: the server checks `exp` against its own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expiring_every_two_seconds_are_renewed_in_time() {
+    let idp = MockIdp::start(2);
+    let client = client(idp.source());
+
+    // Two callers, each sending a request every 25 ms for 5 s.
+    let mut callers = JoinSet::new();
+    for _ in 0..2 {
+        let mut client = client.clone();
+        let url = idp.protected_url.clone();
+        callers.spawn(async move {
+            let mut tokens = std::collections::BTreeSet::new();
+            let end = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < end {
+                let (status, body) = get(&mut client, &url).await.unwrap();
+                assert_eq!(status, StatusCode::OK, "{body}");
+                tokens.insert(body["exp"].as_u64().unwrap());
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            tokens.len()
+        });
+    }
+    while let Some(distinct) = callers.join_next().await {
+        assert!(distinct.unwrap() >= 3);
+    }
+
+    let stats = idp.stats().await;
+    assert_eq!(stats["protected_rejected"], 0, "{stats}");
+    let issued = stats["tokens_issued"].as_u64().unwrap();
+    // Due at half of each 2 s lifetime: about 5 over 5 s, one at a time.
+    assert!((4..=7).contains(&issued), "{stats}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_a_permanent_error() {
+    let idp = MockIdp::start(3600);
+    let mut client = client(ClientCredentials::new(
+        &idp.token_url,
+        CLIENT_ID,
+        "not-the-secret",
+    ));
+
+    let error = get(&mut client, &idp.protected_url).await.unwrap_err();
+    let error = error.downcast_ref::<TokenError>().expect("a TokenError");
+    assert_eq!(error.kind(), TokenErrorKind::Fetch);
+    assert!(error.is_permanent());
+    let cause = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<oauth2::Error>())
+        .expect("an oauth2::Error");
+    assert_eq!(cause.kind(), ErrorKind::Rejected);
+    assert_eq!(cause.status(), Some(StatusCode::UNAUTHORIZED));
+    let response = cause.response().unwrap();
+    assert_eq!(response.error(), "invalid_client");
+    assert_eq!(response.description(), Some("Client authentication failed"));
+    assert_eq!(
+        cause.to_string(),
+        "token endpoint rejected the request (401 Unauthorized): invalid_client: Client authentication failed"
+    );
+    assert!(!format!("{error:?} {cause}").contains("not-the-secret"));
+
+    // The next request does not try again before the maximum backoff.
+    let error = get(&mut client, &idp.protected_url).await.unwrap_err();
+    let error = error.downcast_ref::<TokenError>().unwrap();
+    assert_eq!(error.kind(), TokenErrorKind::BackingOff);
+    assert!(error.is_permanent());
+    let stats = idp.stats().await;
+    assert_eq!(stats["token_requests"], 1, "{stats}");
+    assert_eq!(stats["token_rejected"], 1, "{stats}");
+}
