@@ -18,10 +18,14 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::filter::{AsyncFilter, AsyncPredicate};
-use tower::{service_fn, Layer, Service};
+use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, Token, TokenCache};
 use tower_http::auth::AddAuthorizationLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
+
+#[path = "../examples/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
 
@@ -240,5 +244,46 @@ fn clock(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, per_request, clock);
+/// For scale: one real HTTP/1.1 request over loopback (hyper-util's client,
+/// a hyper server on 127.0.0.1), bare and through `BearerAuth`.
+fn loopback(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = runtime
+        .block_on(support::Backend::start(Duration::from_secs(3600)))
+        .unwrap();
+    let (client, url) = (support::client(), backend.protected_url());
+    let source = {
+        let (client, token_url) = (client.clone(), backend.token_url());
+        move || support::fetch_token(client.clone(), token_url.clone())
+    };
+    let bearer = BearerAuthLayer::new(source).layer(client.clone());
+    let request = || {
+        Request::get(url.clone())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let mut bare = client;
+    c.bench_function("reference: HTTP request over loopback, bare client", |b| {
+        b.to_async(&runtime).iter(|| {
+            let response = bare.call(request());
+            async { black_box(response.await.unwrap()) }
+        })
+    });
+    c.bench_function("reference: HTTP request over loopback, BearerAuth", |b| {
+        b.to_async(&runtime).iter(|| {
+            let response = bearer.clone().oneshot(request());
+            async {
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), http::StatusCode::OK);
+                black_box(response)
+            }
+        })
+    });
+}
+
+criterion_group!(benches, per_request, clock, loopback);
 criterion_main!(benches);

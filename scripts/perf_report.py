@@ -171,6 +171,12 @@ def main():
     if table:
         print("Per request (median):\n")
         print(table)
+    references = sorted((k, v) for k, v in found.items() if k.startswith(("reference:", "clock read:")))
+    if references:
+        print("\nFor scale (median):\n")
+        print("| measurement | median |\n|---|---|")
+        for name, median in references:
+            print(f"| {name} | {ns(median) if median < 10_000 else f'{median / 1e3:.1f} µs'} |")
     series = storms(found)
     if series:
         print("\nRefresh storm (median time until all complete):\n")
