@@ -24,7 +24,6 @@ use tower_http::auth::AddAuthorizationLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 
 #[path = "../examples/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
