@@ -60,15 +60,23 @@
 pub mod auth;
 pub mod cache;
 pub mod error;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
+pub mod scope;
 mod source;
 mod token;
 
 #[doc(inline)]
 pub use self::auth::{BearerAuth, BearerAuthLayer};
 #[doc(inline)]
-pub use self::cache::TokenCache;
+pub use self::cache::{Stats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
+#[cfg(feature = "reqwest-middleware")]
+#[doc(inline)]
+pub use self::reqwest::BearerAuthMiddleware;
+#[doc(inline)]
+pub use self::scope::{RequestHead, Scope};
 pub use self::source::TokenSource;
 pub use self::token::Token;
 

@@ -10,7 +10,8 @@ use tower_service::Service;
 use super::future::{Pending, ResponseFuture, Sent};
 use super::BearerAuthLayer;
 use crate::cache::{Entry, Lookup};
-use crate::{BoxError, TokenCache, TokenSource};
+use crate::scope::RequestHead;
+use crate::{BoxError, Scope, TokenCache, TokenSource};
 
 /// Middleware that authorizes every request with a token from a
 /// [`TokenCache`], as `Authorization: Bearer <token>` by default.
@@ -52,6 +53,10 @@ pub struct BearerAuth<S> {
     cache_id: u64,
     header: HeaderName,
     keep_existing: bool,
+    scope: Option<Scope>,
+    // `keep_existing` or a scope: the request must be looked at before it
+    // gets the token. One flag, so that the hot path stays one branch.
+    detour: bool,
 }
 
 impl<S> BearerAuth<S> {
@@ -66,6 +71,8 @@ impl<S> BearerAuth<S> {
             local,
             header: AUTHORIZATION,
             keep_existing: false,
+            scope: None,
+            detour: false,
         }
     }
 
@@ -84,6 +91,19 @@ impl<S> BearerAuth<S> {
     /// `false`, the header is overwritten.
     pub fn keep_existing(mut self, keep: bool) -> Self {
         self.keep_existing = keep;
+        self.detour = self.keep_existing || self.scope.is_some();
+        self
+    }
+
+    /// Which requests get the token. Default: every request. See
+    /// [`BearerAuthLayer::scope`].
+    pub fn scope(self, scope: Scope) -> Self {
+        self.with_scope((!scope.is_everything()).then_some(scope))
+    }
+
+    pub(super) fn with_scope(mut self, scope: Option<Scope>) -> Self {
+        self.scope = scope;
+        self.detour = self.keep_existing || self.scope.is_some();
         self
     }
 
@@ -123,11 +143,12 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The hot path: a fresh token and no header to keep. It spells out
+        // The hot path: a fresh token and nothing to look at in the request
+        // (no header to keep, no scope). It spells out
         // `send` rather than calling it, which saves a copy of the request
         // once this is inlined into the caller.
         let entry = self.local.load();
-        if entry.is_fresh() && !self.keep_existing {
+        if entry.is_fresh() && !self.detour {
             request
                 .headers_mut()
                 .insert(&self.header, entry.header.clone());
@@ -154,15 +175,21 @@ impl<S> BearerAuth<S> {
         ResponseFuture::calling(self.inner.call(request), sent)
     }
 
-    /// Every request off the hot path (no fresh token, or `keep_existing`
-    /// set): kept out of line so that the hot path stays small enough to
-    /// inline.
+    /// Every request off the hot path (no fresh token, `keep_existing` or a
+    /// scope set): kept out of line so that the hot path stays small enough
+    /// to inline.
     #[cold]
     #[inline(never)]
     fn call_other<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
+        if let Some(scope) = &self.scope {
+            let head = RequestHead::new(request.method(), request.uri(), request.headers());
+            if !scope.matches(&head) {
+                return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
+            }
+        }
         if self.keep_existing && request.headers().contains_key(&self.header) {
             return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
         }
@@ -207,6 +234,8 @@ impl<S: Clone> Clone for BearerAuth<S> {
             cache_id: self.cache_id,
             header: self.header.clone(),
             keep_existing: self.keep_existing,
+            scope: self.scope.clone(),
+            detour: self.detour,
         }
     }
 }
@@ -218,6 +247,7 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
             .field("cache", &self.cache)
             .field("header", &self.header)
             .field("keep_existing", &self.keep_existing)
+            .field("scope", &self.scope)
             .finish()
     }
 }

@@ -67,7 +67,9 @@
 //! ```
 
 mod entry;
+mod observe;
 mod refresh;
+mod stats;
 mod timing;
 
 use std::fmt;
@@ -80,6 +82,7 @@ pub(crate) use self::entry::Phase;
 pub(crate) use self::refresh::invalidate_by_id;
 pub(crate) use self::refresh::Lookup;
 use self::refresh::{Config, Shared};
+pub use self::stats::Stats;
 use crate::{Token, TokenError, TokenSource};
 
 /// A cached token, fetched from a [`TokenSource`] when it is due.
@@ -198,6 +201,12 @@ impl TokenCache {
     /// ```
     pub fn invalidate(&self, token: &Token) -> bool {
         self.shared.invalidate(token.generation)
+    }
+
+    /// What this cache has done so far: fetches, failures, waits and
+    /// invalidations. See [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
     }
 
     pub(crate) async fn entry(&self) -> Result<Arc<Entry>, TokenError> {
