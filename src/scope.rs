@@ -159,6 +159,7 @@ impl Scope {
         !self.https && self.hosts.is_none() && self.predicate.is_none()
     }
 
+    #[cfg(feature = "reqwest-middleware")]
     pub(crate) fn has_predicate(&self) -> bool {
         self.predicate.is_some()
     }
