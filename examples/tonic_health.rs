@@ -70,8 +70,15 @@ async fn main() -> Result<(), BoxError> {
     // When the identity provider is down, the call fails with a Status.
     issuer.set_failing(true);
     cache.invalidate(&cache.token().await?);
-    let status = client.check(HealthCheckRequest::default()).await.unwrap_err();
-    println!("identity provider down: {:?} \"{}\"", status.code(), status.message());
+    let status = client
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    println!(
+        "identity provider down: {:?} \"{}\"",
+        status.code(),
+        status.message()
+    );
 
     println!("{:?}", cache.stats());
     server.abort();
