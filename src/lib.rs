@@ -47,6 +47,35 @@
 //! # }
 //! ```
 //!
+//! # Where it plugs in
+//!
+//! - **hyper-util's client**, **tonic's `Channel`**, and any tower service
+//!   of `http::Request<B>`: through [`BearerAuthLayer`] (tonic's
+//!   interceptors are synchronous and cannot wait for a token; a layer can).
+//! - **reqwest**, through reqwest-middleware: [`BearerAuthMiddleware`] (the
+//!   `reqwest-middleware` feature), over the same [`TokenCache`], so one
+//!   cache can feed a reqwest client and a tower client at once.
+//! - **Other tower layers**: [`composition`] says where the layer goes
+//!   relative to redirects, retries, timeouts and buffers, and how to
+//!   migrate from tower-http's `AddAuthorization`.
+//!
+//! [`scope`] narrows which requests get the token (only `https`, only given
+//! hosts, or a predicate). [`TokenCache::stats`] counts fetches, failures,
+//! waits and invalidations.
+//!
+//! # Features
+//!
+//! - `tracing` (default): a span per fetch (attempt, outcome, latency,
+//!   lifetime) and events for failures, backoff, a failed refresh that
+//!   leaves the current token in service, and invalidations. Never the
+//!   token. Only cold paths emit anything.
+//! - `reqwest-middleware`: [`BearerAuthMiddleware`].
+//!
+#![cfg_attr(
+    not(feature = "reqwest-middleware"),
+    doc = "[`BearerAuthMiddleware`]: https://docs.rs/tower-bearer/latest/tower_bearer/struct.BearerAuthMiddleware.html"
+)]
+//!
 //! # Runtime
 //!
 //! Fetches and the timers that move a token through its phases run on tokio
@@ -59,6 +88,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod composition;
 pub mod error;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
