@@ -164,10 +164,21 @@ impl Scope {
         self.predicate.is_some()
     }
 
-    /// Whether a request with this head gets the token.
-    pub fn matches(&self, request: &RequestHead<'_>) -> bool {
-        self.matches_target(request.uri.scheme_str(), request.uri.host(), || {
-            Some(*request)
+    /// Whether `request` gets the token.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_bearer::Scope;
+    ///
+    /// let scope = Scope::new().require_https();
+    /// assert!(scope.matches(&Request::get("https://api.example.com/").body(())?));
+    /// assert!(!scope.matches(&Request::get("http://api.example.com/").body(())?));
+    /// # Ok::<_, http::Error>(())
+    /// ```
+    pub fn matches<B>(&self, request: &http::Request<B>) -> bool {
+        let uri = request.uri();
+        self.matches_target(uri.scheme_str(), uri.host(), || {
+            Some(RequestHead::new(request.method(), uri, request.headers()))
         })
     }
 
@@ -214,9 +225,7 @@ mod tests {
     use super::*;
 
     fn matches(scope: &Scope, uri: &str) -> bool {
-        let request = http::Request::get(uri).body(()).unwrap();
-        let head = RequestHead::new(request.method(), request.uri(), request.headers());
-        scope.matches(&head)
+        scope.matches(&http::Request::get(uri).body(()).unwrap())
     }
 
     #[test]
@@ -253,8 +262,7 @@ mod tests {
                     .headers_mut()
                     .insert("x-public", http::HeaderValue::from_static("1"));
             }
-            let head = RequestHead::new(request.method(), request.uri(), request.headers());
-            scope.matches(&head)
+            scope.matches(&request)
         };
         assert!(post("/api/items", false));
         assert!(!post("/api/items", true));

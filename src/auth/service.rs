@@ -10,7 +10,6 @@ use tower_service::Service;
 use super::future::{Pending, ResponseFuture, Sent};
 use super::BearerAuthLayer;
 use crate::cache::{Entry, Lookup};
-use crate::scope::RequestHead;
 use crate::{BoxError, Scope, TokenCache, TokenSource};
 
 /// Middleware that authorizes every request with a token from a
@@ -185,8 +184,7 @@ impl<S> BearerAuth<S> {
         S: Service<Request<B>> + Clone,
     {
         if let Some(scope) = &self.scope {
-            let head = RequestHead::new(request.method(), request.uri(), request.headers());
-            if !scope.matches(&head) {
+            if !scope.matches(&request) {
                 return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
             }
         }
