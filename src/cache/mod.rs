@@ -46,6 +46,15 @@
 //!   request's. Dropping the request that started it cancels nothing; when
 //!   every handle to the cache is gone, the fetch is aborted.
 //!
+//! # Counters and tracing
+//!
+//! [`TokenCache::stats`] returns plain counters ([`Stats`]): fetches,
+//! failures, waits and invalidations. With the `tracing` feature (on by
+//! default) each fetch runs in a `token_fetch` span, and failures, backoff,
+//! a failed refresh that leaves the current token in service, and
+//! invalidations are events. Neither ever records the token, and neither
+//! touches the path of a request served a fresh token.
+//!
 //! # Example
 //!
 //! ```
