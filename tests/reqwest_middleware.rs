@@ -168,6 +168,65 @@ async fn a_token_failure_is_a_middleware_error_carrying_the_token_error() -> Res
     Ok(())
 }
 
+/// Answers every request itself, keeping the headers it carried.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<http::HeaderMap>>>);
+
+#[async_trait::async_trait]
+impl Middleware for Capture {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        _: &mut Extensions,
+        _: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.0.lock().unwrap().push(request.headers().clone());
+        Ok(http::Response::new("").into())
+    }
+}
+
+#[tokio::test]
+async fn header_name_and_keep_existing_mirror_the_layer() -> Result<(), BoxError> {
+    let cache =
+        TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("k-123")) }).no_scheme();
+    let capture = Capture::default();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(
+            BearerAuthMiddleware::from_cache(cache.clone())
+                .header_name(http::HeaderName::from_static("x-api-key"))
+                .keep_existing(true),
+        )
+        .with(capture.clone())
+        .build();
+
+    client.get("http://127.0.0.1:9/").send().await?;
+    client
+        .get("http://127.0.0.1:9/")
+        .header("x-api-key", "mine")
+        .send()
+        .await?;
+    let seen = capture.0.lock().unwrap().clone();
+    assert_eq!(seen[0]["x-api-key"], "k-123");
+    assert!(seen[0]["x-api-key"].is_sensitive());
+    assert!(!seen[0].contains_key(AUTHORIZATION));
+    assert_eq!(seen[1]["x-api-key"], "mine");
+    assert_eq!(cache.stats().fetches, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn debug_never_shows_the_token() -> Result<(), BoxError> {
+    let middleware =
+        BearerAuthMiddleware::new(|| async { Ok::<_, std::io::Error>(Token::new("s3cr3t-token")) })
+            .scope(Scope::new().require_https());
+    assert_eq!(middleware.cache().token().await?.secret(), "s3cr3t-token");
+    let debug = format!("{middleware:?} {middleware:#?}");
+    assert!(!debug.contains("s3cr3t-token"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    assert!(debug.contains("https: true"), "{debug}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_request_outside_the_scope_gets_no_token() -> Result<(), BoxError> {
     let backend = Backend::start(Duration::from_secs(60)).await?;

@@ -334,7 +334,11 @@ impl Shared {
             self.counters.failure();
         }
         let now = Instant::now();
-        let retry_in = self.retry_at().map(|at| at.saturating_duration_since(now));
+        // An abandoned fetch set no backoff of its own.
+        let retry_in = self
+            .retry_at()
+            .filter(|_| counts_as_failure)
+            .map(|at| at.saturating_duration_since(now));
         // A failed background refresh leaves a due token in service.
         let current = self.current.load();
         let serving = match (current.phase(now), current.token.expiry()) {
