@@ -28,6 +28,8 @@
 //! | `oauth2` | on | `oauth2::ClientCredentials`, a token source for the OAuth2 client-credentials grant |
 //! | `rustls` | on | https for its built-in HTTP client (rustls with `ring`, webpki roots) |
 //! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 |
+//! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything |
+//! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest through reqwest-middleware |
 //!
 //! Without them the crate is the cache and the middleware alone.
 //!
@@ -57,6 +59,27 @@
 //! # }
 //! ```
 //!
+//! # Where it plugs in
+//!
+//! - **hyper-util's client**, **tonic's `Channel`**, and any tower service
+//!   of `http::Request<B>`: through [`BearerAuthLayer`] (tonic's
+//!   interceptors are synchronous and cannot wait for a token; a layer can).
+//! - **reqwest**, through reqwest-middleware: [`BearerAuthMiddleware`] (the
+//!   `reqwest-middleware` feature), over the same [`TokenCache`], so one
+//!   cache can feed a reqwest client and a tower client at once.
+//! - **Other tower layers**: [`composition`] says where the layer goes
+//!   relative to redirects, retries, timeouts and buffers, and how to
+//!   migrate from tower-http's `AddAuthorization`.
+//!
+//! [`scope`] narrows which requests get the token (only `https`, only given
+//! hosts, or a predicate). [`TokenCache::stats`] counts fetches, failures,
+//! waits and invalidations.
+//!
+#![cfg_attr(
+    not(feature = "reqwest-middleware"),
+    doc = "[`BearerAuthMiddleware`]: https://docs.rs/tower-bearer/latest/tower_bearer/struct.BearerAuthMiddleware.html"
+)]
+//!
 //! # Runtime
 //!
 //! Fetches and the timers that move a token through its phases run on tokio
@@ -70,25 +93,35 @@
 
 pub mod auth;
 pub mod cache;
+pub mod composition;
 pub mod error;
 #[cfg(feature = "oauth2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
 pub mod oauth2;
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub mod reqwest;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
+pub mod scope;
 mod source;
 mod token;
 
 #[doc(inline)]
 pub use self::auth::{BearerAuth, BearerAuthLayer};
 #[doc(inline)]
-pub use self::cache::TokenCache;
+pub use self::cache::{Stats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
+#[cfg(feature = "reqwest-middleware")]
+#[doc(inline)]
+pub use self::reqwest::BearerAuthMiddleware;
 #[cfg(feature = "retry")]
 #[doc(inline)]
 pub use self::retry::RetryOn401;
+#[doc(inline)]
+pub use self::scope::{RequestHead, Scope};
 pub use self::source::{RetryHint, TokenSource};
 pub use self::token::Token;
 

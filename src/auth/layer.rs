@@ -4,7 +4,7 @@ use http::header::{HeaderName, AUTHORIZATION};
 use tower_layer::Layer;
 
 use super::BearerAuth;
-use crate::{TokenCache, TokenSource};
+use crate::{Scope, TokenCache, TokenSource};
 
 /// Layer that applies [`BearerAuth`], which authorizes every request with a
 /// token from a [`TokenCache`].
@@ -37,6 +37,7 @@ pub struct BearerAuthLayer {
     pub(super) cache: TokenCache,
     pub(super) header: HeaderName,
     pub(super) keep_existing: bool,
+    pub(super) scope: Option<Scope>,
 }
 
 impl BearerAuthLayer {
@@ -54,6 +55,7 @@ impl BearerAuthLayer {
             cache,
             header: AUTHORIZATION,
             keep_existing: false,
+            scope: None,
         }
     }
 
@@ -74,6 +76,16 @@ impl BearerAuthLayer {
         self
     }
 
+    /// Which requests get the token. Default: every request.
+    ///
+    /// A request outside the scope passes through untouched: no header, no
+    /// fetch, and a `401` to it evicts nothing. See [`crate::scope`] for why
+    /// one would narrow it.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = (!scope.is_everything()).then_some(scope);
+        self
+    }
+
     /// The cache this layer takes its tokens from.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
@@ -87,6 +99,7 @@ impl<S> Layer<S> for BearerAuthLayer {
         BearerAuth::new(inner, self.cache.clone())
             .header_name(self.header.clone())
             .keep_existing(self.keep_existing)
+            .with_scope(self.scope.clone())
     }
 }
 
@@ -96,6 +109,7 @@ impl fmt::Debug for BearerAuthLayer {
             .field("cache", &self.cache)
             .field("header", &self.header)
             .field("keep_existing", &self.keep_existing)
+            .field("scope", &self.scope)
             .finish()
     }
 }

@@ -18,6 +18,10 @@
 //!   caller unchanged; retrying is the caller's choice.
 //! - The crate's own failures are a [`TokenError`](crate::TokenError) in the
 //!   `BoxError`; errors of the inner service pass through untouched.
+//! - A [`Scope`](crate::Scope) ([`BearerAuthLayer::scope`]) narrows which
+//!   requests get the token; the others pass through untouched. See
+//!   [`crate::composition`] for stacking the layer with redirects, retries,
+//!   timeouts and buffers.
 //!
 //! # Example
 //!

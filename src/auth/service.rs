@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::future::{Pending, ResponseFuture, Sent};
 use super::BearerAuthLayer;
 use crate::cache::{Entry, Lookup};
-use crate::{BoxError, TokenCache, TokenSource};
+use crate::{BoxError, Scope, TokenCache, TokenSource};
 
 /// Middleware that authorizes every request with a token from a
 /// [`TokenCache`], as `Authorization: Bearer <token>` by default.
@@ -52,9 +52,10 @@ pub struct BearerAuth<S> {
     cache_id: u64,
     header: HeaderName,
     keep_existing: bool,
-    // Every option at its default, so that a fresh token takes the hot path:
-    // one test instead of one per option.
-    plain: bool,
+    scope: Option<Scope>,
+    // Another header name, `keep_existing` or a scope: the request takes the
+    // slow path. One flag, so that the hot path stays one branch.
+    detour: bool,
 }
 
 impl<S> BearerAuth<S> {
@@ -69,7 +70,8 @@ impl<S> BearerAuth<S> {
             local,
             header: AUTHORIZATION,
             keep_existing: false,
-            plain: true,
+            scope: None,
+            detour: false,
         }
     }
 
@@ -81,7 +83,7 @@ impl<S> BearerAuth<S> {
     /// The header that carries the token. Default: `Authorization`.
     pub fn header_name(mut self, header: HeaderName) -> Self {
         self.header = header;
-        self.set_plain();
+        self.set_detour();
         self
     }
 
@@ -89,12 +91,24 @@ impl<S> BearerAuth<S> {
     /// `false`, the header is overwritten.
     pub fn keep_existing(mut self, keep: bool) -> Self {
         self.keep_existing = keep;
-        self.set_plain();
+        self.set_detour();
         self
     }
 
-    fn set_plain(&mut self) {
-        self.plain = self.header == AUTHORIZATION && !self.keep_existing;
+    /// Which requests get the token. Default: every request. See
+    /// [`BearerAuthLayer::scope`].
+    pub fn scope(self, scope: Scope) -> Self {
+        self.with_scope((!scope.is_everything()).then_some(scope))
+    }
+
+    pub(super) fn with_scope(mut self, scope: Option<Scope>) -> Self {
+        self.scope = scope;
+        self.set_detour();
+        self
+    }
+
+    fn set_detour(&mut self) {
+        self.detour = self.header != AUTHORIZATION || self.keep_existing || self.scope.is_some();
     }
 
     /// The cache this service takes its tokens from.
@@ -138,7 +152,7 @@ where
         // request once this is inlined into the caller, and names the header
         // as a constant, which saves cloning a `HeaderName`.
         let entry = self.local.load();
-        if entry.is_fresh() && self.plain {
+        if entry.is_fresh() && !self.detour {
             request
                 .headers_mut()
                 .insert(AUTHORIZATION, entry.header.clone());
@@ -165,14 +179,19 @@ impl<S> BearerAuth<S> {
         ResponseFuture::calling(self.inner.call(request), sent)
     }
 
-    /// Every request off the hot path (no fresh token, or an option set): kept out of line so that the hot path stays small enough to
-    /// inline.
+    /// Every request off the hot path (no fresh token, or an option set):
+    /// kept out of line so that the hot path stays small enough to inline.
     #[cold]
     #[inline(never)]
     fn call_other<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
+        if let Some(scope) = &self.scope {
+            if !scope.matches(&request) {
+                return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
+            }
+        }
         if self.keep_existing && request.headers().contains_key(&self.header) {
             return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
         }
@@ -217,7 +236,8 @@ impl<S: Clone> Clone for BearerAuth<S> {
             cache_id: self.cache_id,
             header: self.header.clone(),
             keep_existing: self.keep_existing,
-            plain: self.plain,
+            scope: self.scope.clone(),
+            detour: self.detour,
         }
     }
 }
@@ -229,6 +249,7 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
             .field("cache", &self.cache)
             .field("header", &self.header)
             .field("keep_existing", &self.keep_existing)
+            .field("scope", &self.scope)
             .finish()
     }
 }

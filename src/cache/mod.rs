@@ -52,6 +52,15 @@
 //!   request's. Dropping the request that started it cancels nothing; when
 //!   every handle to the cache is gone, the fetch is aborted.
 //!
+//! # Counters and tracing
+//!
+//! [`TokenCache::stats`] returns plain counters ([`Stats`]): fetches,
+//! failures, waits and invalidations. With the `tracing` feature (on by
+//! default) each fetch runs in a `token_fetch` span, and failures, backoff,
+//! a failed refresh that leaves the current token in service, and
+//! invalidations are events. Neither ever records the token, and neither
+//! touches the path of a request served a fresh token.
+//!
 //! # Example
 //!
 //! ```
@@ -73,7 +82,9 @@
 //! ```
 
 mod entry;
+mod observe;
 mod refresh;
+mod stats;
 mod timing;
 
 use std::fmt;
@@ -86,6 +97,7 @@ pub(crate) use self::entry::Phase;
 pub(crate) use self::refresh::invalidate_by_id;
 pub(crate) use self::refresh::Lookup;
 use self::refresh::{Config, Shared};
+pub use self::stats::Stats;
 use crate::{Token, TokenError, TokenSource};
 
 /// A cached token, fetched from a [`TokenSource`] when it is due.
@@ -204,6 +216,12 @@ impl TokenCache {
     /// ```
     pub fn invalidate(&self, token: &Token) -> bool {
         self.shared.invalidate(token.generation)
+    }
+
+    /// What this cache has done so far: fetches, failures, waits and
+    /// invalidations. See [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
     }
 
     pub(crate) async fn entry(&self) -> Result<Arc<Entry>, TokenError> {

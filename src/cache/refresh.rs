@@ -12,6 +12,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::entry::{Entry, Phase};
+use super::observe::{self, Cause, FetchSpan};
+use super::stats::Counters;
 use super::timing::{Rng, Timing};
 use crate::source::DynSource;
 use crate::{Token, TokenError};
@@ -62,6 +64,7 @@ pub(crate) struct Shared {
     retry_at: AtomicU64,
     epoch: Instant,
     registered: AtomicBool,
+    pub(crate) counters: Counters,
 }
 
 #[derive(Default)]
@@ -116,6 +119,7 @@ impl Shared {
             retry_at: AtomicU64::new(0),
             epoch: Instant::now(),
             registered: AtomicBool::new(false),
+            counters: Counters::default(),
         }
     }
 
@@ -213,6 +217,7 @@ impl Shared {
     }
 
     fn waiter(self: &Arc<Self>, flight: watch::Receiver<Option<Outcome>>) -> Lookup {
+        self.counters.wait();
         Lookup::Wait(Waiter {
             shared: Arc::clone(self),
             flight,
@@ -237,6 +242,7 @@ impl Shared {
             started: Instant::now(),
             polled: false,
             settled: false,
+            span: FetchSpan::new(refresh.failures.saturating_add(1)),
         };
         let task = runtime.spawn(flight.run(self.config.timing.fetch_timeout));
         if task.is_finished() {
@@ -247,6 +253,7 @@ impl Shared {
         refresh.flight = Some(rx.clone());
         refresh.flight_task = Some(task.abort_handle());
         self.refreshing.store(true, Ordering::Release);
+        self.counters.fetch();
         Ok(rx)
     }
 
@@ -293,8 +300,54 @@ impl Shared {
 
     /// Stops serving the token of `generation` if it is still the current one.
     pub(crate) fn invalidate(&self, generation: u64) -> bool {
+        self.evict(generation, Cause::Invalidate)
+    }
+
+    /// A server answered `401 Unauthorized` to a request that carried the
+    /// token of `generation`: the one place where the tower middleware and
+    /// the reqwest middleware react to a rejection.
+    pub(crate) fn unauthorized(&self, generation: u64) -> bool {
+        self.evict(generation, Cause::Unauthorized)
+    }
+
+    fn evict(&self, generation: u64, cause: Cause) -> bool {
         let current = self.current.load();
-        generation != 0 && current.generation == generation && current.expire()
+        let evicted = generation != 0 && current.generation == generation && current.expire();
+        if evicted {
+            self.counters.invalidation();
+            observe::invalidated(generation, cause);
+        }
+        evicted
+    }
+
+    /// Counts and reports how a fetch ended, after [`settle`](Self::settle).
+    fn settled(
+        &self,
+        outcome: &Outcome,
+        started: Instant,
+        counts_as_failure: bool,
+        span: &FetchSpan,
+    ) {
+        if outcome.is_ok() {
+            span.settled(outcome, started, None, None);
+            return;
+        }
+        if counts_as_failure {
+            self.counters.failure();
+        }
+        let now = Instant::now();
+        // An abandoned fetch set no backoff of its own.
+        let retry_in = self
+            .retry_at()
+            .filter(|_| counts_as_failure)
+            .map(|at| at.saturating_duration_since(now));
+        // A failed background refresh leaves a due token in service.
+        let current = self.current.load();
+        let serving = match (current.phase(now), current.token.expiry()) {
+            (Phase::Due, Some(expiry)) => Some(expiry.saturating_duration_since(now)),
+            _ => None,
+        };
+        span.settled(outcome, started, retry_in, serving);
     }
 
     /// Makes this cache reachable by [`invalidate_by_id`].
@@ -332,6 +385,7 @@ struct Flight {
     /// task at once, inside `spawn`, while the cache's lock is held.
     polled: bool,
     settled: bool,
+    span: FetchSpan,
 }
 
 impl Flight {
@@ -344,7 +398,7 @@ impl Flight {
         else {
             return;
         };
-        let result = match tokio::time::timeout(timeout, fetch).await {
+        let result = match tokio::time::timeout(timeout, self.span.instrument(fetch)).await {
             Ok(Ok(token)) => Ok(token),
             Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
             Err(_elapsed) => Err(TokenError::timeout(timeout)),
@@ -355,7 +409,11 @@ impl Flight {
     fn settle(&mut self, result: Result<Token, TokenError>, counts_as_failure: bool) {
         self.settled = true;
         let outcome = match self.shared.upgrade() {
-            Some(shared) => shared.settle(result, self.started, counts_as_failure),
+            Some(shared) => {
+                let outcome = shared.settle(result, self.started, counts_as_failure);
+                shared.settled(&outcome, self.started, counts_as_failure, &self.span);
+                outcome
+            }
             None => Err(TokenError::abandoned()),
         };
         self.tx.send_replace(Some(outcome));
@@ -406,6 +464,6 @@ pub(crate) fn invalidate_by_id(id: u64, generation: u64) {
     // Upgrade under the lock, drop outside it: the last handle's drop takes it.
     let shared = registry().get(&id).and_then(Weak::upgrade);
     if let Some(shared) = shared {
-        shared.invalidate(generation);
+        shared.unauthorized(generation);
     }
 }

@@ -1,0 +1,219 @@
+//! [`BearerAuthMiddleware`]: the same token cache for
+//! [reqwest-middleware](reqwest_middleware) clients (the `reqwest-middleware`
+//! feature).
+//!
+//! The middleware sets `Authorization: Bearer <token>` on every request of a
+//! `reqwest_middleware::ClientWithMiddleware`, with the same semantics as the
+//! tower [`BearerAuth`](crate::BearerAuth): one single-flight fetch for any
+//! number of concurrent requests, a refresh ahead of expiry, failures shared
+//! and backed off, the header marked sensitive, and a `401 Unauthorized`
+//! evicting the token that was sent if it is still the current one. Built
+//! [`from_cache`](BearerAuthMiddleware::from_cache), it shares one
+//! [`TokenCache`] with tower clients and with code outside either.
+//!
+//! A failure to get a token is a `reqwest_middleware::Error::Middleware`
+//! whose `anyhow::Error` is the [`TokenError`](crate::TokenError):
+//! `error.downcast_ref::<TokenError>()` on it recovers the kind and the
+//! source chain.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use reqwest_middleware::ClientBuilder;
+//! use tower_bearer::{BearerAuthMiddleware, Token};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let url = echo_server().await?;
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(BearerAuthMiddleware::new(|| async {
+//!         // log on to the backend here
+//!         Ok::<_, std::io::Error>(Token::new("abcd1234").expires_in(Duration::from_secs(3600)))
+//!     }))
+//!     .build();
+//!
+//! // The server echoes the Authorization header it received.
+//! let body = client.get(url).send().await?.text().await?;
+//! assert_eq!(body, "Bearer abcd1234");
+//! # Ok(())
+//! # }
+//! # async fn echo_server() -> std::io::Result<String> {
+//! #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! #     let url = format!("http://{}/", listener.local_addr()?);
+//! #     tokio::spawn(async move {
+//! #         let (mut stream, _) = listener.accept().await?;
+//! #         let mut head = Vec::new();
+//! #         while !head.ends_with(b"\r\n\r\n") {
+//! #             let mut byte = [0];
+//! #             stream.read_exact(&mut byte).await?;
+//! #             head.push(byte[0]);
+//! #         }
+//! #         let head = String::from_utf8_lossy(&head);
+//! #         let auth = head.lines().find_map(|l| l.strip_prefix("authorization: ")).unwrap_or("");
+//! #         let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{auth}", auth.len());
+//! #         stream.write_all(response.as_bytes()).await
+//! #     });
+//! #     Ok(url)
+//! # }
+//! ```
+//!
+//! # With reqwest-retry
+//!
+//! reqwest-middleware runs middleware in the order they are added, so add
+//! the retry middleware **before** this one: each attempt then passes
+//! through the auth middleware and reads the cache again, and an attempt
+//! made after a token was evicted or refreshed carries the new token. Added
+//! the other way round, the token is set once and every attempt resends it.
+//!
+//! ```
+//! use reqwest_middleware::ClientBuilder;
+//! use reqwest_retry::{policies::ExponentialBackoff, RetryTransientMiddleware};
+//! use tower_bearer::{BearerAuthMiddleware, Token, TokenCache};
+//!
+//! let cache = TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("abcd1234")) });
+//! let retry = ExponentialBackoff::builder().build_with_max_retries(3);
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(RetryTransientMiddleware::new_with_policy(retry)) // outer: retries ...
+//!     .with(BearerAuthMiddleware::from_cache(cache)) // ... each attempt reads the cache
+//!     .build();
+//! ```
+
+use std::fmt;
+
+use ::reqwest::{Request, Response, StatusCode};
+use http::header::{HeaderName, AUTHORIZATION};
+use http::{Extensions, Uri};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::scope::RequestHead;
+use crate::{Scope, TokenCache, TokenSource};
+
+/// Middleware for [reqwest-middleware](reqwest_middleware) clients that
+/// authorizes every request with a token from a [`TokenCache`].
+///
+/// Clones share one cache. See the [module docs](crate::reqwest) for an
+/// example and the ordering with reqwest-retry.
+#[derive(Clone)]
+pub struct BearerAuthMiddleware {
+    cache: TokenCache,
+    header: HeaderName,
+    keep_existing: bool,
+    scope: Option<Scope>,
+}
+
+impl BearerAuthMiddleware {
+    /// A middleware with a new cache of tokens from `source`, with the
+    /// default cache options. Use [`from_cache`](Self::from_cache) to set
+    /// them.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::from_cache(TokenCache::new(source))
+    }
+
+    /// A middleware that takes its tokens from `cache`, which may be shared
+    /// with tower layers and with code outside either.
+    ///
+    /// ```
+    /// use tower_bearer::{BearerAuthLayer, BearerAuthMiddleware, Token, TokenCache};
+    ///
+    /// let cache = TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("abcd1234")) });
+    /// let for_reqwest = BearerAuthMiddleware::from_cache(cache.clone());
+    /// let for_tower = BearerAuthLayer::from_cache(cache);
+    /// ```
+    pub fn from_cache(cache: TokenCache) -> Self {
+        Self {
+            cache,
+            header: AUTHORIZATION,
+            keep_existing: false,
+            scope: None,
+        }
+    }
+
+    /// The header that carries the token. Default: `Authorization`.
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Whether a request that already has the header keeps it, and is sent
+    /// without a token from the cache. Default: `false`, the header is
+    /// overwritten.
+    pub fn keep_existing(mut self, keep: bool) -> Self {
+        self.keep_existing = keep;
+        self
+    }
+
+    /// Which requests get the token. Default: every request. See
+    /// [`crate::scope`].
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = (!scope.is_everything()).then_some(scope);
+        self
+    }
+
+    /// The cache this middleware takes its tokens from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// Whether `request` gets a token at all.
+    fn wants_token(&self, request: &Request) -> bool {
+        if self.keep_existing && request.headers().contains_key(&self.header) {
+            return false;
+        }
+        let Some(scope) = &self.scope else {
+            return true;
+        };
+        let url = request.url();
+        // Only a predicate needs the URL as an `http::Uri`.
+        let uri = scope
+            .has_predicate()
+            .then(|| url.as_str().parse::<Uri>().ok())
+            .flatten();
+        scope.matches_target(Some(url.scheme()), url.host_str(), || {
+            let uri = uri.as_ref()?;
+            Some(RequestHead::new(request.method(), uri, request.headers()))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for BearerAuthMiddleware {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        if !self.wants_token(&request) {
+            return next.run(request, extensions).await;
+        }
+        let entry = self
+            .cache
+            .entry()
+            .await
+            .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
+        request
+            .headers_mut()
+            .insert(&self.header, entry.header.clone());
+        let generation = entry.generation;
+        drop(entry);
+
+        let response = next.run(request, extensions).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            self.cache.shared().unauthorized(generation);
+        }
+        Ok(response)
+    }
+}
+
+impl fmt::Debug for BearerAuthMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuthMiddleware")
+            .field("cache", &self.cache)
+            .field("header", &self.header)
+            .field("keep_existing", &self.keep_existing)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}

@@ -1,0 +1,287 @@
+//! Which requests get a token: the [`Scope`] of a middleware.
+//!
+//! By default every request that passes through the middleware gets the
+//! token. That is right when the client only ever talks to the service the
+//! token is for. It is not when the same client can reach other hosts:
+//!
+//! - a misconfigured base URL (`http://` instead of `https://`, a staging
+//!   host, a typo) sends the token in clear text or to the wrong party;
+//! - a redirect handled below the middleware, or a URL taken from a response
+//!   (a pagination `next` link, a webhook target), can point anywhere;
+//! - one client stack shared by several integrations sends one vendor's
+//!   token to another.
+//!
+//! A [`Scope`] narrows the middleware to the requests that should carry the
+//! token. A request outside the scope passes through untouched: no header is
+//! set, no token is fetched or waited for, and a `401` it gets evicts
+//! nothing.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{header::AUTHORIZATION, Request, Response};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_bearer::{BearerAuthLayer, Scope, Token};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         BearerAuthLayer::new(|| async { Ok::<_, std::io::Error>(Token::new("abcd1234")) })
+//!             .scope(Scope::new().require_https().hosts(["api.example.com"])),
+//!     )
+//!     .service(service_fn(|request: Request<()>| async move {
+//!         Ok::<_, Infallible>(Response::new(request.headers().contains_key(AUTHORIZATION)))
+//!     }));
+//!
+//! let sent = |uri: &str| client.clone().oneshot(Request::get(uri).body(()).unwrap());
+//! assert!(*sent("https://api.example.com/v1/items").await?.body());
+//! assert!(!*sent("http://api.example.com/v1/items").await?.body()); // not https
+//! assert!(!*sent("https://cdn.example.net/image.png").await?.body()); // another host
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The conditions of a scope all have to hold. Without any, a scope covers
+//! every request, as the default does.
+//!
+//! A request whose URI has no scheme or host (a path alone) matches neither
+//! [`require_https`](Scope::require_https) nor [`hosts`](Scope::hosts). Note
+//! that tonic's generated clients send requests with a path only (the
+//! `Channel` adds its origin below this middleware) unless they are built
+//! with `with_origin`; over a tonic `Channel`, narrow with
+//! [`only_if`](Scope::only_if) or not at all.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Uri};
+
+type Predicate = dyn Fn(&RequestHead<'_>) -> bool + Send + Sync;
+
+/// Which requests a middleware sets the token on. See the
+/// [module docs](crate::scope).
+///
+/// Cloning is cheap.
+#[derive(Clone, Default)]
+pub struct Scope {
+    https: bool,
+    hosts: Option<Arc<[Box<str>]>>,
+    predicate: Option<Arc<Predicate>>,
+}
+
+/// What a [`Scope::only_if`] predicate sees of a request: its method, URI
+/// and headers, borrowed, whatever the request's body type.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> RequestHead<'a> {
+    pub(crate) fn new(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        Self {
+            method,
+            uri,
+            headers,
+        }
+    }
+
+    /// The request's method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request's URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The request's headers, before the token is set.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+}
+
+impl Scope {
+    /// A scope that covers every request, until conditions are added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only requests whose URI has the `https` scheme.
+    pub fn require_https(mut self) -> Self {
+        self.https = true;
+        self
+    }
+
+    /// Only requests to one of `hosts`, compared without regard to ASCII
+    /// case, and whatever the port. Calling it again replaces the list.
+    ///
+    /// ```
+    /// use tower_bearer::Scope;
+    ///
+    /// let scope = Scope::new().hosts(["api.example.com", "auth.example.com"]);
+    /// ```
+    pub fn hosts<I>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let hosts: Vec<Box<str>> = hosts
+            .into_iter()
+            .map(|host| host.into().to_ascii_lowercase().into_boxed_str())
+            .collect();
+        self.hosts = Some(hosts.into());
+        self
+    }
+
+    /// Only requests for which `predicate` returns `true`. Calling it again
+    /// replaces the predicate.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_bearer::Scope;
+    ///
+    /// // Reads are public; only writes carry the token.
+    /// let scope = Scope::new().only_if(|request| request.method() != Method::GET);
+    /// ```
+    pub fn only_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.predicate = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Whether this scope covers every request: no condition was added.
+    pub fn is_everything(&self) -> bool {
+        !self.https && self.hosts.is_none() && self.predicate.is_none()
+    }
+
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) fn has_predicate(&self) -> bool {
+        self.predicate.is_some()
+    }
+
+    /// Whether `request` gets the token.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_bearer::Scope;
+    ///
+    /// let scope = Scope::new().require_https();
+    /// assert!(scope.matches(&Request::get("https://api.example.com/").body(())?));
+    /// assert!(!scope.matches(&Request::get("http://api.example.com/").body(())?));
+    /// # Ok::<_, http::Error>(())
+    /// ```
+    pub fn matches<B>(&self, request: &http::Request<B>) -> bool {
+        let uri = request.uri();
+        self.matches_target(uri.scheme_str(), uri.host(), || {
+            Some(RequestHead::new(request.method(), uri, request.headers()))
+        })
+    }
+
+    /// The same as [`matches`](Self::matches), for a request whose URI is
+    /// not an `http::Uri` (reqwest's `Url`): the head is only built when a
+    /// predicate needs it, and `None` (a URL that is no `Uri`) never matches.
+    pub(crate) fn matches_target<'a>(
+        &self,
+        scheme: Option<&str>,
+        host: Option<&str>,
+        head: impl FnOnce() -> Option<RequestHead<'a>>,
+    ) -> bool {
+        if self.https && scheme != Some("https") {
+            return false;
+        }
+        if let Some(hosts) = &self.hosts {
+            let Some(host) = host else { return false };
+            if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+                return false;
+            }
+        }
+        match &self.predicate {
+            Some(predicate) => head().is_some_and(|head| predicate(&head)),
+            None => true,
+        }
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("https", &self.https)
+            .field("hosts", &self.hosts)
+            .field(
+                "predicate",
+                &self.predicate.as_ref().map(|_| "Fn(&RequestHead) -> bool"),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(scope: &Scope, uri: &str) -> bool {
+        scope.matches(&http::Request::get(uri).body(()).unwrap())
+    }
+
+    #[test]
+    fn an_empty_scope_covers_everything() {
+        let scope = Scope::new();
+        assert!(scope.is_everything());
+        assert!(matches(&scope, "http://anywhere.example/"));
+        assert!(matches(&scope, "/just/a/path"));
+    }
+
+    #[test]
+    fn https_and_hosts_must_both_hold() {
+        let scope = Scope::new().require_https().hosts(["API.example.com"]);
+        assert!(!scope.is_everything());
+        assert!(matches(&scope, "https://api.example.com/x"));
+        assert!(matches(&scope, "https://Api.Example.COM:8443/x"));
+        assert!(!matches(&scope, "http://api.example.com/x"));
+        assert!(!matches(&scope, "https://api.example.com.evil.net/x"));
+        assert!(!matches(&scope, "https://example.com/x"));
+        assert!(!matches(&scope, "/x"));
+    }
+
+    #[test]
+    fn the_predicate_sees_method_uri_and_headers() {
+        let scope = Scope::new().only_if(|request| {
+            request.method() == Method::POST
+                && request.uri().path().starts_with("/api")
+                && !request.headers().contains_key("x-public")
+        });
+        let post = |uri: &str, public: bool| {
+            let mut request = http::Request::post(uri).body(()).unwrap();
+            if public {
+                request
+                    .headers_mut()
+                    .insert("x-public", http::HeaderValue::from_static("1"));
+            }
+            scope.matches(&request)
+        };
+        assert!(post("/api/items", false));
+        assert!(!post("/api/items", true));
+        assert!(!post("/static/app.js", false));
+        assert!(!matches(&scope, "/api/items"), "a GET");
+    }
+
+    #[test]
+    fn a_target_that_is_no_uri_never_matches_a_predicate() {
+        let scope = Scope::new().only_if(|_| true);
+        assert!(!scope.matches_target(Some("https"), Some("h"), || None));
+        assert!(Scope::new().matches_target(None, None, || None));
+    }
+
+    #[test]
+    fn debug_names_the_conditions() {
+        let scope = Scope::new().require_https().only_if(|_| true);
+        let debug = format!("{scope:?}");
+        assert!(debug.contains("https: true"), "{debug}");
+        assert!(debug.contains("Fn(&RequestHead) -> bool"), "{debug}");
+    }
+}

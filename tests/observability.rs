@@ -1,0 +1,268 @@
+//! The `tracing` feature: a span per fetch and events for the turns worth
+//! knowing about, seen by a recording subscriber, and never the token.
+
+mod common;
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{client, client_over, echo_after, send, token_of, Next, Rejected, Script};
+use http::StatusCode;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+/// One span or event, with every field as text.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// The span's id, or the id of the event's parent span.
+    span: Option<u64>,
+    is_span: bool,
+    name: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn message(&self) -> &str {
+        self.field("message").unwrap_or("")
+    }
+}
+
+/// A subscriber that keeps everything, spans and their later `record`s
+/// merged into one entry.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+struct Fields<'a>(&'a mut Vec<(String, String)>);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push((field.name().to_owned(), value.to_owned()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        self.0.push((field.name().to_owned(), format!("{value:?}")));
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut fields = Vec::new();
+        span.record(&mut Fields(&mut fields));
+        self.seen.lock().unwrap().push(Seen {
+            span: Some(id),
+            is_span: true,
+            name: span.metadata().name().to_owned(),
+            fields,
+        });
+        Id::from_u64(id)
+    }
+
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut seen = self.seen.lock().unwrap();
+        let entry = seen
+            .iter_mut()
+            .find(|s| s.is_span && s.span == Some(span.into_u64()));
+        if let Some(entry) = entry {
+            values.record(&mut Fields(&mut entry.fields));
+        }
+    }
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Vec::new();
+        event.record(&mut Fields(&mut fields));
+        self.seen.lock().unwrap().push(Seen {
+            span: event.parent().map(Id::into_u64),
+            is_span: false,
+            name: event.metadata().name().to_owned(),
+            fields,
+        });
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+impl Recorder {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn fetch_spans(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.is_span && s.name == "token_fetch")
+            .collect()
+    }
+
+    fn events(&self, message: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| !s.is_span && s.message().contains(message))
+            .collect()
+    }
+
+    /// No name or field of anything recorded contains `secret`.
+    fn assert_never_shows(&self, secret: &str) {
+        for seen in self.seen() {
+            assert!(!seen.name.contains(secret), "{seen:?}");
+            for (name, value) in &seen.fields {
+                assert!(
+                    !name.contains(secret) && !value.contains(secret),
+                    "{seen:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Records everything on this thread (the tests' runtimes are
+/// current-thread, so the cache's tasks run here too).
+fn record() -> (Recorder, tracing::subscriber::DefaultGuard) {
+    let recorder = Recorder::default();
+    let guard = tracing::subscriber::set_default(recorder.clone());
+    (recorder, guard)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_has_a_span_with_attempt_outcome_latency_and_lifetime() {
+    let (recorder, _guard) = record();
+    let script = Script::new(Some(Duration::from_secs(3600)), Duration::from_millis(250));
+    let client = client(script.cache(), Rejected::default());
+    assert_eq!(token_of(&client).await, "token-1");
+
+    let spans = recorder.fetch_spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span.field("attempt"), Some("1"));
+    assert_eq!(span.field("outcome"), Some("ok"));
+    assert_eq!(span.field("latency"), Some("250ms"));
+    assert_eq!(span.field("lifetime"), Some("3600s"));
+    let fetched = recorder.events("token fetched");
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].span, span.span, "the event is inside the span");
+    recorder.assert_never_shows("token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_reported_with_their_attempt_and_the_backoff() {
+    let (recorder, _guard) = record();
+    let script = Script::new(None, Duration::ZERO);
+    script.set(Next::Fail);
+    let cache = script.cache();
+
+    assert!(cache.token().await.is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(cache.token().await.is_err());
+
+    let spans = recorder.fetch_spans();
+    let attempts: Vec<_> = spans.iter().map(|s| s.field("attempt").unwrap()).collect();
+    assert_eq!(attempts, ["1", "2"]);
+    assert!(spans.iter().all(|s| s.field("outcome") == Some("Fetch")));
+
+    let failed = recorder.events("token fetch failed");
+    assert_eq!(failed.len(), 2);
+    assert_eq!(
+        failed[0].field("error"),
+        Some("token fetch failed: fetch 1 failed")
+    );
+    let backing_off = recorder.events("backing off");
+    assert_eq!(backing_off.len(), 2);
+    // The second failure in a row waits 1 s to 2 s.
+    let retry_in = backing_off[1].field("retry_in").unwrap();
+    let seconds: f64 = retry_in.strip_suffix('s').unwrap().parse().unwrap();
+    assert!((1.0..=2.0).contains(&seconds), "{retry_in}");
+    assert_eq!(backing_off[1].span, spans[1].span);
+
+    // A success starts counting attempts from 1 again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    script.set(Next::Token(None));
+    cache.token().await.unwrap();
+    let spans = recorder.fetch_spans();
+    assert_eq!(spans[2].field("attempt"), Some("3"));
+    assert_eq!(spans[2].field("lifetime"), Some("never expires"));
+    cache.invalidate(&cache.token().await.unwrap());
+    cache.token().await.unwrap();
+    assert_eq!(recorder.fetch_spans()[3].field("attempt"), Some("1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_background_refresh_reports_the_token_still_served() {
+    let (recorder, _guard) = record();
+    // Due after 30 s, expired at 54 s.
+    let script = Script::new(Some(Duration::from_secs(60)), Duration::ZERO);
+    let client = client(script.cache(), Rejected::default());
+    assert_eq!(token_of(&client).await, "token-1");
+
+    script.set(Next::Fail);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(token_of(&client).await, "token-1");
+    tokio::task::yield_now().await;
+
+    let stale = recorder.events("serving the current token until it expires");
+    assert_eq!(stale.len(), 1, "{:?}", recorder.seen());
+    assert_eq!(stale[0].field("expires_in"), Some("20s"));
+    // The due token is still served.
+    assert_eq!(token_of(&client).await, "token-1");
+    recorder.assert_never_shows("token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_after_a_401_is_an_event() {
+    let (recorder, _guard) = record();
+    let script = Script::new(None, Duration::ZERO);
+    let cache = script.cache();
+    let rejected = Rejected::default();
+    let client = client_over(cache.clone(), echo_after(rejected.clone(), Duration::ZERO));
+    assert_eq!(token_of(&client).await, "token-1");
+
+    rejected.lock().unwrap().push("Bearer token-1".to_owned());
+    assert_eq!(send(&client).await.unwrap().0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&client).await.unwrap().0, StatusCode::OK);
+
+    let invalidated = recorder.events("token invalidated after a 401");
+    assert_eq!(invalidated.len(), 1);
+    let generation = invalidated[0].field("generation").unwrap();
+    assert!(generation.parse::<u64>().is_ok(), "{generation}");
+
+    let token = cache.token().await.unwrap();
+    assert!(cache.invalidate(&token));
+    assert_eq!(recorder.events("token invalidated by the caller").len(), 1);
+    recorder.assert_never_shows("token-1");
+    recorder.assert_never_shows("token-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_token_is_reported_without_its_value() {
+    let (recorder, _guard) = record();
+    let cache = tower_bearer::TokenCache::new(|| async {
+        Ok::<_, std::io::Error>(tower_bearer::Token::new("s3cr3t\nwith a newline"))
+    });
+    assert!(cache.token().await.is_err());
+    assert_eq!(recorder.events("token fetch failed").len(), 1);
+    assert_eq!(
+        recorder.fetch_spans()[0].field("outcome"),
+        Some("InvalidToken")
+    );
+    recorder.assert_never_shows("s3cr3t");
+}
