@@ -18,7 +18,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::filter::{AsyncFilter, AsyncPredicate};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::util::BoxCloneService;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, Token, TokenCache};
 use tower_http::auth::AddAuthorizationLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
@@ -244,7 +245,8 @@ fn clock(c: &mut Criterion) {
 }
 
 /// For scale: one real HTTP/1.1 request over loopback (hyper-util's client,
-/// a hyper server on 127.0.0.1), bare and through `BearerAuth`.
+/// a hyper server on 127.0.0.1 that checks the token), through `BearerAuth`
+/// and through `AddAuthorization` with the same token.
 fn loopback(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -254,34 +256,54 @@ fn loopback(c: &mut Criterion) {
     let backend = runtime
         .block_on(support::Backend::start(Duration::from_secs(3600)))
         .unwrap();
-    let (client, url) = (support::client(), backend.protected_url());
+    let (client, url, token_url) = (
+        support::client(),
+        backend.protected_url(),
+        backend.token_url(),
+    );
+    let token = runtime
+        .block_on(support::fetch_token(client.clone(), token_url.clone()))
+        .unwrap();
     let source = {
-        let (client, token_url) = (client.clone(), backend.token_url());
+        let client = client.clone();
         move || support::fetch_token(client.clone(), token_url.clone())
     };
-    let bearer = BearerAuthLayer::new(source).layer(client.clone());
     let request = || {
         Request::get(url.clone())
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap()
     };
-    let mut bare = client;
-    c.bench_function("reference: HTTP request over loopback, bare client", |b| {
-        b.to_async(&runtime).iter(|| {
-            let response = bare.call(request());
-            async { black_box(response.await.unwrap()) }
-        })
-    });
-    c.bench_function("reference: HTTP request over loopback, BearerAuth", |b| {
-        b.to_async(&runtime).iter(|| {
-            let response = bearer.clone().oneshot(request());
-            async {
-                let response = response.await.unwrap();
-                assert_eq!(response.status(), http::StatusCode::OK);
-                black_box(response)
-            }
-        })
-    });
+    let cases = [
+        (
+            "AddAuthorization",
+            BoxCloneService::new(
+                AddAuthorizationLayer::bearer(token.secret())
+                    .as_sensitive(true)
+                    .layer(client.clone())
+                    .map_err(BoxError::from),
+            ),
+        ),
+        (
+            "BearerAuth",
+            BoxCloneService::new(BearerAuthLayer::new(source).layer(client)),
+        ),
+    ];
+    for (name, service) in &cases {
+        c.bench_function(
+            &format!("reference: HTTP request over loopback, {name}"),
+            |b| {
+                b.to_async(&runtime).iter(|| {
+                    let (mut service, request) = (service.clone(), request());
+                    async move {
+                        let response = service.ready().await.unwrap();
+                        let response = response.call(request).await.unwrap();
+                        assert_eq!(response.status(), http::StatusCode::OK);
+                        black_box(response)
+                    }
+                })
+            },
+        );
+    }
 }
 
 criterion_group!(benches, per_request, clock, loopback);

@@ -81,7 +81,9 @@
 //! token, and an attempt in a token's due window still goes out at once.
 //! Inside, the token would be set once and every attempt would resend it.
 //! The middleware itself never retries; a retry policy (for transient
-//! errors, or one that retries a `401` once) is the caller's choice.
+//! errors, or one that retries a `401` once) is the caller's choice. For a
+//! `401`, the crate ships one: `RetryOn401` (feature `retry`), used as
+//! `ServiceBuilder::new().retry(RetryOn401::new()).layer(bearer)`.
 //!
 //! ```
 //! use std::convert::Infallible;

@@ -2,14 +2,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::{Pending, ResponseFuture, Sent};
 use super::BearerAuthLayer;
-use crate::cache::{Entry, Lookup};
+use crate::cache::{Current, Entry, Lookup};
 use crate::{BoxError, Scope, TokenCache, TokenSource};
 
 /// Middleware that authorizes every request with a token from a
@@ -48,7 +47,7 @@ pub struct BearerAuth<S> {
     cache: TokenCache,
     // This clone's own view of the current entry: a pointer compare per
     // request while the token is unchanged.
-    local: arc_swap::Cache<Arc<ArcSwap<Entry>>, Arc<Entry>>,
+    local: arc_swap::Cache<Current, Arc<Entry>>,
     cache_id: u64,
     header: HeaderName,
     keep_existing: bool,
@@ -62,7 +61,7 @@ impl<S> BearerAuth<S> {
     /// Wraps `inner`, taking tokens from `cache`.
     pub fn new(inner: S, cache: TokenCache) -> Self {
         cache.shared().register();
-        let local = arc_swap::Cache::new(Arc::clone(&cache.shared().current));
+        let local = arc_swap::Cache::new(cache.shared().current.clone());
         Self {
             inner,
             cache_id: cache.shared().id,

@@ -95,8 +95,8 @@ pub(crate) use self::entry::Entry;
 #[cfg(test)]
 pub(crate) use self::entry::Phase;
 pub(crate) use self::refresh::invalidate_by_id;
-pub(crate) use self::refresh::Lookup;
 use self::refresh::{Config, Shared};
+pub(crate) use self::refresh::{Current, Lookup};
 pub use self::stats::Stats;
 use crate::{Token, TokenError, TokenSource};
 

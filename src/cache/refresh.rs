@@ -52,7 +52,7 @@ impl Default for Config {
 
 pub(crate) struct Shared {
     pub(crate) id: u64,
-    pub(crate) current: Arc<ArcSwap<Entry>>,
+    pub(crate) current: Current,
     pub(crate) config: Config,
     pub(crate) source: Arc<dyn DynSource>,
     refresh: Mutex<Refresh>,
@@ -111,7 +111,7 @@ impl Shared {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            current: Arc::new(ArcSwap::from_pointee(Entry::empty())),
+            current: Current(Arc::new(Slot(ArcSwap::from_pointee(Entry::empty())))),
             config,
             source,
             refresh: Mutex::default(),
@@ -465,5 +465,24 @@ pub(crate) fn invalidate_by_id(id: u64, generation: u64) {
     let shared = registry().get(&id).and_then(Weak::upgrade);
     if let Some(shared) = shared {
         shared.unauthorized(generation);
+    }
+}
+
+/// The current entry, shared by the cache and every service clone's view of
+/// it (an `arc_swap::Cache`).
+#[derive(Clone)]
+pub(crate) struct Current(Arc<Slot>);
+
+/// Alone on its cache lines: every request reads the pointer, and a write
+/// to a neighbour (a reference count bumped by every request, say) would
+/// otherwise take the line away from the other cores.
+#[repr(align(128))]
+pub(crate) struct Slot(ArcSwap<Entry>);
+
+impl std::ops::Deref for Current {
+    type Target = ArcSwap<Entry>;
+
+    fn deref(&self) -> &ArcSwap<Entry> {
+        &self.0 .0
     }
 }
