@@ -97,7 +97,7 @@ def storm_table(series):
     return "\n".join(rows)
 
 
-COLOURS = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#6a4c93"]
+COLOURS = ["#888888", "#d1495b", "#edae49", "#1b6ca8", "#6a4c93"]
 
 
 def storm_chart(series):
@@ -150,7 +150,10 @@ def storm_chart(series):
     for i, (phase, points) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
         path = " ".join(f"{x(n):.1f},{y(ms):.1f}" for n, ms in points)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        dash = ' stroke-dasharray="6 3"' if "baseline" in phase else ""
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
         for n, ms in points:
             out.append(f'<circle cx="{x(n):.1f}" cy="{y(ms):.1f}" r="3" fill="{colour}"/>')
         legend_y = top + 20 * i
