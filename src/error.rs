@@ -124,13 +124,14 @@ impl TokenError {
         Self::new(TokenErrorKind::Expired, None)
     }
 
-    pub(crate) fn backing_off(last: TokenError, retry_at: Instant) -> Self {
+    /// `retry_at` is `None` for a backoff that never ends.
+    pub(crate) fn backing_off(last: TokenError, retry_at: Option<Instant>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 kind: TokenErrorKind::BackingOff,
                 hint: last.inner.hint,
                 source: Some(Source::Token(last)),
-                retry_at: Some(retry_at),
+                retry_at,
             }),
         }
     }
@@ -155,7 +156,10 @@ impl TokenError {
     /// When the next fetch may start: set on a
     /// [`BackingOff`](TokenErrorKind::BackingOff) error, and on the failure
     /// that started the backoff as its waiters receive it. It reflects the
-    /// source's [`RetryHint`].
+    /// source's [`RetryHint`]. `None` on those errors means the backoff
+    /// never ends: a permanent failure under a backoff with no cap
+    /// ([`TokenCache::backoff`](crate::TokenCache::backoff) with
+    /// `Duration::MAX`).
     pub fn retry_at(&self) -> Option<Instant> {
         self.inner.retry_at
     }
@@ -175,9 +179,9 @@ impl TokenError {
 
     /// Records when the next fetch may start, on an error that has not been
     /// handed out yet.
-    pub(crate) fn set_retry_at(&mut self, retry_at: Instant) {
+    pub(crate) fn set_retry_at(&mut self, retry_at: Option<Instant>) {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.retry_at = Some(retry_at);
+            inner.retry_at = retry_at;
         }
     }
 
@@ -255,7 +259,7 @@ mod tests {
     fn source_chain_reaches_the_token_source_error() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let fetch = TokenError::fetch(Box::new(io), RetryHint::Backoff);
-        let backoff = TokenError::backing_off(fetch, Instant::now());
+        let backoff = TokenError::backing_off(fetch, Some(Instant::now()));
 
         assert_eq!(backoff.kind(), TokenErrorKind::BackingOff);
         assert_eq!(backoff.last_failure().kind(), TokenErrorKind::Fetch);

@@ -28,6 +28,9 @@ pub struct Token {
     // Set by the cache that issued this token, so that `TokenCache::invalidate`
     // can tell this token from a later one with the same value. Zero: not issued.
     pub(crate) generation: u64,
+    // How much earlier than stated the token may expire: the unit its
+    // lifetime was counted in by an issuer that rounds its clock down.
+    granularity: Duration,
 }
 
 /// When a token stops being valid.
@@ -49,6 +52,7 @@ impl Token {
             value: Arc::from(value.into()),
             expiry: Expiry::Never,
             generation: 0,
+            granularity: Duration::ZERO,
         }
     }
 
@@ -57,14 +61,43 @@ impl Token {
     /// Counting from the start of the fetch rather than its end is the
     /// conservative choice: the time the response spent on the wire is not
     /// credited to the token. This is what an OAuth2 `expires_in` means.
+    ///
+    /// A lifetime too long for tokio's clock to hold, such as
+    /// `Duration::MAX`, means the token never expires.
     pub fn expires_in(mut self, lifetime: Duration) -> Self {
         self.expiry = Expiry::In(lifetime);
+        self.granularity = Duration::ZERO;
+        self
+    }
+
+    /// The token expires `secs` whole seconds after the fetch began, as an
+    /// issuer counts them: OAuth2's `expires_in` is one such count.
+    ///
+    /// An issuer that counts in whole seconds rounds its own clock down (an
+    /// `iat` is the current second, floored), so the token may expire up to a
+    /// second before the fetch start plus `secs`. The cache therefore stops
+    /// serving it at least a second early, whatever its
+    /// [`expiry_margin`](crate::TokenCache::expiry_margin): a one-second
+    /// token is never served, a two-second token for one second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_bearer::Token;
+    ///
+    /// // what a token endpoint answered: {"access_token": "...", "expires_in": 3600}
+    /// let token = Token::new("abcd1234").expires_in_secs(3600);
+    /// # let _ = token;
+    /// ```
+    pub fn expires_in_secs(mut self, secs: u64) -> Self {
+        self.expiry = Expiry::In(Duration::from_secs(secs));
+        self.granularity = Duration::from_secs(1);
         self
     }
 
     /// The token expires at `instant`, on tokio's clock.
     pub fn expires_at(mut self, instant: Instant) -> Self {
         self.expiry = Expiry::At(instant);
+        self.granularity = Duration::ZERO;
         self
     }
 
@@ -91,10 +124,17 @@ impl Token {
         self.expiry
     }
 
-    /// Anchors a relative lifetime to `fetch_started`.
+    pub(crate) fn granularity(&self) -> Duration {
+        self.granularity
+    }
+
+    /// Anchors a relative lifetime to `fetch_started`; one beyond what an
+    /// instant can hold never ends.
     pub(crate) fn anchored(mut self, fetch_started: Instant) -> Self {
         if let Expiry::In(lifetime) = self.expiry {
-            self.expiry = Expiry::At(fetch_started + lifetime);
+            self.expiry = fetch_started
+                .checked_add(lifetime)
+                .map_or(Expiry::Never, Expiry::At);
         }
         self
     }
@@ -129,6 +169,24 @@ mod tests {
         assert_eq!(token.expiry(), None);
         let anchored = token.anchored(started);
         assert_eq!(anchored.expiry(), Some(started + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_lifetime_beyond_the_clock_never_ends() {
+        let now = Instant::now();
+        for lifetime in [Duration::MAX, Duration::from_secs(u64::MAX)] {
+            let token = Token::new("t").expires_in(lifetime).anchored(now);
+            assert_eq!(token.expiry_kind(), Expiry::Never);
+        }
+        let token = Token::new("t").expires_in_secs(u64::MAX).anchored(now);
+        assert_eq!(token.expiry_kind(), Expiry::Never);
+    }
+
+    #[test]
+    fn only_whole_second_lifetimes_carry_a_granularity() {
+        assert_eq!(Token::new("t").expires_in_secs(5).granularity(), Duration::from_secs(1));
+        let exact = Token::new("t").expires_in_secs(5).expires_in(Duration::from_secs(5));
+        assert_eq!(exact.granularity(), Duration::ZERO);
     }
 
     #[test]

@@ -318,12 +318,11 @@ mod tests {
             }
         })
         .refresh_before(Duration::from_secs(3600));
-        let token = runtime.block_on(cache.token()).unwrap();
-        // The timer moves it to due at half its lifetime; here we move it by
-        // hand, and the next request starts the refresh.
-        let entry = cache.shared().current.load_full();
-        assert_eq!(entry.generation, token.generation);
-        entry.mark_due();
+        runtime.block_on(cache.token()).unwrap();
+        // A due token in place of the fresh one; the next request starts the
+        // refresh, which never ends.
+        let entry = crate::cache::Entry::due_now();
+        cache.shared().current.store(entry.clone());
         runtime.block_on(cache.token()).unwrap();
         let now = tokio::time::Instant::now();
         assert_eq!(entry.phase(now), crate::cache::Phase::Due);

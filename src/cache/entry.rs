@@ -1,22 +1,32 @@
 //! One cached token: its pre-built header value and where it stands.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Wake, Waker};
+use std::time::Duration;
 
 use http::HeaderValue;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
+use super::clock::{self, Coarse};
 use super::timing::{Rng, Schedule, Timing};
 use crate::token::Expiry;
 use crate::{Token, TokenError};
 
-// Where a token stands. A timer task moves it along, so that the hot path
-// reads one atomic instead of the clock.
+// What the hot path may trust without the clock of the slow path.
+/// Fresh until `fresh_until` on the coarse clock.
 const FRESH: u8 = 0;
-const DUE: u8 = 1;
-const EXPIRED: u8 = 2;
-/// The timer is gone (its runtime shut down): ask the clock.
-const UNTIMED: u8 = 3;
+/// Tokio's clock passed the due point (a timer said so): ask it.
+const STALE: u8 = 1;
+/// Evicted (or the empty entry): never served again.
+const EVICTED: u8 = 2;
+
+/// A timer further out than this is armed for this long instead; when it
+/// fires the slow path takes over (tokio's timer wheel tops out at about two
+/// years, and a deadline near the end of `Instant`'s range would overflow).
+const LONGEST_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Unique across all caches, so a token from one cache never matches another.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -44,8 +54,13 @@ pub(crate) struct Entry {
     pub(crate) token: Token,
     /// Zero for the empty entry of a cold cache.
     pub(crate) generation: u64,
-    schedule: Option<Schedule>,
     state: AtomicU8,
+    /// The last coarse reading at which the token is surely fresh.
+    fresh_until: Coarse,
+    schedule: Option<Schedule>,
+    /// Registered with tokio's time driver at the due point; its waker moves
+    /// `state` on, even inside a paused clock's `advance`.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 /// The header's bytes, in a buffer with room to spare: `bytes` then shares
@@ -70,8 +85,10 @@ impl Entry {
             header: HeaderValue::from_static(""),
             token: Token::new(String::new()),
             generation: 0,
+            state: AtomicU8::new(EVICTED),
+            fresh_until: 0,
             schedule: None,
-            state: AtomicU8::new(EXPIRED),
+            timer: Mutex::new(None),
         }
     }
 
@@ -91,67 +108,117 @@ impl Entry {
         header.set_sensitive(true);
 
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let granularity = token.granularity();
         let mut token = token.anchored(started);
         token.generation = generation;
         let schedule = match token.expiry_kind() {
-            Expiry::At(expiry) => Some(timing.schedule(started, expiry, rng)),
+            Expiry::At(expiry) => Some(timing.schedule(started, expiry, granularity, rng)),
             Expiry::Never | Expiry::In(_) => None,
         };
-        let state = match phase_at(schedule, Instant::now()) {
-            Phase::Fresh => FRESH,
-            Phase::Due => DUE,
-            Phase::Expired => return Err(TokenError::expired()),
+        let now = Instant::now();
+        let (state, fresh_until) = match (phase_at(schedule, now), schedule) {
+            (Phase::Expired, _) => return Err(TokenError::expired()),
+            (Phase::Due, _) => (STALE, 0),
+            (Phase::Fresh, None) => (FRESH, Coarse::MAX),
+            (Phase::Fresh, Some(s)) => (
+                FRESH,
+                clock::coarse_deadline(s.due_at.saturating_duration_since(now)),
+            ),
         };
         Ok(Self {
             header,
             token,
             generation,
-            schedule,
             state: AtomicU8::new(state),
+            fresh_until,
+            schedule,
+            timer: Mutex::new(None),
         })
     }
 
-    /// The hot path's only check.
+    /// The hot path's only check: no lock, one atomic load and one read of
+    /// the coarse clock. False means "ask the slow path", not "stale".
     #[inline]
     pub(crate) fn is_fresh(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == FRESH
+        self.state.load(Ordering::Relaxed) == FRESH && clock::coarse_now() < self.fresh_until
     }
 
+    /// The exact phase at `now`, on tokio's clock.
     pub(crate) fn phase(&self, now: Instant) -> Phase {
         match self.state.load(Ordering::Relaxed) {
-            FRESH => Phase::Fresh,
-            DUE => Phase::Due,
-            UNTIMED => phase_at(self.schedule, now),
-            _ => Phase::Expired,
+            EVICTED => Phase::Expired,
+            _ => phase_at(self.schedule, now),
         }
     }
 
     /// Stops serving this token. Returns whether it was still being served.
-    pub(crate) fn expire(&self) -> bool {
-        self.state.swap(EXPIRED, Ordering::Relaxed) != EXPIRED
+    pub(crate) fn expire(&self, now: Instant) -> bool {
+        let was = self.state.swap(EVICTED, Ordering::Relaxed);
+        was != EVICTED && phase_at(self.schedule, now) != Phase::Expired
     }
 
-    /// Moves a fresh entry to due, as its timer would.
+    /// An entry that is due now and expires in about 8 s, as if fetched
+    /// 10 s ago with an expiry 20 s after that.
     #[cfg(test)]
-    pub(crate) fn mark_due(&self) {
-        self.advance(FRESH, DUE);
+    pub(crate) fn due_now() -> Arc<Self> {
+        let now = Instant::now();
+        let started = now.checked_sub(Duration::from_secs(10)).unwrap_or(now);
+        let timing = Timing {
+            refresh_before: Duration::from_secs(3600),
+            ..Timing::default()
+        };
+        let token = Token::new("due").expires_at(now + Duration::from_secs(10));
+        let entry = Self::new(token, Some("Bearer"), started, &timing, &mut Rng::new());
+        let entry = Arc::new(entry.expect("a due entry"));
+        assert_eq!(entry.phase(now), Phase::Due);
+        entry
     }
 
-    fn advance(&self, from: u8, to: u8) {
+    /// Sends the hot path to the slow path, as the timer does at the due
+    /// point.
+    pub(crate) fn mark_stale(&self) {
         let _ = self
             .state
-            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(FRESH, STALE, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Spawns the task that moves this entry through its phases, if it
-    /// expires. The task holds the entry weakly, so it keeps no secret alive.
-    pub(crate) fn spawn_timer(self: &Arc<Self>) -> Option<tokio::task::AbortHandle> {
-        let schedule = self.schedule?;
-        let timer = Timer {
-            entry: Arc::downgrade(self),
-            done: false,
+    /// Registers the due point with the time driver of the current runtime,
+    /// if there is one with a time driver, so that a paused clock that jumps
+    /// past it is seen by the very next request. The timer holds the entry
+    /// weakly, so it keeps no secret alive, and is dropped with the entry.
+    pub(crate) fn arm(self: &Arc<Self>) {
+        let Some(schedule) = self.schedule else {
+            return;
         };
-        Some(tokio::spawn(timer.run(schedule)).abort_handle())
+        if self.state.load(Ordering::Relaxed) != FRESH
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        let now = Instant::now();
+        let at = match now.checked_add(LONGEST_TIMER) {
+            Some(longest) => schedule.due_at.min(longest),
+            None => schedule.due_at,
+        };
+        // `sleep_until` panics in a runtime built without the time driver;
+        // then the coarse clock alone moves the phases (no paused clock).
+        let sleep = std::panic::catch_unwind(|| Box::pin(tokio::time::sleep_until(at)));
+        let Ok(mut sleep) = sleep else {
+            return;
+        };
+        let waker = Waker::from(Arc::new(DueWaker {
+            entry: Arc::downgrade(self),
+            at,
+        }));
+        if sleep
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
+            self.mark_stale();
+            return;
+        }
+        *self.timer.lock().unwrap_or_else(PoisonError::into_inner) = Some(sleep);
     }
 }
 
@@ -164,36 +231,22 @@ fn phase_at(schedule: Option<Schedule>, now: Instant) -> Phase {
     }
 }
 
-struct Timer {
+/// Woken by the time driver at the due point, or early as its runtime shuts
+/// down: only a clock past the point moves the entry on.
+struct DueWaker {
     entry: Weak<Entry>,
-    done: bool,
+    at: Instant,
 }
 
-impl Timer {
-    async fn run(mut self, schedule: Schedule) {
-        tokio::time::sleep_until(schedule.due_at).await;
-        match self.entry.upgrade() {
-            Some(entry) => entry.advance(FRESH, DUE),
-            None => return,
-        }
-        tokio::time::sleep_until(schedule.expires_at).await;
-        if let Some(entry) = self.entry.upgrade() {
-            entry.advance(FRESH, EXPIRED);
-            entry.advance(DUE, EXPIRED);
-        }
-        self.done = true;
+impl Wake for DueWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
-}
 
-impl Drop for Timer {
-    fn drop(&mut self) {
-        // Dropped early: aborted because a newer token replaced this one (then
-        // nobody reads this entry again), or its runtime shut down while the
-        // cache lives on. Either way the clock decides from now on.
-        if !self.done {
+    fn wake_by_ref(self: &Arc<Self>) {
+        if Instant::now() >= self.at {
             if let Some(entry) = self.entry.upgrade() {
-                entry.advance(FRESH, UNTIMED);
-                entry.advance(DUE, UNTIMED);
+                entry.mark_stale();
             }
         }
     }
@@ -219,49 +272,98 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn timer_moves_the_entry_through_its_phases() {
+    async fn the_phase_is_exact_on_the_paused_clock() {
         let entry = entry(Duration::from_secs(10));
-        let _timer = entry.spawn_timer();
+        entry.arm();
         assert!(entry.is_fresh());
 
-        tokio::time::sleep(Duration::from_millis(4999)).await;
+        tokio::time::advance(Duration::from_millis(4999)).await;
         assert!(entry.is_fresh());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        assert_eq!(entry.phase(Instant::now()), Phase::Due);
+        assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
+        // The jump to the due point is seen as soon as `advance` returns.
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!entry.is_fresh());
+        assert_eq!(entry.phase(Instant::now()), Phase::Due);
 
         // expired 1 s (10%) before the 10 s expiry
-        tokio::time::sleep(Duration::from_millis(3998)).await;
+        tokio::time::advance(Duration::from_millis(3999)).await;
         assert_eq!(entry.phase(Instant::now()), Phase::Due);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(entry.phase(Instant::now()), Phase::Expired);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_lost_timer_hands_over_to_the_clock() {
+    async fn one_jump_past_due_and_expiry_is_seen_at_once() {
         let entry = entry(Duration::from_secs(10));
-        let timer = entry.spawn_timer().unwrap();
-        tokio::task::yield_now().await;
-        timer.abort();
-        tokio::task::yield_now().await;
-        // no longer trusted as fresh without a look at the clock ...
+        entry.arm();
+        tokio::time::advance(Duration::from_secs(60)).await;
         assert!(!entry.is_fresh());
-        assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
-        // ... which still tells the phases apart
-        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(entry.phase(Instant::now()), Phase::Expired);
+    }
+
+    #[test]
+    fn without_a_timer_the_coarse_clock_ends_freshness() {
+        // No runtime: nothing armed, real time only.
+        let entry = entry(Duration::from_millis(200));
+        assert!(entry.is_fresh());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(!entry.is_fresh(), "due at 100 ms");
         assert_eq!(entry.phase(Instant::now()), Phase::Due);
-        tokio::time::advance(Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_entry_stays_expired() {
+        let entry = entry(Duration::from_secs(10));
+        entry.arm();
+        assert!(entry.expire(Instant::now()));
+        assert!(!entry.expire(Instant::now()));
+        assert!(!entry.is_fresh());
         assert_eq!(entry.phase(Instant::now()), Phase::Expired);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_expired_entry_stays_expired() {
+    async fn an_entry_expired_by_the_clock_is_not_evicted_again() {
         let entry = entry(Duration::from_secs(10));
-        let _timer = entry.spawn_timer();
-        assert!(entry.expire());
-        assert!(!entry.expire());
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        assert_eq!(entry.phase(Instant::now()), Phase::Expired);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!entry.expire(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_woken_early_by_shutdown_moves_nothing() {
+        let entry = entry(Duration::from_secs(10));
+        let waker = Arc::new(DueWaker {
+            entry: Arc::downgrade(&entry),
+            at: Instant::now() + Duration::from_secs(5),
+        });
+        waker.wake_by_ref();
+        assert!(entry.is_fresh());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        Waker::from(waker).wake();
+        assert!(!entry.is_fresh());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn far_future_and_never_expiring_tokens_arm_without_panic() {
+        for token in [
+            Token::new("t"),
+            Token::new("t").expires_in(Duration::MAX),
+            Token::new("t").expires_in(Duration::from_secs(u64::MAX)),
+            Token::new("t").expires_in(Duration::from_secs(100 * 365 * 24 * 3600)),
+        ] {
+            let entry = Entry::new(
+                token,
+                None,
+                Instant::now(),
+                &Timing::default(),
+                &mut Rng::new(),
+            )
+            .map(Arc::new)
+            .unwrap();
+            entry.arm();
+            assert!(entry.is_fresh());
+            tokio::time::advance(Duration::from_secs(3 * 365 * 24 * 3600)).await;
+            assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
+        }
     }
 
     #[test]
@@ -272,29 +374,36 @@ mod tests {
         assert_eq!(entry.token.generation, entry.generation);
     }
 
-    fn rejected(token: &str, scheme: Option<&str>) -> TokenError {
+    fn rejected(token: Token, scheme: Option<&str>) -> TokenError {
         let started = Instant::now();
-        Entry::new(
-            Token::new(token),
-            scheme,
-            started,
-            &Timing::default(),
-            &mut Rng::new(),
-        )
-        .err()
-        .expect("the token was accepted")
+        Entry::new(token, scheme, started, &Timing::default(), &mut Rng::new())
+            .err()
+            .expect("the token was accepted")
     }
 
     #[test]
     fn an_empty_token_is_rejected() {
-        let error = rejected("", Some("Bearer"));
+        let error = rejected(Token::new(""), Some("Bearer"));
         assert_eq!(error.kind(), crate::TokenErrorKind::InvalidToken);
         assert_eq!(error.source().unwrap().to_string(), "the token is empty");
     }
 
     #[test]
     fn token_that_is_no_header_value_is_rejected() {
-        let error = rejected("line\nbreak", None);
+        let error = rejected(Token::new("line\nbreak"), None);
         assert_eq!(error.kind(), crate::TokenErrorKind::InvalidToken);
+    }
+
+    #[test]
+    fn a_token_from_the_past_or_of_no_lifetime_is_expired() {
+        let now = Instant::now();
+        for token in [
+            Token::new("t").expires_in(Duration::ZERO),
+            Token::new("t").expires_at(now),
+            Token::new("t").expires_at(now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)),
+            Token::new("t").expires_in_secs(1),
+        ] {
+            assert_eq!(rejected(token, None).kind(), crate::TokenErrorKind::Expired);
+        }
     }
 }

@@ -81,6 +81,7 @@
 //! # }
 //! ```
 
+mod clock;
 mod entry;
 mod observe;
 mod refresh;
@@ -102,9 +103,10 @@ use crate::{Token, TokenError, TokenSource};
 
 /// A cached token, fetched from a [`TokenSource`] when it is due.
 ///
-/// Clones share one cache. Options are consuming setters; set them before the
-/// cache is cloned or used (a setter called on a cache that has clones
-/// detaches it into a new, empty cache with the same source). See the
+/// Clones share one cache, options included. Options are consuming setters,
+/// best set before the cache is used: a setter called on any handle changes
+/// the one cache that every clone shares and keeps its token. New timing
+/// applies from the next fetch, a new scheme from the next token. See the
 /// [module docs](crate::cache) for the phases, defaults and failure handling.
 #[derive(Clone)]
 pub struct TokenCache {
@@ -120,16 +122,8 @@ impl TokenCache {
         }
     }
 
-    fn configure(mut self, set: impl FnOnce(&mut Config)) -> Self {
-        match Arc::get_mut(&mut self.shared) {
-            Some(shared) => set(&mut shared.config),
-            None => {
-                let mut config = self.shared.config.clone();
-                set(&mut config);
-                let source = Arc::clone(&self.shared.source);
-                self.shared = Arc::new(Shared::new(source, config));
-            }
-        }
+    fn configure(self, set: impl FnOnce(&mut Config)) -> Self {
+        set(&mut self.shared.lock().config);
         self
     }
 
@@ -244,10 +238,11 @@ impl TokenCache {
 impl fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = &self.shared;
+        let config = shared.lock().config.clone();
         f.debug_struct("TokenCache")
             .field("source", &shared.source.type_name())
-            .field("timing", &shared.config.timing)
-            .field("scheme", &shared.config.scheme)
+            .field("timing", &config.timing)
+            .field("scheme", &config.scheme)
             .field("token", &shared.current.load().token)
             .finish()
     }
@@ -289,7 +284,7 @@ mod tests {
         };
         let main = runtime();
         main.block_on(cache.token()).unwrap();
-        cache.shared.current.load().mark_due();
+        cache.shared.current.store(Entry::due_now());
 
         // The due token is served at once; the refresh it starts goes to a
         // runtime that is dropped before running it.
@@ -314,32 +309,35 @@ mod tests {
     }
 
     #[test]
-    fn setters_configure_an_unshared_cache_in_place() {
+    fn setters_configure_the_cache_in_place() {
         let cache = cache();
         let id = cache.shared.id;
         let cache = cache.fetch_timeout(Duration::from_secs(3)).scheme("token");
         assert_eq!(cache.shared.id, id);
-        assert_eq!(
-            cache.shared.config.timing.fetch_timeout,
-            Duration::from_secs(3)
-        );
-        assert_eq!(cache.shared.config.scheme.as_deref(), Some("token"));
+        let config = cache.shared.lock().config.clone();
+        assert_eq!(config.timing.fetch_timeout, Duration::from_secs(3));
+        assert_eq!(config.scheme.as_deref(), Some("token"));
     }
 
-    #[test]
-    fn a_setter_on_a_shared_cache_detaches_that_handle() {
+    /// Scenario 8 of the core issue: a setter after the layer is gone, or
+    /// while a fetch is in flight, kept neither the token nor the cache.
+    #[tokio::test]
+    async fn a_setter_on_a_shared_or_used_cache_keeps_its_token() {
         let cache = cache();
+        let token = cache.token().await.unwrap();
+        // A layer made from a clone, then dropped: the registry and timers
+        // hold the cache weakly.
+        drop(tower_layer::Layer::layer(&crate::BearerAuthLayer::from_cache(cache.clone()), ()));
         let clone = cache.clone();
-        let detached = cache.fetch_timeout(Duration::from_secs(3));
-        assert_ne!(detached.shared.id, clone.shared.id);
+        let cache = cache.fetch_timeout(Duration::from_secs(3));
+        assert_eq!(cache.shared.id, clone.shared.id);
+        assert!(Arc::ptr_eq(&cache.shared, &clone.shared));
         assert_eq!(
-            detached.shared.config.timing.fetch_timeout,
+            clone.shared.lock().config.timing.fetch_timeout,
             Duration::from_secs(3)
         );
-        assert_eq!(
-            clone.shared.config.timing.fetch_timeout,
-            Duration::from_secs(10)
-        );
-        assert!(Arc::ptr_eq(&detached.shared.source, &clone.shared.source));
+        let again = cache.token().await.unwrap();
+        assert_eq!(again.generation, token.generation, "the token was kept");
+        assert_eq!(cache.stats().fetches, 1);
     }
 }

@@ -22,6 +22,7 @@ pub(crate) enum Cause {
 }
 
 /// The span of one fetch.
+#[derive(Clone)]
 pub(crate) struct FetchSpan {
     #[cfg(feature = "tracing")]
     span: tracing::Span,

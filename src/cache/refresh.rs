@@ -1,5 +1,15 @@
 //! The state behind a cache: the current entry, read lock-free, and the one
 //! refresh at a time, guarded by a mutex that is never held across an await.
+//!
+//! A fetch ends exactly once, with one outcome that all its waiters share,
+//! by whichever of these comes first:
+//!
+//! - its task settles it (a token, an error, its own timeout, a panic);
+//! - its deadline (start + fetch timeout) passes, seen by a request or a
+//!   waiter on any runtime: it ends as a timeout, even when its own runtime
+//!   is idle and its timer never fires;
+//! - its task is dropped by a runtime that shuts down: it ends abandoned,
+//!   and its waiters start a new fetch on their own runtime.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,17 +21,18 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::clock::{AtomicInstant, Limit};
 use super::entry::{Entry, Phase};
 use super::observe::{self, Cause, FetchSpan};
 use super::stats::Counters;
 use super::timing::{Rng, Timing};
 use crate::source::DynSource;
-use crate::{Token, TokenError};
+use crate::{Token, TokenError, TokenErrorKind};
 
 /// What a fetch ends with; shared by every request that waited on it.
 type Outcome = Result<Arc<Entry>, TokenError>;
 
-/// The configuration of a cache, fixed once it is in use.
+/// The configuration of a cache.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) timing: Timing,
@@ -53,29 +64,66 @@ impl Default for Config {
 pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) current: Current,
-    pub(crate) config: Config,
     pub(crate) source: Arc<dyn DynSource>,
     refresh: Mutex<Refresh>,
-    /// Whether a fetch is in flight, and when the backoff ends (nanoseconds
-    /// from `epoch`, 0 for none): written under the lock, read without it by
-    /// requests in the due window, which only need to know whether to start
-    /// a refresh.
-    refreshing: AtomicBool,
-    retry_at: AtomicU64,
-    epoch: Instant,
+    /// Mirrors of the flight's deadline and the backoff's end, written under
+    /// the lock and read without it by requests in the due window, which
+    /// only need to know whether a refresh is pending. A stale answer only
+    /// sends a request to the slow path, which decides under the lock.
+    flight_deadline: AtomicInstant,
+    retry_at: AtomicInstant,
     registered: AtomicBool,
     pub(crate) counters: Counters,
 }
 
 #[derive(Default)]
-struct Refresh {
-    /// Set while a fetch is in flight.
-    flight: Option<watch::Receiver<Option<Outcome>>>,
-    flight_task: Option<AbortHandle>,
-    timer_task: Option<AbortHandle>,
+pub(crate) struct Refresh {
+    pub(crate) config: Config,
+    flight: Option<InFlight>,
+    flights: u64,
     failures: u32,
     last_error: Option<TokenError>,
+    retry_at: Option<Limit>,
     rng: Rng,
+}
+
+/// The fetch in flight, as the cache sees it.
+struct InFlight {
+    id: u64,
+    tx: watch::Sender<Option<Outcome>>,
+    started: Instant,
+    deadline: Limit,
+    timeout: Duration,
+    task: AbortHandle,
+    span: FetchSpan,
+}
+
+impl InFlight {
+    fn watch(&self) -> Watch {
+        Watch {
+            id: self.id,
+            rx: self.tx.subscribe(),
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// What a waiter holds of a fetch.
+struct Watch {
+    id: u64,
+    rx: watch::Receiver<Option<Outcome>>,
+    deadline: Limit,
+}
+
+/// Hands `outcome` to the waiters of a fetch, unless it already has one.
+fn deliver(tx: &watch::Sender<Option<Outcome>>, outcome: Outcome) {
+    tx.send_if_modified(|slot| {
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(outcome);
+        true
+    });
 }
 
 /// What a request that found no fresh token does next.
@@ -92,17 +140,68 @@ pub(crate) enum Lookup {
 /// it waits on is not abandoned.
 pub(crate) struct Waiter {
     shared: Arc<Shared>,
-    flight: watch::Receiver<Option<Outcome>>,
+    watch: Watch,
+    /// Never waits past this: its arrival plus the fetch timeout.
+    give_up: Limit,
+    timeout: Duration,
 }
 
 impl Waiter {
     pub(crate) async fn wait(mut self) -> Outcome {
-        let outcome = match self.flight.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
-            Err(_closed) => None,
-        };
-        drop(self.shared);
-        outcome.unwrap_or_else(|| Err(TokenError::abandoned()))
+        // Timers need a runtime; outside one, wait for the outcome alone.
+        let timed = tokio::runtime::Handle::try_current().is_ok();
+        let mut yielded = false;
+        loop {
+            let until = match (self.watch.deadline, self.give_up) {
+                (Limit::At(a), Limit::At(b)) => Some(a.min(b)),
+                (Limit::At(a), Limit::Never) | (Limit::Never, Limit::At(a)) => Some(a),
+                (Limit::Never, Limit::Never) => None,
+            };
+            let received = {
+                let rx = &mut self.watch.rx;
+                let outcome = async move {
+                    match rx.wait_for(Option::is_some).await {
+                        Ok(outcome) => outcome.clone(),
+                        Err(_closed) => None,
+                    }
+                };
+                match until.filter(|_| timed) {
+                    Some(at) => tokio::time::timeout_at(at, outcome).await.ok(),
+                    None => Some(outcome.await),
+                }
+            };
+            let outcome = match received {
+                Some(outcome) => outcome.unwrap_or_else(|| Err(TokenError::abandoned())),
+                None if !yielded => {
+                    // The fetch's own timer may have fired in the same turn:
+                    // let its task go first, then look again.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                None => {
+                    let now = Instant::now();
+                    if self.watch.deadline.reached(now) {
+                        // Its own runtime did not end it in time: end it here.
+                        self.shared.stall(self.watch.id, now);
+                        continue;
+                    }
+                    return Err(TokenError::timeout(self.timeout));
+                }
+            };
+            let abandoned = matches!(&outcome, Err(e) if e.kind() == TokenErrorKind::Abandoned);
+            if !abandoned || self.give_up.reached(Instant::now()) {
+                return outcome;
+            }
+            // The fetch's runtime went away: ask again, which starts a new
+            // fetch on this one.
+            let current = self.shared.current.load_full();
+            match self.shared.lookup(&current) {
+                Lookup::Ready(entry) => return Ok(entry),
+                Lookup::Wait(waiter) => self.watch = waiter.watch,
+                Lookup::Fail(error) => return Err(error),
+            }
+        }
     }
 }
 
@@ -112,18 +211,19 @@ impl Shared {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: Current(Arc::new(Slot(ArcSwap::from_pointee(Entry::empty())))),
-            config,
             source,
-            refresh: Mutex::default(),
-            refreshing: AtomicBool::new(false),
-            retry_at: AtomicU64::new(0),
-            epoch: Instant::now(),
+            refresh: Mutex::new(Refresh {
+                config,
+                ..Refresh::default()
+            }),
+            flight_deadline: AtomicInstant::none(),
+            retry_at: AtomicInstant::none(),
             registered: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Refresh> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Refresh> {
         // Nothing panics while holding it, but never let poison wedge the cache.
         self.refresh.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -149,21 +249,23 @@ impl Shared {
         match current.phase(now) {
             Phase::Fresh => Lookup::Ready(current),
             Phase::Due => {
-                if !self.refresh_pending(now) {
+                let idle = self.flight(&mut refresh, now).is_none()
+                    && self.backing_off(&refresh, now).is_none();
+                if idle {
                     // Without a runtime the current token is still good.
-                    let _ = self.start(&mut refresh);
+                    let _ = self.start(&mut refresh, now);
                 }
                 Lookup::Ready(current)
             }
             Phase::Expired => {
-                if let Some(flight) = self.flight(&mut refresh) {
-                    return self.waiter(flight);
+                if let Some(watch) = self.flight(&mut refresh, now) {
+                    return self.waiter(&refresh, watch, now);
                 }
                 if let Some(error) = self.backing_off(&refresh, now) {
                     return Lookup::Fail(error);
                 }
-                match self.start(&mut refresh) {
-                    Ok(flight) => self.waiter(flight),
+                match self.start(&mut refresh, now) {
+                    Ok(watch) => self.waiter(&refresh, watch, now),
                     Err(error) => Lookup::Fail(error),
                 }
             }
@@ -171,126 +273,161 @@ impl Shared {
     }
 
     /// Whether a refresh is in flight or waits for its backoff, read without
-    /// the lock. A stale answer only means the slow path decides.
+    /// the lock.
     pub(crate) fn refresh_pending(&self, now: Instant) -> bool {
-        self.refreshing.load(Ordering::Acquire) || self.retry_at().is_some_and(|at| now < at)
+        self.flight_deadline.is_after(now) || self.retry_at.is_after(now)
     }
 
-    /// The fetch in flight. One whose task was dropped before it ran (its
-    /// runtime shut down) never settles: it is forgotten here.
-    fn flight(&self, refresh: &mut Refresh) -> Option<watch::Receiver<Option<Outcome>>> {
+    /// The fetch in flight, if it can still deliver. One that ended without
+    /// the lock (dropped by its runtime) is forgotten, and one past its
+    /// deadline is ended as a timeout.
+    fn flight(&self, refresh: &mut Refresh, now: Instant) -> Option<Watch> {
         let flight = refresh.flight.as_ref()?;
-        if flight.has_changed().is_ok() {
-            return Some(flight.clone());
+        if flight.tx.borrow().is_some() {
+            refresh.flight = None;
+            self.flight_deadline.store(None);
+            return None;
         }
-        self.end_flight(refresh);
-        None
-    }
-
-    fn end_flight(&self, refresh: &mut Refresh) {
-        refresh.flight = None;
-        refresh.flight_task = None;
-        self.refreshing.store(false, Ordering::Release);
-    }
-
-    /// When the backoff after the last failure ends.
-    fn retry_at(&self) -> Option<Instant> {
-        match self.retry_at.load(Ordering::Acquire) {
-            0 => None,
-            nanos => Some(self.epoch + Duration::from_nanos(nanos)),
+        if flight.deadline.reached(now) {
+            let id = flight.id;
+            self.stall_locked(refresh, id, now);
+            return None;
         }
-    }
-
-    fn set_retry_at(&self, retry_at: Option<Instant>) {
-        let nanos = retry_at.map_or(0, |at| {
-            let nanos = at.saturating_duration_since(self.epoch).as_nanos();
-            u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
-        });
-        self.retry_at.store(nanos, Ordering::Release);
+        Some(flight.watch())
     }
 
     /// The error to fail with while a backoff is in force.
     fn backing_off(&self, refresh: &Refresh, now: Instant) -> Option<TokenError> {
-        let retry_at = self.retry_at().filter(|at| now < *at)?;
+        let retry_at = refresh.retry_at.filter(|at| !at.reached(now))?;
         let last = refresh.last_error.clone()?;
-        Some(TokenError::backing_off(last, retry_at))
+        Some(TokenError::backing_off(last, retry_at.instant()))
     }
 
-    fn waiter(self: &Arc<Self>, flight: watch::Receiver<Option<Outcome>>) -> Lookup {
+    fn waiter(self: &Arc<Self>, refresh: &Refresh, watch: Watch, now: Instant) -> Lookup {
         self.counters.wait();
+        let timeout = refresh.config.timing.fetch_timeout;
         Lookup::Wait(Waiter {
             shared: Arc::clone(self),
-            flight,
+            watch,
+            give_up: Limit::after(now, timeout),
+            timeout,
         })
     }
 
     /// Starts the single fetch, on a task of its own so that no request's
     /// cancellation can cancel it.
-    fn start(
-        self: &Arc<Self>,
-        refresh: &mut Refresh,
-    ) -> Result<watch::Receiver<Option<Outcome>>, TokenError> {
-        if let Some(error) = &self.config.scheme_error {
+    fn start(self: &Arc<Self>, refresh: &mut Refresh, now: Instant) -> Result<Watch, TokenError> {
+        if let Some(error) = &refresh.config.scheme_error {
             return Err(error.clone());
         }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
-        let (tx, rx) = watch::channel(None);
+        let timeout = refresh.config.timing.fetch_timeout;
+        refresh.flights += 1;
+        let id = refresh.flights;
+        let (tx, _) = watch::channel(None);
+        let span = FetchSpan::new(refresh.failures.saturating_add(1));
         let flight = Flight {
             shared: Arc::downgrade(self),
-            tx,
-            started: Instant::now(),
+            id,
+            tx: tx.clone(),
             polled: false,
             settled: false,
-            span: FetchSpan::new(refresh.failures.saturating_add(1)),
+            span: span.clone(),
         };
-        let task = runtime.spawn(flight.run(self.config.timing.fetch_timeout));
+        let task = runtime.spawn(flight.run(timeout));
         if task.is_finished() {
             // The task cannot have settled: that takes the lock held here. So
             // its runtime is shutting down and dropped it unpolled.
             return Err(TokenError::abandoned());
         }
-        refresh.flight = Some(rx.clone());
-        refresh.flight_task = Some(task.abort_handle());
-        self.refreshing.store(true, Ordering::Release);
+        let deadline = Limit::after(now, timeout);
+        let flight = InFlight {
+            id,
+            tx,
+            started: now,
+            deadline,
+            timeout,
+            task: task.abort_handle(),
+            span,
+        };
+        let watch = flight.watch();
+        refresh.flight = Some(flight);
+        self.flight_deadline.store(Some(deadline));
         self.counters.fetch();
-        Ok(rx)
+        Ok(watch)
     }
 
-    /// Records what a fetch ended with, and returns what its waiters receive.
-    fn settle(
+    /// Ends the fetch `id` with what its task returned, unless it already
+    /// ended another way.
+    fn settle(&self, id: u64, result: Result<Token, TokenError>, counts_as_failure: bool) {
+        let mut refresh = self.lock();
+        let Some(flight) = refresh.flight.take_if(|flight| flight.id == id) else {
+            return;
+        };
+        self.flight_deadline.store(None);
+        let outcome = self.record(&mut refresh, result, flight.started, counts_as_failure);
+        drop(refresh);
+        self.report(&outcome, &flight, counts_as_failure);
+        deliver(&flight.tx, outcome);
+    }
+
+    /// A waiter saw the deadline of fetch `id` pass: end it, if nothing else
+    /// has.
+    fn stall(&self, id: u64, now: Instant) {
+        let mut refresh = self.lock();
+        self.stall_locked(&mut refresh, id, now);
+    }
+
+    fn stall_locked(&self, refresh: &mut Refresh, id: u64, now: Instant) {
+        let Some(flight) =
+            refresh.flight.take_if(|flight| flight.id == id && flight.deadline.reached(now))
+        else {
+            return;
+        };
+        self.flight_deadline.store(None);
+        flight.task.abort();
+        let timeout = Err(TokenError::timeout(flight.timeout));
+        let outcome = self.record(refresh, timeout, flight.started, true);
+        self.report(&outcome, &flight, true);
+        deliver(&flight.tx, outcome);
+    }
+
+    /// Applies what a fetch that began at `started` ended with: a new
+    /// current token, or a failure and its backoff.
+    fn record(
         &self,
+        refresh: &mut Refresh,
         result: Result<Token, TokenError>,
         started: Instant,
         counts_as_failure: bool,
     ) -> Outcome {
-        let mut refresh = self.lock();
-        self.end_flight(&mut refresh);
-        let scheme = self.config.scheme.as_deref();
-        let timing = &self.config.timing;
-        let entry =
-            result.and_then(|token| Entry::new(token, scheme, started, timing, &mut refresh.rng));
+        let Refresh { config, rng, .. } = refresh;
+        let entry = result.and_then(|token| {
+            Entry::new(token, config.scheme.as_deref(), started, &config.timing, rng)
+        });
         match entry {
             Ok(entry) => {
                 let entry = Arc::new(entry);
+                entry.arm();
                 self.current.store(Arc::clone(&entry));
-                if let Some(timer) = refresh.timer_task.take() {
-                    timer.abort();
-                }
-                refresh.timer_task = entry.spawn_timer();
                 refresh.failures = 0;
                 refresh.last_error = None;
-                self.set_retry_at(None);
+                refresh.retry_at = None;
+                self.retry_at.store(None);
                 Ok(entry)
             }
             Err(mut error) => {
                 if counts_as_failure {
                     refresh.failures = refresh.failures.saturating_add(1);
-                    let failures = refresh.failures;
-                    let delay = timing.delay(failures, error.retry_hint(), &mut refresh.rng);
-                    let retry_at = Instant::now() + delay;
-                    self.set_retry_at(Some(retry_at));
-                    error.set_retry_at(retry_at);
+                    let delay =
+                        config
+                            .timing
+                            .delay(refresh.failures, error.retry_hint(), &mut refresh.rng);
+                    let retry_at = Limit::after(Instant::now(), delay);
+                    refresh.retry_at = Some(retry_at);
+                    self.retry_at.store(Some(retry_at));
+                    error.set_retry_at(retry_at.instant());
                     refresh.last_error = Some(error.clone());
                 }
                 Err(error)
@@ -312,7 +449,9 @@ impl Shared {
 
     fn evict(&self, generation: u64, cause: Cause) -> bool {
         let current = self.current.load();
-        let evicted = generation != 0 && current.generation == generation && current.expire();
+        let evicted = generation != 0
+            && current.generation == generation
+            && current.expire(Instant::now());
         if evicted {
             self.counters.invalidation();
             observe::invalidated(generation, cause);
@@ -320,16 +459,10 @@ impl Shared {
         evicted
     }
 
-    /// Counts and reports how a fetch ended, after [`settle`](Self::settle).
-    fn settled(
-        &self,
-        outcome: &Outcome,
-        started: Instant,
-        counts_as_failure: bool,
-        span: &FetchSpan,
-    ) {
+    /// Counts and reports how a fetch ended.
+    fn report(&self, outcome: &Outcome, flight: &InFlight, counts_as_failure: bool) {
         if outcome.is_ok() {
-            span.settled(outcome, started, None, None);
+            flight.span.settled(outcome, flight.started, None, None);
             return;
         }
         if counts_as_failure {
@@ -337,17 +470,17 @@ impl Shared {
         }
         let now = Instant::now();
         // An abandoned fetch set no backoff of its own.
-        let retry_in = self
-            .retry_at()
-            .filter(|_| counts_as_failure)
-            .map(|at| at.saturating_duration_since(now));
+        let retry_in = match self.retry_at.until(now) {
+            Some(retry_in) if counts_as_failure => Some(retry_in),
+            _ => None,
+        };
         // A failed background refresh leaves a due token in service.
         let current = self.current.load();
         let serving = match (current.phase(now), current.token.expiry()) {
             (Phase::Due, Some(expiry)) => Some(expiry.saturating_duration_since(now)),
             _ => None,
         };
-        span.settled(outcome, started, retry_in, serving);
+        flight.span.settled(outcome, flight.started, retry_in, serving);
     }
 
     /// Makes this cache reachable by [`invalidate_by_id`].
@@ -365,9 +498,8 @@ impl Drop for Shared {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         // The last handle is gone: nobody is left to receive a token.
-        let tasks = [refresh.flight_task.take(), refresh.timer_task.take()];
-        for task in tasks.into_iter().flatten() {
-            task.abort();
+        if let Some(flight) = refresh.flight.take() {
+            flight.task.abort();
         }
         if *self.registered.get_mut() {
             registry().remove(&self.id);
@@ -379,8 +511,8 @@ impl Drop for Shared {
 /// handle is gone, the fetch is aborted and nothing keeps it alive.
 struct Flight {
     shared: Weak<Shared>,
+    id: u64,
     tx: watch::Sender<Option<Outcome>>,
-    started: Instant,
     /// Whether the task ever ran: a runtime that is shutting down drops a new
     /// task at once, inside `spawn`, while the cache's lock is held.
     polled: bool,
@@ -408,15 +540,11 @@ impl Flight {
 
     fn settle(&mut self, result: Result<Token, TokenError>, counts_as_failure: bool) {
         self.settled = true;
-        let outcome = match self.shared.upgrade() {
-            Some(shared) => {
-                let outcome = shared.settle(result, self.started, counts_as_failure);
-                shared.settled(&outcome, self.started, counts_as_failure, &self.span);
-                outcome
-            }
-            None => Err(TokenError::abandoned()),
-        };
-        self.tx.send_replace(Some(outcome));
+        if let Some(shared) = self.shared.upgrade() {
+            shared.settle(self.id, result, counts_as_failure);
+        }
+        // Nobody delivered (the cache is gone): still end the wait.
+        deliver(&self.tx, Err(TokenError::abandoned()));
     }
 }
 
@@ -427,10 +555,12 @@ impl Drop for Flight {
         }
         if !self.polled {
             // Dropped by its runtime before it ran, maybe inside `spawn`
-            // under the cache's lock, so take no lock: only say that no
-            // fetch is in flight. The next request starts a new one.
+            // under the cache's lock, so take no lock: end the wait, and let
+            // the due window know that nothing is in flight. The next lookup
+            // forgets this fetch and starts a new one.
+            deliver(&self.tx, Err(TokenError::abandoned()));
             if let Some(shared) = self.shared.upgrade() {
-                shared.refreshing.store(false, Ordering::Release);
+                shared.flight_deadline.store(None);
             }
             return;
         }

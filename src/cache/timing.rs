@@ -43,17 +43,33 @@ pub(crate) struct Schedule {
 }
 
 impl Timing {
-    /// The schedule of a token fetched from `started` that expires at `expiry`.
+    /// The schedule of a token fetched from `started` that expires at
+    /// `expiry`, give or take `granularity` (see [`Token::expires_in_secs`]).
     ///
     /// - expired: `expiry_margin` before `expiry`, but at most 10% of the
-    ///   lifetime early;
+    ///   lifetime early, and at least `granularity` early;
     /// - due: `refresh_before` before `expiry`, minus a random jitter of at
     ///   most `jitter` and 5% of the lifetime, never before half the lifetime
     ///   and never after the expiry point.
-    pub(crate) fn schedule(&self, started: Instant, expiry: Instant, rng: &mut Rng) -> Schedule {
+    ///
+    /// Total over every input: an instant that would fall outside tokio's
+    /// clock is clamped to `started` or `expiry`.
+    ///
+    /// [`Token::expires_in_secs`]: crate::Token::expires_in_secs
+    pub(crate) fn schedule(
+        &self,
+        started: Instant,
+        expiry: Instant,
+        granularity: Duration,
+        rng: &mut Rng,
+    ) -> Schedule {
         let lifetime = expiry.saturating_duration_since(started);
-        let half = started + lifetime / 2;
-        let expires_at = expiry - self.expiry_margin.min(lifetime / 10);
+        let half = started.checked_add(lifetime / 2).unwrap_or(expiry);
+        let margin = self.expiry_margin.min(lifetime / 10).max(granularity);
+        let expires_at = expiry
+            .checked_sub(margin)
+            .unwrap_or(started)
+            .min(expiry);
         let due_at = expiry
             .checked_sub(self.refresh_before)
             .unwrap_or(half)
@@ -140,7 +156,12 @@ mod tests {
 
     fn schedule_of(lifetime: Duration) -> (Duration, Duration) {
         let started = Instant::now();
-        let s = Timing::default().schedule(started, started + lifetime, &mut Rng::new());
+        let s = Timing::default().schedule(
+            started,
+            started + lifetime,
+            Duration::ZERO,
+            &mut Rng::new(),
+        );
         (s.due_at - started, s.expires_at - started)
     }
 
@@ -182,7 +203,7 @@ mod tests {
     #[test]
     fn already_expired_token_has_an_empty_schedule() {
         let started = Instant::now();
-        let s = Timing::default().schedule(started, started, &mut Rng::new());
+        let s = Timing::default().schedule(started, started, Duration::ZERO, &mut Rng::new());
         assert_eq!(s.due_at, started);
         assert_eq!(s.expires_at, started);
     }
