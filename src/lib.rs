@@ -59,6 +59,13 @@
 //! # }
 //! ```
 //!
+//! The token source is any closure returning a future of `Result<Token, E>`
+//! (`E` converts into [`BoxError`]), or a type implementing [`TokenSource`],
+//! such as `oauth2::ClientCredentials`. To share one cache between several
+//! clients, or to use it outside tower, build a [`TokenCache`] and pass it to
+//! [`BearerAuthLayer::from_cache`]: clones of a cache share it, and
+//! `cache.token().await` returns the current token.
+//!
 //! # Integrations
 //!
 //! - **hyper-util's client**, **tonic's `Channel`**, and any tower service
