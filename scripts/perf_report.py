@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turns criterion's results into the README's performance tables and the
+"""Turns criterion's results into the tables of docs/performance.md and the
 storm chart.
 
     cargo bench --bench hot_path && cargo bench --bench storm

@@ -240,8 +240,11 @@
 //!
 //! # Migrating from tower-http's `AddAuthorization`
 //!
-//! `AddAuthorization` sets a token fixed when the layer is built. Where the
-//! token has to be fetched, and renewed, swap the layer:
+//! `AddAuthorization` sets a token fixed when the layer is built: it is the
+//! right tool when the token never changes. Where the token has to be
+//! fetched, and renewed, swap the layer; a request with a fresh token costs
+//! about the same through either (measured in the repository's
+//! `docs/performance.md`):
 //!
 //! ```
 //! # use std::convert::Infallible;

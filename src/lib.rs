@@ -8,8 +8,8 @@
 //!
 //! [`BearerAuthLayer`] does that for any tower service of `http::Request<B>`:
 //!
-//! - reads are lock-free (an [`arc-swap`](arc_swap) load and one atomic
-//!   flag) and cost about as much as inserting a static header;
+//! - reads are lock-free and cost about as much as inserting a static
+//!   header;
 //! - one single-flight refresh runs when the token is due, in the background
 //!   while the old token is still valid, so a thousand simultaneous requests
 //!   cause one fetch;
@@ -59,11 +59,17 @@
 //! # }
 //! ```
 //!
-//! # Where it plugs in
+//! The token source is any closure returning a future of `Result<Token, E>`
+//! (`E` converts into [`BoxError`]), or a type implementing [`TokenSource`],
+//! such as `oauth2::ClientCredentials`. To share one cache between several
+//! clients, or to use it outside tower, build a [`TokenCache`] and pass it to
+//! [`BearerAuthLayer::from_cache`]: clones of a cache share it, and
+//! `cache.token().await` returns the current token.
+//!
+//! # Integrations
 //!
 //! - **hyper-util's client**, **tonic's `Channel`**, and any tower service
-//!   of `http::Request<B>`: through [`BearerAuthLayer`] (tonic's
-//!   interceptors are synchronous and cannot wait for a token; a layer can).
+//!   of `http::Request<B>`: through [`BearerAuthLayer`] (see [`auth`]).
 //! - **reqwest**, through reqwest-middleware: [`BearerAuthMiddleware`] (the
 //!   `reqwest-middleware` feature), over the same [`TokenCache`], so one
 //!   cache can feed a reqwest client and a tower client at once.
@@ -72,8 +78,37 @@
 //!   migrate from tower-http's `AddAuthorization`.
 //!
 //! [`scope`] narrows which requests get the token (only `https`, only given
-//! hosts, or a predicate). [`TokenCache::stats`] counts fetches, failures,
-//! waits and invalidations.
+//! hosts, or a predicate). [`TokenCache::stats`] and the `tracing` feature
+//! say what the cache did (see [the cache's
+//! observability](cache#observability)).
+//!
+//! Each integration is tested with real parts over loopback: hyper-util's
+//! client against a local token endpoint and resource, a tonic client
+//! against a tonic server that checks the token, and reqwest against the
+//! examples' mock backend.
+//!
+//! ## tonic
+//!
+//! Wrap the `Channel`:
+//! `HealthClient::new(ServiceBuilder::new().layer(BearerAuthLayer::new(source)).service(channel))`.
+//! tonic's interceptors are synchronous and cannot wait for a token; a layer
+//! around the `Channel` can. The `Channel` is a `Buffer`, so clone the client
+//! for concurrent calls: calling a clone that was not made ready panics
+//! (see [`composition`]). The repository's `examples/tonic_health.rs` runs a
+//! client and a server that checks the token.
+//!
+//! - **A token failure** reaches the caller as the `tonic::Status` that tonic
+//!   makes of the layer's error (`Status::from_error`): code `Unknown`, the
+//!   [`TokenError`]'s message (`"token fetch failed"`, `"token fetch is
+//!   backing off after a failure"`, ...), and the `TokenError` as its
+//!   `source()`.
+//! - **A rejected token.** A gRPC server rejects a token with
+//!   `UNAUTHENTICATED` in an HTTP `200` response, so the layer, which evicts
+//!   on HTTP `401`, does not evict it. On `Code::Unauthenticated`, call
+//!   `cache.invalidate(&cache.token().await?)` on a cache shared with the
+//!   layer ([`BearerAuthLayer::from_cache`]).
+//! - **Scope.** tonic's generated clients send a path only unless built
+//!   `with_origin`; see [`scope`] before narrowing by host.
 //!
 #![cfg_attr(
     not(feature = "reqwest-middleware"),

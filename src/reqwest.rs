@@ -9,7 +9,11 @@
 //! and backed off, the header marked sensitive, and a `401 Unauthorized`
 //! evicting the token that was sent if it is still the current one. Built
 //! [`from_cache`](BearerAuthMiddleware::from_cache), it shares one
-//! [`TokenCache`] with tower clients and with code outside either.
+//! [`TokenCache`] with tower clients and with code outside either: a `401`
+//! seen by one evicts the token for all. It has the layer's setters:
+//! [`header_name`](BearerAuthMiddleware::header_name),
+//! [`keep_existing`](BearerAuthMiddleware::keep_existing) and
+//! [`scope`](BearerAuthMiddleware::scope).
 //!
 //! A failure to get a token is a `reqwest_middleware::Error::Middleware`
 //! whose `anyhow::Error` is the [`TokenError`](crate::TokenError):

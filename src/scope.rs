@@ -42,7 +42,11 @@
 //! ```
 //!
 //! The conditions of a scope all have to hold. Without any, a scope covers
-//! every request, as the default does.
+//! every request, as the default does. Hosts compare without regard to case
+//! or port. [`only_if`](Scope::only_if) takes a closure over a
+//! [`RequestHead`] (method, URI and headers, borrowed), so one scope works
+//! for any body type, and the same [`Scope`] serves the tower layer and the
+//! reqwest middleware.
 //!
 //! A request whose URI has no scheme or host (a path alone) matches neither
 //! [`require_https`](Scope::require_https) nor [`hosts`](Scope::hosts). Note

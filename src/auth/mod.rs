@@ -5,17 +5,19 @@
 //! `ServiceBuilder::layer(..)`) and sets `Authorization: Bearer <token>` on
 //! every request, with the token from a [`TokenCache`](crate::TokenCache).
 //!
-//! - While the token is fresh, a request takes no lock and awaits nothing
-//!   before the inner service is called: it loads the cached entry, checks one
-//!   atomic flag and clones a `HeaderValue` built once per token and marked
-//!   sensitive.
+//! - While the token is fresh, a request reads it lock-free and awaits
+//!   nothing before the inner service is called: it clones a `HeaderValue`
+//!   built once per token and marked sensitive.
 //! - A request that must wait for a token takes the inner service that
 //!   `poll_ready` made ready into its future, so readiness holds for
 //!   `Buffer`, `ConcurrencyLimit` and tonic's `Channel`.
 //! - When the inner service answers `401 Unauthorized` to a request that
 //!   carried token T, T is evicted if it is still the current token, and
-//!   later requests wait for the single refresh. The 401 goes back to the
-//!   caller unchanged; retrying is the caller's choice.
+//!   later requests wait for the single refresh: a burst of 100 `401`s for
+//!   one token causes one refresh, and a late `401` never evicts its
+//!   successor. The `401` goes back to the caller unchanged, and it does not
+//!   bypass an active backoff. Retrying is the caller's choice:
+//!   `RetryOn401` (the `retry` feature) retries once.
 //! - The crate's own failures are a [`TokenError`](crate::TokenError) in the
 //!   `BoxError`; errors of the inner service pass through untouched.
 //! - A [`Scope`](crate::Scope) ([`BearerAuthLayer::scope`]) narrows which
@@ -52,6 +54,19 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Options
+//!
+//! | setting | default | setter |
+//! |---|---|---|
+//! | header | `Authorization` | [`BearerAuthLayer::header_name`] |
+//! | a request that already has the header | overwritten | [`BearerAuthLayer::keep_existing`] |
+//! | which requests get the token | all | [`BearerAuthLayer::scope`] |
+//!
+//! A request kept with `keep_existing(true)` needs no token: it neither
+//! waits for nor triggers a fetch, and its `401` evicts nothing. The token's
+//! phases, scheme, timeouts and backoff are the cache's settings: see
+//! [`crate::cache`].
 //!
 //! # Another header or scheme
 //!

@@ -7,7 +7,7 @@
 //!
 //! | phase | a request ... |
 //! |---|---|
-//! | fresh | gets the cached token: one atomic load, no lock, no clock read |
+//! | fresh | gets the cached token at once: lock-free, no await, no allocation |
 //! | due | gets the cached token, and the first one starts a background refresh |
 //! | expired | waits for the single refresh (and so does a cold cache) |
 //!
@@ -24,12 +24,31 @@
 //!
 //! `t0` is the instant the fetch **began**: time spent on the wire is not
 //! credited to the token. Phases move on tokio's clock (a timer task flips
-//! them), so tests can run with paused time.
+//! them), so tests can run with paused time. A token without an expiry
+//! never expires; a `401` can still evict it.
+//!
+//! What a fresh-token request costs, against tower-http's static header and
+//! a mutex, is measured in the repository's `docs/performance.md`.
+//!
+//! | setting | default | setter |
+//! |---|---|---|
+//! | expired | `min(10 s, L/10)` before `t0 + L` | [`expiry_margin`](TokenCache::expiry_margin) |
+//! | due | `5 min` before `t0 + L`, never before `t0 + L/2` | [`refresh_before`](TokenCache::refresh_before) |
+//! | jitter on the due point | up to `min(30 s, L/20)` earlier | [`refresh_jitter`](TokenCache::refresh_jitter) |
+//! | fetch timeout | 10 s, independent of any request's | [`fetch_timeout`](TokenCache::fetch_timeout) |
+//! | backoff after the n-th failure in a row | random in `[d/2, d]`, `d = min(30 s, 1 s · 2ⁿ⁻¹)` | [`backoff`](TokenCache::backoff) |
+//! | scheme | `Bearer` | [`scheme`](TokenCache::scheme), [`no_scheme`](TokenCache::no_scheme) |
+//!
+//! The header, what happens to a request that already has one, and which
+//! requests get a token are the middleware's settings: see
+//! [`crate::auth`].
 //!
 //! # Failures
 //!
 //! - Every request waiting on a failed fetch receives that fetch's error; none
-//!   of them fetches again on its own.
+//!   of them fetches again on its own, and none hangs: a source that panics,
+//!   or a fetch dropped with its runtime, ends its waiters with a
+//!   [`TokenError`] too.
 //! - After a failure the next fetch waits for a backoff, exponential with
 //!   jitter: the n-th delay in a row is random in `[d/2, d]` with
 //!   `d = min(30 s, 1 s · 2ⁿ⁻¹)` ([`backoff`](TokenCache::backoff)). A request
@@ -43,23 +62,58 @@
 //!   [`RetryHint::NotBefore`](crate::RetryHint::NotBefore) waits at least that
 //!   long (at most an hour), [`RetryHint::Permanent`](crate::RetryHint::Permanent)
 //!   waits the maximum backoff and marks the error
-//!   [`is_permanent`](crate::TokenError::is_permanent).
+//!   [`is_permanent`](crate::TokenError::is_permanent). Both only ever
+//!   lengthen the backoff; [`retry_at`](crate::TokenError::retry_at) tells
+//!   when the next fetch may start.
 //! - A failed background refresh never evicts a token that is still valid: it
 //!   is served until it expires, and the refresh is tried again after the
 //!   backoff.
 //! - Each fetch runs on a task of its own with its own timeout
 //!   ([`fetch_timeout`](TokenCache::fetch_timeout), 10 s), independent of any
-//!   request's. Dropping the request that started it cancels nothing; when
-//!   every handle to the cache is gone, the fetch is aborted.
+//!   request's. Dropping the request that started it cancels nothing: the
+//!   result is cached and used by the others. When every handle to the cache
+//!   (cache, layers, services and waiting requests) is gone, the fetch and
+//!   the expiry timer are aborted: no task lingers.
+//! - A `401` evicts the token it rejected, if it is still the current one
+//!   (see [`crate::auth`]); [`TokenCache::invalidate`] does the same for code
+//!   outside tower.
+//! - A token that is empty or not a valid header value (a newline in it, say)
+//!   is an [`InvalidToken`](crate::TokenErrorKind::InvalidToken) error, from
+//!   the middleware and from [`TokenCache::token`] alike: never a panic, and
+//!   no request is sent with it. A scheme that is not a valid header value is
+//!   an [`InvalidScheme`](crate::TokenErrorKind::InvalidScheme) error for
+//!   every request, without a fetch.
+//! - All of these are a [`TokenError`] with a
+//!   [`kind`](crate::TokenError::kind) and a `source()` chain that leads to
+//!   the token source's own error (see [`crate::error`]).
+//! - The header value is built once per token and marked sensitive, so
+//!   hyper's and tower-http's tracing redact it. The `Debug` output of
+//!   [`Token`], the cache, the layer and the service never
+//!   shows the token.
 //!
-//! # Counters and tracing
+//! # Observability
 //!
-//! [`TokenCache::stats`] returns plain counters ([`Stats`]): fetches,
-//! failures, waits and invalidations. With the `tracing` feature (on by
-//! default) each fetch runs in a `token_fetch` span, and failures, backoff,
-//! a failed refresh that leaves the current token in service, and
-//! invalidations are events. Neither ever records the token, and neither
-//! touches the path of a request served a fresh token.
+//! **Counters.** [`TokenCache::stats`] returns [`Stats`]: `fetches` started,
+//! `failures`, `waits` (requests and [`token`](TokenCache::token) calls that
+//! had to wait for a fetch) and `invalidations` (tokens evicted by a `401` or
+//! [`invalidate`](TokenCache::invalidate)). Relaxed atomics, bumped on cold
+//! paths only.
+//!
+//! **Tracing**, with the `tracing` feature (on by default):
+//!
+//! - a `token_fetch` span per fetch, with `attempt` (1, 2, ... within a run
+//!   of failures), `outcome` (`ok` or the
+//!   [`TokenErrorKind`](crate::TokenErrorKind)), `latency` and `lifetime`;
+//! - inside it, the events "token fetched", "token fetch failed" (with the
+//!   error chain), "backing off before the next token fetch" (`retry_in`)
+//!   and "token refresh failed; serving the current token until it expires"
+//!   (`expires_in`), each once per occurrence, not per request;
+//! - outside it, when a token is evicted, "token invalidated after a 401;
+//!   ..." or "token invalidated by the caller; ...", with the token's
+//!   generation number.
+//!
+//! The token never appears in a span or an event (a test records every one
+//! and checks), and a request served a fresh token emits nothing.
 //!
 //! # Example
 //!

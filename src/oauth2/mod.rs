@@ -28,6 +28,28 @@
 //! # }
 //! ```
 //!
+//! `cargo run --example client_credentials` runs this against the examples'
+//! local backend, or against a real identity provider with `TOKEN_URL`,
+//! `CLIENT_ID` and `CLIENT_SECRET` (and optionally `SCOPE`, `AUDIENCE`,
+//! `API_URL`) in the environment.
+//!
+//! # Options
+//!
+//! [`ClientCredentials::try_new`] checks the token URL up front;
+//! [`new`](ClientCredentials::new) never fails, and a bad URL fails every
+//! fetch with a permanent error.
+//!
+//! | setter | sends / does | default |
+//! |---|---|---|
+//! | [`scope`](ClientCredentials::scope), [`scopes`](ClientCredentials::scopes) | `scope`, space-joined | none |
+//! | [`audience`](ClientCredentials::audience) | `audience` (Auth0, Okta) | none |
+//! | [`resource`](ClientCredentials::resource) | `resource`, repeatable (RFC 8707) | none |
+//! | [`param`](ClientCredentials::param) | any other form field, after ours | none |
+//! | [`auth_method`](ClientCredentials::auth_method) | [`ClientAuth::Basic`] or [`ClientAuth::Post`] | `Basic` |
+//! | [`default_lifetime`](ClientCredentials::default_lifetime) | lifetime of a token with neither `expires_in` nor a JWT `exp` | 1 hour |
+//! | [`allow_insecure_http`](ClientCredentials::allow_insecure_http) | allow plain `http` to a host that is not loopback | off |
+//! | [`with_client`](ClientCredentials::with_client) | send through any tower HTTP service instead of the built-in client | hyper-util + rustls |
+//!
 //! # The request
 //!
 //! `POST` to the token URL, `application/x-www-form-urlencoded`, with
@@ -37,7 +59,9 @@
 //! authenticates with [`ClientAuth::Basic`] (`client_secret_basic`, the
 //! default: the id and secret form-encoded, then joined by `:` and
 //! base64-encoded, as RFC 6749 §2.3.1 requires) or [`ClientAuth::Post`]
-//! (`client_secret_post`: both in the form).
+//! (`client_secret_post`: both in the form). A server that forgets to decode
+//! the Basic credentials chokes on a secret with spaces or `:` in it: use
+//! `Post` there.
 //!
 //! The token URL must be `https`. Plain `http` is allowed to `localhost`,
 //! `127.0.0.0/8` and `[::1]`, and to other hosts only with
