@@ -3,12 +3,10 @@
 //! protected resource that verifies every token's signature (against the
 //! server's JWKS), issuer and expiry.
 //!
-//! Needs Node 20.19+ and `npm ci --prefix tests/fixtures/oauth2-server`.
+//! Needs Node 20.19+; the first test to start the server runs `npm ci` in
+//! the fixture (see `tests/common/idp.rs`).
 #![cfg(feature = "oauth2")]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,78 +21,8 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{self, ClientAuth, ClientCredentials, ErrorKind};
 use tower_bearer::{BearerAuth, BearerAuthLayer, TokenError, TokenErrorKind};
 
-const CLIENT_ID: &str = "orders-service";
-const CLIENT_SECRET: &str = "correct horse:battery/staple";
-
-/// The Node servers, stopped on drop.
-struct MockIdp {
-    child: Child,
-    token_url: String,
-    protected_url: String,
-    stats_url: String,
-}
-
-impl MockIdp {
-    fn start(token_lifetime: u64) -> Self {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oauth2-server");
-        assert!(
-            fixture.join("node_modules/oauth2-mock-server").is_dir(),
-            "the OAuth2 test server is not installed: run `npm ci --prefix tests/fixtures/oauth2-server`"
-        );
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(&fixture)
-            .env("CLIENT_ID", CLIENT_ID)
-            .env("CLIENT_SECRET", CLIENT_SECRET)
-            .env("TOKEN_LIFETIME", token_lifetime.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot run `node` (Node 20.19 or later is needed)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        // EOF (node failed to start) ends the read as well; the timeout is
-        // only a guard against a node that neither starts nor exits.
-        let (sent, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sent.send(line);
-        });
-        let line = received
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the OAuth2 test server did not start within a minute");
-        let urls: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("the OAuth2 test server did not start: {line:?}"));
-        let url = |name: &str| urls[name].as_str().expect("a URL").to_owned();
-        Self {
-            token_url: url("token_url"),
-            protected_url: url("protected_url"),
-            stats_url: url("stats_url"),
-            child,
-        }
-    }
-
-    async fn stats(&self) -> Value {
-        let response = http_client()
-            .get(self.stats_url.parse().unwrap())
-            .await
-            .unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    fn source(&self) -> ClientCredentials {
-        ClientCredentials::new(&self.token_url, CLIENT_ID, CLIENT_SECRET)
-    }
-}
-
-impl Drop for MockIdp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::idp::{MockIdp, CLIENT_ID};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 

@@ -14,6 +14,9 @@ use tower::util::BoxCloneSyncService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, Token, TokenCache, TokenSource};
 
+#[cfg(feature = "oauth2")]
+pub mod idp;
+
 /// What the next fetch does.
 #[derive(Clone, Copy, Debug)]
 pub enum Next {
