@@ -22,7 +22,46 @@ pub(crate) type Coarse = u64;
 /// The coarse clock now.
 #[inline]
 pub(crate) fn coarse_now() -> Coarse {
+    #[cfg(test)]
+    return imp::now().saturating_add(skew::nanos());
+    #[cfg(not(test))]
     imp::now()
+}
+
+/// Tokio's clock now: the one that decides every phase.
+#[inline]
+pub(crate) fn now() -> Instant {
+    #[cfg(test)]
+    return Instant::now() + skew::get();
+    #[cfg(not(test))]
+    Instant::now()
+}
+
+/// What no runtime's API can do: let real time pass on this thread without
+/// any runtime's driver running its timers, as for a runtime that is idle
+/// between two `block_on`s. Unit tests move both of the cache's clocks
+/// ahead by a skew instead of sleeping.
+#[cfg(test)]
+pub(crate) mod skew {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    thread_local! {
+        static SKEW: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    /// Moves this thread's view of real time `by` ahead.
+    pub(crate) fn pass(by: Duration) {
+        SKEW.with(|skew| skew.set(skew.get() + by));
+    }
+
+    pub(super) fn get() -> Duration {
+        SKEW.with(Cell::get)
+    }
+
+    pub(super) fn nanos() -> u64 {
+        u64::try_from(get().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// How far behind the real time the hot path allows the coarse clock to

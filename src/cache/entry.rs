@@ -115,7 +115,7 @@ impl Entry {
             Expiry::At(expiry) => Some(timing.schedule(started, expiry, granularity, rng)),
             Expiry::Never | Expiry::In(_) => None,
         };
-        let now = Instant::now();
+        let now = clock::now();
         let (state, fresh_until) = match (phase_at(schedule, now), schedule) {
             (Phase::Expired, _) => return Err(TokenError::expired()),
             (Phase::Due, _) => (STALE, 0),
@@ -161,7 +161,7 @@ impl Entry {
     /// 10 s ago with an expiry 20 s after that.
     #[cfg(test)]
     pub(crate) fn due_now() -> Arc<Self> {
-        let now = Instant::now();
+        let now = clock::now();
         let started = now.checked_sub(Duration::from_secs(10)).unwrap_or(now);
         let timing = Timing {
             refresh_before: Duration::from_secs(3600),
@@ -195,7 +195,7 @@ impl Entry {
         {
             return;
         }
-        let now = Instant::now();
+        let now = clock::now();
         let at = match now.checked_add(LONGEST_TIMER) {
             Some(longest) => schedule.due_at.min(longest),
             None => schedule.due_at,
@@ -244,7 +244,7 @@ impl Wake for DueWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if Instant::now() >= self.at {
+        if clock::now() >= self.at {
             if let Some(entry) = self.entry.upgrade() {
                 entry.mark_stale();
             }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::clock::{AtomicInstant, Limit};
+use super::clock::{self, AtomicInstant, Limit};
 use super::entry::{Entry, Phase};
 use super::observe::{self, Cause, FetchSpan};
 use super::stats::Counters;
@@ -180,7 +180,7 @@ impl Waiter {
                     continue;
                 }
                 None => {
-                    let now = Instant::now();
+                    let now = clock::now();
                     if self.watch.deadline.reached(now) {
                         // Its own runtime did not end it in time: end it here.
                         self.shared.stall(self.watch.id, now);
@@ -190,7 +190,7 @@ impl Waiter {
                 }
             };
             let abandoned = matches!(&outcome, Err(e) if e.kind() == TokenErrorKind::Abandoned);
-            if !abandoned || self.give_up.reached(Instant::now()) {
+            if !abandoned || self.give_up.reached(clock::now()) {
                 return outcome;
             }
             // The fetch's runtime went away: ask again, which starts a new
@@ -237,7 +237,7 @@ impl Shared {
 
     /// The slow path, for a request that found `seen` not fresh.
     pub(crate) fn lookup(self: &Arc<Self>, seen: &Arc<Entry>) -> Lookup {
-        let now = Instant::now();
+        let now = clock::now();
         match seen.phase(now) {
             Phase::Fresh => return Lookup::Ready(Arc::clone(seen)),
             Phase::Due if self.refresh_pending(now) => return Lookup::Ready(Arc::clone(seen)),
@@ -424,7 +424,7 @@ impl Shared {
                         config
                             .timing
                             .delay(refresh.failures, error.retry_hint(), &mut refresh.rng);
-                    let retry_at = Limit::after(Instant::now(), delay);
+                    let retry_at = Limit::after(clock::now(), delay);
                     refresh.retry_at = Some(retry_at);
                     self.retry_at.store(Some(retry_at));
                     error.set_retry_at(retry_at.instant());
@@ -451,7 +451,7 @@ impl Shared {
         let current = self.current.load();
         let evicted = generation != 0
             && current.generation == generation
-            && current.expire(Instant::now());
+            && current.expire(clock::now());
         if evicted {
             self.counters.invalidation();
             observe::invalidated(generation, cause);
@@ -468,7 +468,7 @@ impl Shared {
         if counts_as_failure {
             self.counters.failure();
         }
-        let now = Instant::now();
+        let now = clock::now();
         // An abandoned fetch set no backoff of its own.
         let retry_in = match self.retry_at.until(now) {
             Some(retry_in) if counts_as_failure => Some(retry_in),
