@@ -106,6 +106,7 @@
 
 mod client_credentials;
 mod error;
+mod redact;
 mod response;
 mod transport;
 
