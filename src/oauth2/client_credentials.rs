@@ -89,6 +89,12 @@ impl ClientCredentials {
     /// [`default_lifetime`](Self::default_lifetime): one hour.
     pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
+    /// The longest lifetime a fetched token is given: 365 days. An
+    /// `expires_in` (number or string of digits, however large) or a JWT
+    /// `exp` further off than this counts as this, so that no server's
+    /// number can overflow the clock or switch refreshing off.
+    pub const MAX_LIFETIME: Duration = response::MAX_LIFETIME;
+
     /// A source that asks `token_url` for tokens as `client_id`, using the
     /// built-in client and `client_secret_basic`.
     ///

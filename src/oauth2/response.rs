@@ -17,10 +17,7 @@ use crate::Token;
 /// The largest response body read; a bigger one is an error.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 
-/// The longest lifetime a token is given, however far off its `expires_in`
-/// or JWT `exp` is: 365 days. See [`ClientCredentials::MAX_LIFETIME`].
-///
-/// [`ClientCredentials::MAX_LIFETIME`]: super::ClientCredentials::MAX_LIFETIME
+/// The longest lifetime a token is given: `ClientCredentials::MAX_LIFETIME`.
 pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// What the caller knew when it sent the request.
