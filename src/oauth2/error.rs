@@ -340,6 +340,8 @@ mod tests {
             "invalid_scope",
             "unsupported_grant_type",
             "invalid_grant",
+            "invalid_request",
+            "invalid_target",
         ] {
             assert!(rejected(400, code).is_permanent(), "{code}");
             assert!(rejected(401, code).is_permanent(), "{code}");
