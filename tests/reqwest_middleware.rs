@@ -50,7 +50,8 @@ async fn get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_fetch() -> Result<(), BoxError> {
-    // The latency keeps the fetch in flight while all 50 requests arrive.
+    // The latency keeps the fetch in flight while all 50 requests arrive;
+    // the waits count below checks that they did overlap.
     let backend = Arc::new(
         Backend::start(Duration::from_secs(60))
             .await?
@@ -68,7 +69,8 @@ async fn concurrent_requests_share_one_fetch() -> Result<(), BoxError> {
         assert_eq!(joined??, (StatusCode::OK, "hello, token #1".to_owned()));
     }
     assert_eq!(backend.fetch_count(), 1);
-    assert_eq!(cache.stats().fetches, 1);
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.waits), (1, 50), "{stats:?}");
     Ok(())
 }
 
