@@ -94,7 +94,10 @@ fn fetch(answer: &Answer) -> Result<Token, oauth2::Error> {
             (http::header::RETRY_AFTER, &answer.retry_after),
             (http::header::CONTENT_TYPE, &answer.content_type),
         ] {
-            if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_bytes(v).ok()) {
+            if let Some(value) = value
+                .as_deref()
+                .and_then(|v| HeaderValue::from_bytes(v).ok())
+            {
                 response.headers_mut().insert(name, value);
             }
         }

@@ -421,15 +421,17 @@ async fn a_refused_connection_is_transient() {
     drop(socket);
 }
 
+type Answered = Response<Full<Bytes>>;
+
 /// A client that counts the requests it is asked to send, and answers a
 /// token.
 fn counting_client(
     sent: Arc<AtomicUsize>,
 ) -> impl tower::Service<
     Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
+    Response = Answered,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    Future = std::future::Ready<Result<Answered, Infallible>>,
 > + Clone {
     tower::service_fn(move |_request| {
         sent.fetch_add(1, Ordering::SeqCst);
@@ -491,9 +493,10 @@ async fn invalid_request_and_invalid_target_are_permanent() {
         assert_eq!(error.retry_at(), Some(start + SECS(30)), "{code}");
     }
     // Whereas a code that is not in the list is not.
-    let endpoint =
-        Endpoint::start([Reply::Status(400, vec![], r#"{"error":"slow_down"}"#)]).await;
-    assert!(!fails(&TokenCache::new(endpoint.source())).await.is_permanent());
+    let endpoint = Endpoint::start([Reply::Status(400, vec![], r#"{"error":"slow_down"}"#)]).await;
+    assert!(!fails(&TokenCache::new(endpoint.source()))
+        .await
+        .is_permanent());
 }
 
 #[tokio::test(start_paused = true)]
@@ -528,7 +531,10 @@ async fn refresh_and_id_tokens_are_masked_wherever_they_are_quoted() {
         let error = fails(&TokenCache::new(endpoint.source())).await;
         let cause = cause(&error);
         let text = format!("{error} {error:?} {cause} {cause:?}");
-        assert!(!text.contains(REFRESH) && !text.contains(ID_TOKEN), "{text}");
+        assert!(
+            !text.contains(REFRESH) && !text.contains(ID_TOKEN),
+            "{text}"
+        );
     }
 }
 

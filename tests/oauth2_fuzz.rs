@@ -111,8 +111,14 @@ fn json_ish() -> impl Strategy<Value = String> {
         prop_oneof![Just("1e20"), Just("-1e20"), Just("1e308"), Just("0")].prop_map(jwt),
     ];
     let key = prop::sample::select(vec![
-        "access_token", "token_type", "expires_in", "error", "error_description",
-        "error_uri", "refresh_token", "scope",
+        "access_token",
+        "token_type",
+        "expires_in",
+        "error",
+        "error_description",
+        "error_uri",
+        "refresh_token",
+        "scope",
     ]);
     proptest::collection::vec((key, value), 0..6).prop_map(|fields| {
         let fields: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
@@ -121,7 +127,8 @@ fn json_ish() -> impl Strategy<Value = String> {
 }
 
 fn jwt(exp: &str) -> String {
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
+    let payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
     format!("\"h.{payload}.s\"")
 }
 
@@ -206,16 +213,16 @@ fn form_encode(text: &str) -> String {
     encoded
 }
 
+type Answered = http::Response<http_body_util::Full<bytes::Bytes>>;
+
 fn answering(
     status: u16,
     body: String,
 ) -> impl tower::Service<
     http::Request<http_body_util::Full<bytes::Bytes>>,
-    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Response = Answered,
     Error = std::convert::Infallible,
-    Future = std::future::Ready<
-        Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible>,
-    >,
+    Future = std::future::Ready<Result<Answered, std::convert::Infallible>>,
 > + Clone {
     tower::service_fn(move |_| {
         let mut response = http::Response::new(http_body_util::Full::from(body.clone()));

@@ -282,12 +282,28 @@ async fn oauth2_errors_in_events_never_show_the_secret_or_a_token() {
     const TOKEN: &str = "eyJhbGciOi.tok-4f1c9e.sig";
     let basic = base64::engine::general_purpose::STANDARD.encode("id:s3cret%2Fv%2Blue");
     let bodies = [
-        (400, format!(r#"{{"error":"invalid_client","error_description":"secret {SECRET} or Basic {basic}"}}"#)),
-        (400, format!(r#"{{"error":"invalid_request","error_description":"s3cret\/v+lue for {TOKEN}","access_token":"{TOKEN}"}}"#)),
+        (
+            400,
+            format!(
+                r#"{{"error":"invalid_client","error_description":"secret {SECRET} or Basic {basic}"}}"#
+            ),
+        ),
+        (
+            400,
+            format!(
+                r#"{{"error":"invalid_request","error_description":"s3cret\/v+lue for {TOKEN}","access_token":"{TOKEN}"}}"#
+            ),
+        ),
         (200, format!("access_token={TOKEN}&token_type=bearer")),
         (500, format!("token {TOKEN} secret {SECRET}")),
-        (200, format!(r#"{{"accessToken":"{TOKEN}","access\u005ftoken":"ab\"{TOKEN}"#)),
-        (200, format!(r#"{{"access_token":"{TOKEN}","token_type":"{TOKEN}"}}"#)),
+        (
+            200,
+            format!(r#"{{"accessToken":"{TOKEN}","access\u005ftoken":"ab\"{TOKEN}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"{TOKEN}"}}"#),
+        ),
     ];
     for (status, body) in bodies {
         let (recorder, _guard) = record();
@@ -297,7 +313,8 @@ async fn oauth2_errors_in_events_never_show_the_secret_or_a_token() {
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         });
         let cache = tower_bearer::TokenCache::new(
-            ClientCredentials::new("https://idp.example.com/token", "id", SECRET).with_client(client),
+            ClientCredentials::new("https://idp.example.com/token", "id", SECRET)
+                .with_client(client),
         );
         let error = cache.token().await.unwrap_err();
         assert_eq!(recorder.events("token fetch failed").len(), 1);

@@ -72,14 +72,16 @@ const SECRET: &str = "wipe-me s3cret/+:@";
 const TOKEN: &str = r#"{"access_token":"tok-1","token_type":"Bearer","expires_in":3600}"#;
 const REJECTED: &str = r#"{"error":"invalid_client","error_description":"no such client","refresh_token":"rt-0123456789"}"#;
 
+type Answered = Response<Full<Bytes>>;
+
 fn leaking_client(
     body: &'static str,
     status: u16,
 ) -> impl tower::Service<
     Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
+    Response = Answered,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    Future = std::future::Ready<Result<Answered, Infallible>>,
 > + Clone {
     tower::service_fn(move |request: Request<Full<Bytes>>| {
         // The wire copies: not wiped, as the docs say.
@@ -126,5 +128,9 @@ async fn no_freed_block_holds_the_secret() {
     }
     ARMED.store(false, Ordering::SeqCst);
 
-    assert_eq!(FOUND.load(Ordering::SeqCst), 0, "freed blocks held the secret");
+    assert_eq!(
+        FOUND.load(Ordering::SeqCst),
+        0,
+        "freed blocks held the secret"
+    );
 }

@@ -173,7 +173,10 @@ impl Error {
 
     /// `token_type` is `None` when it is not short and plain enough to quote.
     pub(super) fn unsupported_token_type(token_type: Option<String>) -> Self {
-        Self::new(ErrorKind::UnsupportedTokenType, token_type.unwrap_or_default())
+        Self::new(
+            ErrorKind::UnsupportedTokenType,
+            token_type.unwrap_or_default(),
+        )
     }
 
     pub(super) fn body_too_large(limit: usize) -> Self {

@@ -227,7 +227,10 @@ mod tests {
         ] {
             let quoted = redactor.quote(&format!("seen: {shown}."), 300);
             assert!(quoted.ends_with("<redacted>."), "{shown}: {quoted}");
-            assert!(!quoted.contains("s3cr") && !quoted.contains("bXk"), "{quoted}");
+            assert!(
+                !quoted.contains("s3cr") && !quoted.contains("bXk"),
+                "{quoted}"
+            );
         }
     }
 
@@ -248,7 +251,10 @@ mod tests {
     fn bidi_format_and_control_characters_are_stripped() {
         let redactor = Redactor::new(ID, "");
         assert_eq!(
-            redactor.quote("a\u{202E}b\u{2066}c\u{200B}d\u{2028}e\u{2029}f\u{FEFF}g\nh\u{1b}i", 300),
+            redactor.quote(
+                "a\u{202E}b\u{2066}c\u{200B}d\u{2028}e\u{2029}f\u{FEFF}g\nh\u{1b}i",
+                300
+            ),
             "abcdefg h i"
         );
         assert_eq!(redactor.quote("abcdef", 3), "abc…");

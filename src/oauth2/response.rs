@@ -347,7 +347,11 @@ fn digits(field: &str, len: usize) -> Option<u64> {
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
 /// algorithm), with checked arithmetic.
 fn days_from_civil(year: i64, month: i64, day: i64) -> Option<i64> {
-    let year = if month <= 2 { year.checked_sub(1)? } else { year };
+    let year = if month <= 2 {
+        year.checked_sub(1)?
+    } else {
+        year
+    };
     let era = year.div_euclid(400);
     let year_of_era = year.checked_sub(era.checked_mul(400)?)?;
     let month_from_march = (month + 9) % 12;
@@ -486,10 +490,7 @@ mod tests {
         let body =
             format!(r#"{{"access_token":"abc","token_type":"Bearer","expires_in":{under}}}"#);
         let token = parse_with(200, &HeaderMap::new(), &body, &context).unwrap();
-        assert_eq!(
-            lifetime(&token, &context),
-            Some(Duration::from_secs(under))
-        );
+        assert_eq!(lifetime(&token, &context), Some(Duration::from_secs(under)));
     }
 
     #[test]
@@ -672,11 +673,7 @@ mod tests {
             error.to_string(),
             r#"token endpoint issued a token of type "DPoP", not a bearer token"#
         );
-        for kind in [
-            "tok-0123456789",
-            r"a\u202eb",
-            "a very long token type name",
-        ] {
+        for kind in ["tok-0123456789", r"a\u202eb", "a very long token type name"] {
             let body = format!(r#"{{"access_token":"tok-0123456789","token_type":"{kind}"}}"#);
             let error = parse(200, &body).unwrap_err();
             assert_eq!(error.kind(), ErrorKind::UnsupportedTokenType);
