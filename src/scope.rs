@@ -122,11 +122,23 @@ impl Scope {
     /// Only requests to one of `hosts`, compared without regard to ASCII
     /// case, and whatever the port. Calling it again replaces the list.
     ///
+    /// Each host is normalized when the scope is built: a trailing dot is
+    /// dropped (`api.example.com.` is `api.example.com`, on either side),
+    /// and an IPv6 literal may be given with or without brackets (`::1` or
+    /// `[::1]`; it is compared as an address, so `[0:0::1]` matches too).
+    ///
     /// ```
     /// use tower_bearer::Scope;
     ///
-    /// let scope = Scope::new().hosts(["api.example.com", "auth.example.com"]);
+    /// let scope = Scope::new().hosts(["api.example.com", "auth.example.com", "::1"]);
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// If an entry is not a host: empty, or with a port (`host:8443`), a
+    /// scheme, a path, user info or whitespace. Such an entry could never
+    /// match, and a scope that silently covers nothing is a bug to catch
+    /// where the scope is written.
     pub fn hosts<I>(mut self, hosts: I) -> Self
     where
         I: IntoIterator,
@@ -134,7 +146,7 @@ impl Scope {
     {
         let hosts: Vec<Box<str>> = hosts
             .into_iter()
-            .map(|host| host.into().to_ascii_lowercase().into_boxed_str())
+            .map(|host| normalize_host(&host.into()))
             .collect();
         self.hosts = Some(hosts.into());
         self
@@ -200,7 +212,7 @@ impl Scope {
         }
         if let Some(hosts) = &self.hosts {
             let Some(host) = host else { return false };
-            if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            if !hosts.iter().any(|h| host_matches(h, host)) {
                 return false;
             }
         }
@@ -209,6 +221,45 @@ impl Scope {
             None => true,
         }
     }
+}
+
+/// A `hosts` entry, lowercase, without a trailing dot, an IPv6 literal in
+/// brackets. Panics on anything that is not a host (see [`Scope::hosts`]).
+fn normalize_host(entry: &str) -> Box<str> {
+    let host = entry.strip_suffix('.').unwrap_or(entry);
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::Ipv6Addr>() {
+        return format!("[{ip}]").into_boxed_str();
+    }
+    let is_host = !host.is_empty()
+        && !host.starts_with('.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    assert!(
+        is_host,
+        "Scope::hosts: {entry:?} is not a host name or IP address \
+         (give it without scheme, port or path)"
+    );
+    host.to_ascii_lowercase().into_boxed_str()
+}
+
+/// Whether a request's host is the normalized `entry`.
+fn host_matches(entry: &str, host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if entry.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let ipv6 = |host: &str| {
+        host.strip_prefix('[')?
+            .strip_suffix(']')?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+    };
+    matches!((ipv6(entry), ipv6(host)), (Some(a), Some(b)) if a == b)
 }
 
 impl fmt::Debug for Scope {
@@ -250,6 +301,36 @@ mod tests {
         assert!(!matches(&scope, "https://api.example.com.evil.net/x"));
         assert!(!matches(&scope, "https://example.com/x"));
         assert!(!matches(&scope, "/x"));
+    }
+
+    #[test]
+    fn hosts_are_normalized_when_the_scope_is_built() {
+        let scope = Scope::new().hosts(["API.example.com.", "::1", "[fe80:0::2]", "10.0.0.1"]);
+        assert!(matches(&scope, "https://api.example.com/x"));
+        assert!(matches(&scope, "https://api.example.com./x"));
+        assert!(matches(&scope, "http://[::1]:8080/x"));
+        assert!(matches(&scope, "http://[0:0::1]/x"));
+        assert!(matches(&scope, "http://[fe80::2]/x"));
+        assert!(matches(&scope, "http://10.0.0.1:80/x"));
+        assert!(!matches(&scope, "http://[::2]/x"));
+        assert!(!matches(&scope, "https://example.com./x"));
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_host_is_refused() {
+        for bad in [
+            "api.example.com:8443",
+            "https://api.example.com",
+            "api.example.com/v1",
+            "user@api.example.com",
+            "",
+            ".",
+            "api example",
+            "[::1]:443",
+        ] {
+            let refused = std::panic::catch_unwind(|| Scope::new().hosts([bad]));
+            assert!(refused.is_err(), "{bad:?}");
+        }
     }
 
     #[test]

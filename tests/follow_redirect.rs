@@ -74,7 +74,7 @@ fn hop(uri: &str, carried: bool) -> (String, bool) {
 }
 
 #[tokio::test]
-async fn outside_follow_redirect_the_token_is_stripped_on_a_cross_origin_hop(
+async fn outside_follow_redirect_only_the_first_cross_origin_hop_is_stripped(
 ) -> Result<(), BoxError> {
     let seen = Hops::default();
     let client = ServiceBuilder::new()
@@ -96,7 +96,9 @@ async fn outside_follow_redirect_the_token_is_stripped_on_a_cross_origin_hop(
     );
 
     // To another origin: stripped on that hop, but tower-http rebuilds the
-    // next hop, within the other origin, from the original headers.
+    // next hop, within the other origin, from the original headers: the
+    // third origin gets the token. This pins that gap, which is why the
+    // layer belongs inside `FollowRedirect` (the next test).
     assert_eq!(
         follow(client, "https://api.example.com/away").await?,
         StatusCode::OK

@@ -45,11 +45,13 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_fetch() -> Result<(), BoxError> {
-    // The latency keeps the fetch in flight while all 50 requests arrive.
+    // The latency keeps the fetch in flight while all 50 requests arrive;
+    // the waits count below checks that they did overlap.
     let backend = Backend::start(Duration::from_secs(60))
         .await?
         .with_latency(Duration::from_millis(100));
     let svc = layered(&backend);
+    let cache = svc.cache().clone();
 
     let mut requests = JoinSet::new();
     for _ in 0..50 {
@@ -69,6 +71,10 @@ async fn concurrent_requests_share_one_fetch() -> Result<(), BoxError> {
     }
 
     assert_eq!(backend.fetch_count(), 1);
+    // Every request waited on the one fetch: none came late to a cached
+    // token, which would pass the counts above without testing sharing.
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.waits), (1, 50), "{stats:?}");
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -210,7 +211,7 @@ async fn a_500_then_success() {
     assert_eq!(cause.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
     assert_eq!(
         cause.to_string(),
-        r#"token endpoint answered 500 Internal Server Error: "<html><h1>Internal Server Error</h1></html>""#
+        "token endpoint answered 500 Internal Server Error (text/html, 43 bytes)"
     );
 
     // The first backoff is at most a second.
@@ -281,15 +282,19 @@ async fn garbage_and_truncated_json_are_clear_errors() {
     for (body, expected) in [
         (
             "Hello, world!",
-            r#"invalid token response: not JSON (expected value at line 1 column 1): "Hello, world!""#,
+            "invalid token response: not JSON (at line 1, column 1); application/json, 13 bytes",
         ),
         (
             r#"{"access_token":"tok-secret-part","token_type":"Bea"#,
-            r#"invalid token response: not JSON (EOF while parsing a string at line 1 column 51): "{\"access_token\":\"<redacted>\",\"token_type\":\"Bea""#,
+            "invalid token response: not JSON (at line 1, column 51); application/json, 51 bytes",
         ),
         (
             "<!DOCTYPE html>\n<title>Sign in</title>",
-            r#"invalid token response: not JSON (expected value at line 1 column 1): "<!DOCTYPE html> <title>Sign in</title>""#,
+            "invalid token response: not JSON (at line 1, column 1); application/json, 38 bytes",
+        ),
+        (
+            "access_token=tok-secret-part&token_type=bearer",
+            "invalid token response: not JSON (at line 1, column 1); application/json, 46 bytes",
         ),
     ] {
         let endpoint = Endpoint::start([ok(body)]).await;
@@ -356,7 +361,7 @@ async fn an_unsupported_expires_in_is_a_clear_error() {
     assert_eq!(cause(&error).kind(), ErrorKind::InvalidResponse);
     assert_eq!(
         cause(&error).to_string(),
-        r#"invalid token response: expires_in is "1 hour", not a non-negative number of seconds"#
+        "invalid token response: expires_in is a string, not a non-negative number of seconds"
     );
     // A numeric string is fine.
     endpoint.then(ok(
@@ -396,9 +401,11 @@ async fn the_request_on_the_wire() {
 
 #[tokio::test]
 async fn a_refused_connection_is_transient() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Bound but not listening: the port stays ours, and a connection to it
+    // is refused, for as long as the socket lives.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
     let cache = TokenCache::new(ClientCredentials::new(
         format!("http://{addr}/token"),
         "id",
@@ -407,18 +414,158 @@ async fn a_refused_connection_is_transient() {
     let error = fails(&cache).await;
     assert!(!error.is_permanent());
     assert_eq!(cause(&error).kind(), ErrorKind::Transport);
+    let refused = std::error::Error::source(cause(&error))
+        .map(|source| format!("{source:?}"))
+        .unwrap_or_default();
+    assert!(refused.contains("ConnectionRefused"), "{refused}");
+    drop(socket);
+}
+
+type Answered = Response<Full<Bytes>>;
+
+/// A client that counts the requests it is asked to send, and answers a
+/// token.
+fn counting_client(
+    sent: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Answered,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Answered, Infallible>>,
+> + Clone {
+    tower::service_fn(move |_request| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Response::new(Full::from(TOKEN))))
+    })
 }
 
 #[tokio::test]
 async fn a_url_that_is_not_allowed_fails_without_a_request() {
-    let cache = TokenCache::new(ClientCredentials::new(
-        "http://idp.example.com/token",
-        "id",
-        SECRET,
-    ));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let cache = TokenCache::new(
+        ClientCredentials::new("http://idp.example.com/token", "id", SECRET)
+            .with_client(counting_client(sent.clone())),
+    );
     let error = fails(&cache).await;
     assert!(error.is_permanent());
     assert_eq!(cause(&error).kind(), ErrorKind::Config);
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+
+    // The same client is used once the URL is allowed.
+    let cache = TokenCache::new(
+        ClientCredentials::new("http://idp.example.com/token", "id", SECRET)
+            .allow_insecure_http(true)
+            .with_client(counting_client(sent.clone())),
+    );
+    assert_eq!(cache.token().await.unwrap().secret(), "tok-1");
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_arrives_already_expired_is_a_failure() {
+    let endpoint = Endpoint::start([
+        ok(r#"{"access_token":"tok-0","token_type":"Bearer","expires_in":0}"#),
+        ok(TOKEN),
+    ])
+    .await;
+    let cache = TokenCache::new(endpoint.source());
+    let error = cache.token().await.unwrap_err();
+    assert_eq!(error.kind(), TokenErrorKind::Expired, "{error:?}");
+    assert_eq!(cache.stats().failures, 1);
+    assert!(error.retry_at().is_some(), "it backs off like any failure");
+    // The usual backoff, then a good token.
+    advance(SECS(1)).await;
+    assert_eq!(cache.token().await.unwrap().secret(), "tok-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_request_and_invalid_target_are_permanent() {
+    for code in [
+        r#"{"error":"invalid_request"}"#,
+        r#"{"error":"invalid_target"}"#,
+    ] {
+        let endpoint = Endpoint::start([Reply::Status(400, vec![], code)]).await;
+        let cache = TokenCache::new(endpoint.source());
+        let start = Instant::now();
+        let error = fails(&cache).await;
+        assert!(error.is_permanent(), "{code}");
+        assert_eq!(cause(&error).kind(), ErrorKind::Rejected);
+        assert_eq!(error.retry_at(), Some(start + SECS(30)), "{code}");
+    }
+    // Whereas a code that is not in the list is not.
+    let endpoint = Endpoint::start([Reply::Status(400, vec![], r#"{"error":"slow_down"}"#)]).await;
+    assert!(!fails(&TokenCache::new(endpoint.source()))
+        .await
+        .is_permanent());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redirect_is_permanent_and_not_followed() {
+    for status in [301, 302, 307, 308] {
+        let endpoint = Endpoint::start([Reply::Status(
+            status,
+            vec![("location", "http://127.0.0.1:1/elsewhere")],
+            "",
+        )])
+        .await;
+        let cache = TokenCache::new(endpoint.source());
+        let error = fails(&cache).await;
+        assert!(error.is_permanent(), "{status}");
+        assert_eq!(cause(&error).kind(), ErrorKind::Status);
+        assert_eq!(cause(&error).status().map(|s| s.as_u16()), Some(status));
+        assert_eq!(endpoint.requests(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_and_id_tokens_are_masked_wherever_they_are_quoted() {
+    const REFRESH: &str = "rt-8f14e45fceea167a";
+    const ID_TOKEN: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
+    for body in [
+        // Echoed in the description.
+        r#"{"error":"invalid_grant","error_description":"rt-8f14e45fceea167a and eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0. are not for you","refresh_token":"rt-8f14e45fceea167a","id_token":"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."}"#,
+        // Cut short.
+        r#"{"refresh_token":"rt-8f14e45fceea167a","id_token":"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."#,
+    ] {
+        let endpoint = Endpoint::start([Reply::Status(400, vec![], body)]).await;
+        let error = fails(&TokenCache::new(endpoint.source())).await;
+        let cause = cause(&error);
+        let text = format!("{error} {error:?} {cause} {cause:?}");
+        assert!(
+            !text.contains(REFRESH) && !text.contains(ID_TOKEN),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_lifetime_is_an_hour_and_can_be_set() {
+    let opaque = r#"{"access_token":"opaque-1","token_type":"Bearer"}"#;
+    let endpoint = Endpoint::start([ok(opaque), ok(opaque)]).await;
+    let start = Instant::now();
+    let token = TokenCache::new(endpoint.source()).token().await.unwrap();
+    assert_eq!(token.expiry(), Some(start + SECS(3600)));
+    assert_eq!(ClientCredentials::DEFAULT_LIFETIME, SECS(3600));
+
+    let source = endpoint.source().default_lifetime(SECS(600));
+    let token = TokenCache::new(source).token().await.unwrap();
+    assert_eq!(token.expiry(), Some(start + SECS(600)));
+}
+
+/// Without `rustls`, the built-in client cannot speak https: the fetch
+/// fails with a permanent `Config` error, before any connection. Run with
+/// `cargo test --no-default-features --features oauth2 --test oauth2_faults`.
+#[cfg(not(feature = "rustls"))]
+#[tokio::test]
+async fn https_without_rustls_is_a_config_error() {
+    let endpoint = Endpoint::start([ok(TOKEN)]).await;
+    let url = format!("https://{}/token", endpoint.addr);
+    let cache = TokenCache::new(ClientCredentials::new(url, "id", SECRET));
+    let error = fails(&cache).await;
+    assert!(error.is_permanent());
+    assert_eq!(cause(&error).kind(), ErrorKind::Config);
+    assert!(cause(&error).to_string().contains("`rustls` feature"));
+    assert_eq!(endpoint.requests(), 0);
 }
 
 /// https goes through rustls: a plain-http server on the other end fails

@@ -266,3 +266,63 @@ async fn an_invalid_token_is_reported_without_its_value() {
     );
     recorder.assert_never_shows("s3cr3t");
 }
+
+/// OAuth2 failures reach the "token fetch failed" event with their error
+/// chain: neither the secret nor a token is in any field, however the
+/// token endpoint echoes them.
+#[cfg(feature = "oauth2")]
+#[tokio::test(start_paused = true)]
+async fn oauth2_errors_in_events_never_show_the_secret_or_a_token() {
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower_bearer::oauth2::ClientCredentials;
+
+    const SECRET: &str = "s3cret/v+lue";
+    const TOKEN: &str = "eyJhbGciOi.tok-4f1c9e.sig";
+    let basic = base64::engine::general_purpose::STANDARD.encode("id:s3cret%2Fv%2Blue");
+    let bodies = [
+        (
+            400,
+            format!(
+                r#"{{"error":"invalid_client","error_description":"secret {SECRET} or Basic {basic}"}}"#
+            ),
+        ),
+        (
+            400,
+            format!(
+                r#"{{"error":"invalid_request","error_description":"s3cret\/v+lue for {TOKEN}","access_token":"{TOKEN}"}}"#
+            ),
+        ),
+        (200, format!("access_token={TOKEN}&token_type=bearer")),
+        (500, format!("token {TOKEN} secret {SECRET}")),
+        (
+            200,
+            format!(r#"{{"accessToken":"{TOKEN}","access\u005ftoken":"ab\"{TOKEN}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"{TOKEN}"}}"#),
+        ),
+    ];
+    for (status, body) in bodies {
+        let (recorder, _guard) = record();
+        let client = tower::service_fn(move |_request: http::Request<Full<Bytes>>| {
+            let mut response = http::Response::new(Full::<Bytes>::from(body.clone()));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        });
+        let cache = tower_bearer::TokenCache::new(
+            ClientCredentials::new("https://idp.example.com/token", "id", SECRET)
+                .with_client(client),
+        );
+        let error = cache.token().await.unwrap_err();
+        assert_eq!(recorder.events("token fetch failed").len(), 1);
+        recorder.assert_never_shows(SECRET);
+        recorder.assert_never_shows(TOKEN);
+        recorder.assert_never_shows(&basic);
+        recorder.assert_never_shows("s3cret%2F");
+        let chain = format!("{error} {error:?}");
+        assert!(!chain.contains(SECRET) && !chain.contains(TOKEN), "{chain}");
+    }
+}

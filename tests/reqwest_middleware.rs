@@ -50,7 +50,8 @@ async fn get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_fetch() -> Result<(), BoxError> {
-    // The latency keeps the fetch in flight while all 50 requests arrive.
+    // The latency keeps the fetch in flight while all 50 requests arrive;
+    // the waits count below checks that they did overlap.
     let backend = Arc::new(
         Backend::start(Duration::from_secs(60))
             .await?
@@ -68,7 +69,8 @@ async fn concurrent_requests_share_one_fetch() -> Result<(), BoxError> {
         assert_eq!(joined??, (StatusCode::OK, "hello, token #1".to_owned()));
     }
     assert_eq!(backend.fetch_count(), 1);
-    assert_eq!(cache.stats().fetches, 1);
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.waits), (1, 50), "{stats:?}");
     Ok(())
 }
 
@@ -343,5 +345,41 @@ async fn before_retry_every_attempt_resends_the_first_token() -> Result<(), BoxE
     );
     assert_eq!(carried.len(), 2);
     assert_eq!(carried[0], carried[1]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn require_https_and_only_if_hold_through_reqwest() -> Result<(), BoxError> {
+    let backend = Backend::start(Duration::from_secs(60)).await?;
+    let cache = cache(&backend);
+
+    // The backend is plain http: require_https keeps the token off it.
+    let client = reqwest_client(
+        BearerAuthMiddleware::from_cache(cache.clone()).scope(Scope::new().require_https()),
+    );
+    assert_eq!(
+        get(&client, &backend).await?,
+        (StatusCode::UNAUTHORIZED, "missing bearer token".into())
+    );
+    assert_eq!(backend.fetch_count(), 0);
+
+    // only_if sees the request: the header decides.
+    let client = reqwest_client(
+        BearerAuthMiddleware::from_cache(cache.clone())
+            .scope(Scope::new().only_if(|request| request.headers().contains_key("x-auth"))),
+    );
+    assert_eq!(
+        get(&client, &backend).await?,
+        (StatusCode::UNAUTHORIZED, "missing bearer token".into())
+    );
+    assert_eq!(backend.fetch_count(), 0);
+    let response = client
+        .get(backend.protected_url().to_string())
+        .header("x-auth", "1")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await?, "hello, token #1");
+    assert_eq!(backend.fetch_count(), 1);
     Ok(())
 }

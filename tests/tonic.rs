@@ -36,7 +36,8 @@ async fn check(client: &mut Client) -> Result<ServingStatus, Status> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_clones_of_a_channel_share_one_fetch() -> Result<(), BoxError> {
-    // The latency keeps the fetch in flight while all 200 calls arrive.
+    // The latency keeps the fetch in flight while all 200 calls arrive;
+    // the waits count below checks that they did overlap.
     let issuer = Issuer::new(Duration::from_secs(3600), Duration::from_millis(100));
     let (addr, server) = grpc::serve(&issuer).await?;
     let cache = TokenCache::new(issuer.source());
@@ -54,7 +55,8 @@ async fn concurrent_calls_on_clones_of_a_channel_share_one_fetch() -> Result<(),
     }
     assert_eq!(issuer.issued(), 1);
     assert_eq!(issuer.checked(), 200);
-    assert_eq!(cache.stats().fetches, 1);
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.waits), (1, 200), "{stats:?}");
     server.abort();
     Ok(())
 }

@@ -89,6 +89,12 @@ impl ClientCredentials {
     /// [`default_lifetime`](Self::default_lifetime): one hour.
     pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
+    /// The longest lifetime a fetched token is given: 365 days. An
+    /// `expires_in` (number or string of digits, however large) or a JWT
+    /// `exp` further off than this counts as this, so that no server's
+    /// number can overflow the clock or switch refreshing off.
+    pub const MAX_LIFETIME: Duration = response::MAX_LIFETIME;
+
     /// A source that asks `token_url` for tokens as `client_id`, using the
     /// built-in client and `client_secret_basic`.
     ///
@@ -302,18 +308,23 @@ impl ClientCredentials {
             .map_err(|error| Error::config(format!("cannot build the token request: {error}")))
     }
 
-    /// `Basic base64(form(id) ":" form(secret))`, marked sensitive.
+    /// `Basic base64(form(id) ":" form(secret))`, marked sensitive. Every
+    /// buffer is sized exactly, so none reallocates, and wiped on drop; the
+    /// `HeaderValue` is the copy for the wire.
     fn basic_auth(&self) -> Result<HeaderValue, Error> {
-        let credentials = Zeroizing::new(format!(
-            "{}:{}",
-            form_encode(&self.client_id),
-            *Zeroizing::new(form_encode(&self.client_secret))
-        ));
-        let encoded = Zeroizing::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes())
-        ));
-        let mut value = HeaderValue::from_str(&encoded)
+        let id = form_encode(&self.client_id);
+        let secret = form_encode(&self.client_secret);
+        let mut pair = Zeroizing::new(String::with_capacity(id.len() + 1 + secret.len()));
+        pair.push_str(&id);
+        pair.push(':');
+        pair.push_str(&secret);
+        const SCHEME: &str = "Basic ";
+        let encoded_len = base64::encoded_len(pair.len(), true)
+            .ok_or_else(|| Error::config("the client credentials do not fit in a header"))?;
+        let mut header = Zeroizing::new(String::with_capacity(SCHEME.len() + encoded_len));
+        header.push_str(SCHEME);
+        base64::engine::general_purpose::STANDARD.encode_string(pair.as_bytes(), &mut header);
+        let mut value = HeaderValue::from_str(&header)
             .map_err(|_| Error::config("the client credentials do not fit in a header"))?;
         value.set_sensitive(true);
         Ok(value)
@@ -327,8 +338,9 @@ impl TokenSource for ClientCredentials {
     fn fetch(&self) -> FetchFuture {
         let prepared = self.prepare();
         let secret = self.client_secret.clone();
+        let client_id = self.client_id.clone();
         let default_lifetime = self.default_lifetime;
-        Box::pin(send(prepared, secret, default_lifetime))
+        Box::pin(send(prepared, client_id, secret, default_lifetime))
     }
 
     fn retry_hint(error: &Error) -> RetryHint {
@@ -345,6 +357,7 @@ impl TokenSource for ClientCredentials {
 /// One token request, from sending it to reading the token.
 async fn send(
     prepared: Result<Prepared, Error>,
+    client_id: String,
     secret: Zeroizing<String>,
     default_lifetime: Duration,
 ) -> Result<Token, Error> {
@@ -358,6 +371,7 @@ async fn send(
         started,
         started_wall,
         default_lifetime,
+        client_id: &client_id,
         secret: &secret,
     };
     response::token(parts.status, &parts.headers, &body, &context)
@@ -416,25 +430,49 @@ struct Form(Zeroizing<String>);
 
 impl Form {
     fn pair(&mut self, name: &str, value: &str) {
-        if !self.0.is_empty() {
+        let name = form_encode(name);
+        let value = form_encode(value);
+        let separator = usize::from(!self.0.is_empty());
+        self.reserve(separator + name.len() + 1 + value.len());
+        if separator == 1 {
             self.0.push('&');
         }
-        self.0.push_str(&form_encode(name));
+        self.0.push_str(&name);
         self.0.push('=');
-        self.0.push_str(&Zeroizing::new(form_encode(value)));
+        self.0.push_str(&value);
+    }
+
+    /// Grows by moving into a new buffer and wiping the old one:
+    /// `String`'s own growth would free the old one unwiped.
+    fn reserve(&mut self, additional: usize) {
+        if self.0.capacity() - self.0.len() >= additional {
+            return;
+        }
+        let needed = self.0.len() + additional;
+        let mut grown = Zeroizing::new(String::with_capacity(needed.max(2 * self.0.capacity())));
+        grown.push_str(&self.0);
+        self.0 = grown;
     }
 }
 
 /// The `application/x-www-form-urlencoded` byte serializer: ASCII letters,
 /// digits and `*-._` as they are, space as `+`, every other byte as `%XX`.
-pub(super) fn form_encode(text: &str) -> String {
-    let mut encoded = String::with_capacity(text.len());
+///
+/// The result may be the secret: it is sized exactly up front, so that it
+/// never reallocates (which would leave an unwiped copy behind), and wiped
+/// on drop.
+pub(super) fn form_encode(text: &str) -> Zeroizing<String> {
+    let unreserved =
+        |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'*' | b'-' | b'.' | b'_' | b' ');
+    let len = text
+        .bytes()
+        .map(|byte| if unreserved(byte) { 1 } else { 3 })
+        .sum();
+    let mut encoded = Zeroizing::new(String::with_capacity(len));
     for byte in text.bytes() {
         match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                encoded.push(char::from(byte));
-            }
             b' ' => encoded.push('+'),
+            _ if unreserved(byte) => encoded.push(char::from(byte)),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789ABCDEF";
                 encoded.push('%');
@@ -472,12 +510,12 @@ mod tests {
 
     #[test]
     fn form_encoding_follows_the_url_standard() {
-        assert_eq!(form_encode("abcXYZ019*-._"), "abcXYZ019*-._");
-        assert_eq!(
-            form_encode("a b+c&d=e:f/é~"),
-            "a+b%2Bc%26d%3De%3Af%2F%C3%A9%7E"
-        );
-        assert_eq!(form_encode(""), "");
+        assert_eq!(*form_encode("abcXYZ019*-._"), "abcXYZ019*-._");
+        let encoded = form_encode("a b+c&d=e:f/é~");
+        assert_eq!(*encoded, "a+b%2Bc%26d%3De%3Af%2F%C3%A9%7E");
+        // Sized exactly: it never grew, leaving no copy behind.
+        assert_eq!(encoded.capacity(), encoded.len());
+        assert_eq!(*form_encode(""), "");
     }
 
     #[test]

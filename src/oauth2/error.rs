@@ -13,9 +13,12 @@ use crate::BoxError;
 ///
 /// The cache hands it out as the [`source`](std::error::Error::source) of a
 /// [`TokenError`](crate::TokenError) of kind
-/// [`Fetch`](crate::TokenErrorKind::Fetch). Its text never contains the
-/// client secret nor a token: what the server sent is quoted only as a short
-/// excerpt, with control characters removed and secrets masked.
+/// [`Fetch`](crate::TokenErrorKind::Fetch). Neither its `Display` nor its
+/// `Debug` ever contains the client secret or a token: of what the server
+/// sent, it quotes only the fields of an OAuth2 error response (sanitized
+/// and masked, see [`ErrorResponse`]) and a short `token_type`; of any other
+/// body, only its content type and length. See the
+/// [module docs](super#errors).
 ///
 /// ```
 /// use tower_bearer::oauth2::{self, ErrorKind};
@@ -73,8 +76,13 @@ pub enum ErrorKind {
 
 /// An OAuth2 error response (RFC 6749 §5.2), as the token endpoint sent it.
 ///
-/// The strings come from the server: control characters are removed and
-/// each is cut to a bounded length.
+/// The strings come from the server. Each is sanitized before it is kept:
+/// control characters become spaces; format characters (Unicode Cf, such as
+/// the bidi overrides) and line and paragraph separators (Zl, Zp) are
+/// removed; the client secret (raw, form-encoded, or in the base64 of the
+/// Basic pair) and every other string value of 8 characters or more in the
+/// same answer (a token, under whatever name) are masked as `<redacted>`;
+/// and the text is cut to 80 (`error`) or 300 characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorResponse {
     pub(super) error: String,
@@ -153,16 +161,22 @@ impl Error {
         })
     }
 
-    pub(super) fn bad_status(status: StatusCode, excerpt: String) -> Self {
-        Self::new(ErrorKind::Status, excerpt).with(|inner| inner.status = Some(status))
+    /// `body` says what the body was (its content type and length), never
+    /// what it said.
+    pub(super) fn bad_status(status: StatusCode, body: String) -> Self {
+        Self::new(ErrorKind::Status, body).with(|inner| inner.status = Some(status))
     }
 
     pub(super) fn invalid_response(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidResponse, message)
     }
 
-    pub(super) fn unsupported_token_type(token_type: String) -> Self {
-        Self::new(ErrorKind::UnsupportedTokenType, token_type)
+    /// `token_type` is `None` when it is not short and plain enough to quote.
+    pub(super) fn unsupported_token_type(token_type: Option<String>) -> Self {
+        Self::new(
+            ErrorKind::UnsupportedTokenType,
+            token_type.unwrap_or_default(),
+        )
     }
 
     pub(super) fn body_too_large(limit: usize) -> Self {
@@ -257,11 +271,14 @@ impl fmt::Display for Error {
                     write!(f, " {status}")?;
                 }
                 if !inner.message.is_empty() {
-                    write!(f, ": {:?}", inner.message)?;
+                    write!(f, " ({})", inner.message)?;
                 }
                 Ok(())
             }
             ErrorKind::InvalidResponse => write!(f, "invalid token response: {}", inner.message),
+            ErrorKind::UnsupportedTokenType if inner.message.is_empty() => {
+                f.write_str("token endpoint issued a token that is not a bearer token")
+            }
             ErrorKind::UnsupportedTokenType => write!(
                 f,
                 "token endpoint issued a token of type {:?}, not a bearer token",
@@ -326,6 +343,8 @@ mod tests {
             "invalid_scope",
             "unsupported_grant_type",
             "invalid_grant",
+            "invalid_request",
+            "invalid_target",
         ] {
             assert!(rejected(400, code).is_permanent(), "{code}");
             assert!(rejected(401, code).is_permanent(), "{code}");
@@ -349,7 +368,8 @@ mod tests {
         assert!(Error::config("x").is_permanent());
         assert!(!Error::transport("refused".into()).is_permanent());
         assert!(!Error::invalid_response("x").is_permanent());
-        assert!(Error::unsupported_token_type("mac".into()).is_permanent());
+        assert!(Error::unsupported_token_type(Some("mac".into())).is_permanent());
+        assert!(Error::unsupported_token_type(None).is_permanent());
     }
 
     #[test]
@@ -359,10 +379,10 @@ mod tests {
             error.to_string(),
             "token endpoint rejected the request (401 Unauthorized): invalid_client: bad"
         );
-        let error = Error::bad_status(StatusCode::BAD_GATEWAY, "<html>oops".into());
+        let error = Error::bad_status(StatusCode::BAD_GATEWAY, "text/html, 10 bytes".into());
         assert_eq!(
             error.to_string(),
-            r#"token endpoint answered 502 Bad Gateway: "<html>oops""#
+            "token endpoint answered 502 Bad Gateway (text/html, 10 bytes)"
         );
     }
 }

@@ -77,17 +77,41 @@
 //!   that is a JWT expires at its `exp` claim (read, not verified: the token
 //!   is for the resource server to verify), and any other after
 //!   [`default_lifetime`](ClientCredentials::default_lifetime) (one hour).
+//! - **One rule for absurd expiry values:** any lifetime longer than
+//!   [`MAX_LIFETIME`](ClientCredentials::MAX_LIFETIME) (365 days) counts as
+//!   365 days, whether it came as a number (`1e300`), a string of digits of
+//!   any length, or a JWT `exp` far in the future. A negative `expires_in`
+//!   is an error; `0`, or a JWT `exp` that has passed, is a token that
+//!   arrives already expired, which the cache counts as a failure.
+//! - A key that appears twice in the top-level JSON object is an
+//!   [`InvalidResponse`](ErrorKind::InvalidResponse) error, not a guess.
 //! - The body is read up to 64 KiB; a bigger one is a
 //!   [`BodyTooLarge`](ErrorKind::BodyTooLarge) error.
 //!
 //! # Errors
 //!
-//! Failures are an [`Error`] with an [`ErrorKind`]. An OAuth2 error response
-//! (§5.2) is kept as an [`ErrorResponse`] with its `error`,
-//! `error_description` and `error_uri`. A body that is not what was expected
-//! (an HTML error page, truncated JSON) is quoted as a short excerpt:
-//! at most 120 characters, control characters replaced, the client secret
-//! and any `access_token`, `refresh_token` or `id_token` value masked.
+//! Failures are an [`Error`] with an [`ErrorKind`]. Errors quote less rather
+//! than mask more: neither an error's `Display` nor its `Debug` quotes a
+//! response body. An OAuth2 error response (§5.2) is kept as an
+//! [`ErrorResponse`] with its `error`, `error_description` and `error_uri`,
+//! each sanitized: control characters replaced by spaces, format characters
+//! (Unicode Cf, among them the bidi overrides) and line and paragraph
+//! separators (Zl, Zp) removed, cut to a bounded length, and with these
+//! masked as `<redacted>`:
+//!
+//! - the client secret, raw, form-encoded (upper- or lowercase hex), or
+//!   inside the base64 of the Basic `id:secret` pair (form-encoded or not);
+//! - every other string value of 8 characters or more in the same JSON
+//!   answer, at any depth: a token, whatever its field's name.
+//!
+//! JSON escapes (`\/`, `\u005f`, `\"`) are decoded before the masking. A
+//! `token_type` that is not `Bearer` is quoted only when it is at most 20
+//! letters, digits, `-`, `_` or `.`. Any other body (an HTML error page,
+//! truncated JSON, a form-encoded or plain-text answer) is described, not
+//! quoted: its content type and its length in bytes. An error from an HTTP
+//! client of your own ([`with_client`](ClientCredentials::with_client)) is
+//! the [`source`](std::error::Error::source) of a
+//! [`Transport`](ErrorKind::Transport) error, as that client wrote it.
 //!
 //! The cache is told what each failure means
 //! ([`TokenSource::retry_hint`](crate::TokenSource::retry_hint)):
@@ -106,10 +130,18 @@
 //!
 //! # Security
 //!
-//! The client secret never appears in `Debug` output nor in errors, and is
-//! wiped from memory when the source is dropped (with `zeroize`), as are the
-//! intermediate strings built from it. The copies made for the wire (the
-//! request's `Bytes`, the HTTP client's buffers) are not.
+//! The client secret never appears in `Debug` output nor in errors. It is
+//! kept in a buffer wiped from memory when the source is dropped (with
+//! `zeroize`), and so is every buffer the crate builds from it: the
+//! form-encoded secret, the `id:secret` pair and its base64 for Basic
+//! authentication, the form body, and the encodings of the secret an error
+//! is masked against. Each is sized exactly up front or moved (and the old
+//! one wiped) when it grows, so that no reallocation leaves an unwiped copy
+//! behind. Copies that remain unwiped: the ones made for the wire (the
+//! `Authorization` header value, the request body's `Bytes`, and the HTTP
+//! client's buffers), any copy you made before handing the secret to
+//! [`ClientCredentials::new`], and any copy the server echoes back in its
+//! response body.
 //!
 //! # The HTTP client
 //!
@@ -130,6 +162,7 @@
 
 mod client_credentials;
 mod error;
+mod redact;
 mod response;
 mod transport;
 

@@ -1,20 +1,24 @@
 //! Reading a token endpoint's answer (RFC 6749 §5.1 and §5.2).
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::error::{Error, ErrorResponse};
+use super::redact::{self, Redactor};
 use crate::Token;
 
 /// The largest response body read; a bigger one is an error.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 
-/// How many characters of a server's text an error quotes.
-const EXCERPT_CHARS: usize = 120;
+/// The longest lifetime a token is given: `ClientCredentials::MAX_LIFETIME`.
+pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// What the caller knew when it sent the request.
 pub(super) struct Context<'a> {
@@ -24,6 +28,8 @@ pub(super) struct Context<'a> {
     pub(super) started_wall: SystemTime,
     /// The lifetime of a token with neither `expires_in` nor a JWT `exp`.
     pub(super) default_lifetime: Duration,
+    /// Masked with the secret when it is part of the Basic pair.
+    pub(super) client_id: &'a str,
     /// Never quoted in an error.
     pub(super) secret: &'a str,
 }
@@ -35,7 +41,14 @@ pub(super) fn token(
     body: &[u8],
     context: &Context<'_>,
 ) -> Result<Token, Error> {
-    let json = serde_json::from_slice::<Value>(body);
+    let json = parse(body);
+    let redactor = || {
+        let redactor = Redactor::new(context.client_id, context.secret);
+        match &json {
+            Ok(object) => redactor.with_values_of(object),
+            Err(_) => redactor,
+        }
+    };
     if !status.is_success() {
         let retry_after = match status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
@@ -43,33 +56,28 @@ pub(super) fn token(
             }
             _ => None,
         };
+        let redactor = redactor();
         let error = match json
-            .ok()
             .as_ref()
-            .and_then(|json| error_response(json, context.secret))
+            .ok()
+            .and_then(|json| error_response(json, &redactor))
         {
             Some(response) => Error::rejected(status, response),
-            None => Error::bad_status(status, excerpt(body, context.secret)),
+            None => Error::bad_status(status, describe_body(headers, body, &redactor)),
         };
         return Err(error.with_retry_after(retry_after));
     }
-    let json = match json {
-        Ok(Value::Object(object)) => object,
-        Ok(other) => {
-            return Err(Error::invalid_response(format!(
-                "expected a JSON object, got {}",
-                type_name(&other)
-            )))
-        }
+    let json = match &json {
+        Ok(object) => object,
         Err(error) => {
             return Err(Error::invalid_response(format!(
-                "not JSON ({error}): {:?}",
-                excerpt(body, context.secret)
+                "{error}; {}",
+                describe_body(headers, body, &redactor())
             )))
         }
     };
     // Some servers answer 200 with an error body.
-    if let Some(response) = error_response_in(&json, context.secret) {
+    if let Some(response) = error_response(json, &redactor()) {
         return Err(Error::rejected(status, response));
     }
 
@@ -87,11 +95,7 @@ pub(super) fn token(
     match json.get("token_type") {
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
         Some(Value::String(kind)) => {
-            return Err(Error::unsupported_token_type(safe_text(
-                kind,
-                context.secret,
-                40,
-            )))
+            return Err(Error::unsupported_token_type(token_type(kind, &redactor())))
         }
         Some(other) => {
             return Err(Error::invalid_response(format!(
@@ -111,28 +115,119 @@ pub(super) fn token(
     let token = Token::new(access_token.as_str());
     Ok(match context.started.checked_add(lifetime) {
         Some(expiry) => token.expires_at(expiry),
-        // Further off than the clock can count: as good as never.
+        // A default lifetime further off than the clock can count.
         None => token,
     })
 }
 
-/// `expires_in` as a number of seconds, or as a string of one.
+/// Why a body is not a JSON object. Says where, never what: serde's own
+/// messages can quote the body.
+enum Malformed {
+    NotJson { line: usize, column: usize },
+    NotAnObject(&'static str),
+    DuplicateKey,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotJson { line, column } => {
+                write!(f, "not JSON (at line {line}, column {column})")
+            }
+            Self::NotAnObject(kind) => write!(f, "expected a JSON object, got {kind}"),
+            Self::DuplicateKey => f.write_str("a key appears twice in the JSON object"),
+        }
+    }
+}
+
+/// The body as a JSON object with no key twice: a server that sends
+/// `access_token` twice is not guessed at.
+fn parse(body: &[u8]) -> Result<Map<String, Value>, Malformed> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(_)) => serde_json::from_slice::<Object>(body)
+            .map(|object| object.0)
+            .map_err(|_| Malformed::DuplicateKey),
+        Ok(other) => Err(Malformed::NotAnObject(type_name(&other))),
+        Err(error) => Err(Malformed::NotJson {
+            line: error.line(),
+            column: error.column(),
+        }),
+    }
+}
+
+/// A JSON object that fails on a key seen twice.
+struct Object(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Object;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Object, A::Error> {
+                let mut object = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom("a key appears twice"));
+                    }
+                    let value = access.next_value()?;
+                    object.insert(key, value);
+                }
+                Ok(Object(object))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// What an error says of a body it does not quote: its content type and
+/// length.
+fn describe_body(headers: &HeaderMap, body: &[u8], redactor: &Redactor) -> String {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| redact::content_type(value.as_bytes(), redactor));
+    match content_type {
+        Some(content_type) => format!("{content_type}, {} bytes", body.len()),
+        None => format!("{} bytes", body.len()),
+    }
+}
+
+/// A `token_type` worth quoting: short, and of the characters token types
+/// are made of. Anything else is not quoted at all.
+fn token_type(kind: &str, redactor: &Redactor) -> Option<String> {
+    let plausible = kind.len() <= 20
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    plausible
+        .then(|| redactor.quote(kind, 20))
+        .filter(|quoted| !quoted.contains(redact::REDACTED))
+}
+
+/// `expires_in` as a number of seconds, or as a string of digits, at most
+/// [`MAX_LIFETIME`].
 fn expires_in(value: &Value) -> Result<Duration, Error> {
     let seconds = match value {
-        Value::Number(number) => number.as_u64().map(Duration::from_secs).or_else(|| {
+        Value::Number(number) => number.as_u64().map(lifetime_from_secs).or_else(|| {
             let seconds = number.as_f64()?;
-            Duration::try_from_secs_f64(seconds).ok()
+            (seconds >= 0.0).then(|| lifetime_from_secs_f64(seconds))
         }),
         Value::String(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
-            // All digits, so only overflow can fail: as good as never.
-            Some(Duration::from_secs(text.parse().unwrap_or(u64::MAX)))
+            // All digits, so only overflow can fail: longer than the cap.
+            Some(lifetime_from_secs(text.parse().unwrap_or(u64::MAX)))
         }
         _ => None,
     };
     seconds.ok_or_else(|| {
         let shown = match value {
-            Value::String(text) => format!("{:?}", safe_text(text, "", 40)),
-            other => type_name(other).to_owned(),
+            Value::Number(_) => "a negative number",
+            other => type_name(other),
         };
         Error::invalid_response(format!(
             "expires_in is {shown}, not a non-negative number of seconds"
@@ -140,8 +235,24 @@ fn expires_in(value: &Value) -> Result<Duration, Error> {
     })
 }
 
+/// A lifetime of `seconds`, at most [`MAX_LIFETIME`].
+fn lifetime_from_secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds).min(MAX_LIFETIME)
+}
+
+/// A lifetime of `seconds` (not negative), at most [`MAX_LIFETIME`].
+fn lifetime_from_secs_f64(seconds: f64) -> Duration {
+    if seconds >= MAX_LIFETIME.as_secs_f64() {
+        MAX_LIFETIME
+    } else {
+        // Below the cap and not negative: cannot fail.
+        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO)
+    }
+}
+
 /// The time left until a JWT's `exp` claim (decoded, not verified), if the
-/// token is a JWT with one.
+/// token is a JWT with one: at most [`MAX_LIFETIME`], and zero for an `exp`
+/// that has passed.
 fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
@@ -154,17 +265,17 @@ fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
     let claims = serde_json::from_slice::<Value>(&payload).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    // An `exp` in the past is a token that has already expired.
-    Some(Duration::try_from_secs_f64(exp - now).unwrap_or(Duration::ZERO))
+    let left = exp - now;
+    Some(if left > 0.0 {
+        lifetime_from_secs_f64(left)
+    } else {
+        Duration::ZERO
+    })
 }
 
-fn error_response(json: &Value, secret: &str) -> Option<ErrorResponse> {
-    error_response_in(json.as_object()?, secret)
-}
-
-fn error_response_in(json: &Map<String, Value>, secret: &str) -> Option<ErrorResponse> {
+fn error_response(json: &Map<String, Value>, redactor: &Redactor) -> Option<ErrorResponse> {
     let text = |key: &str, max: usize| match json.get(key) {
-        Some(Value::String(text)) => Some(safe_text(text, secret, max)),
+        Some(Value::String(text)) => Some(redactor.quote(text, max)),
         _ => None,
     };
     Some(ErrorResponse {
@@ -175,13 +286,14 @@ fn error_response_in(json: &Map<String, Value>, secret: &str) -> Option<ErrorRes
 }
 
 /// `Retry-After` as delta-seconds or an IMF-fixdate, from `now`.
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits, so only overflow can fail: the cache caps it anyway.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
     let at = http_date(value)?;
@@ -190,12 +302,14 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the format
 /// RFC 9110 requires senders to use; the two obsolete formats are not read.
+/// Every field has its fixed number of digits (a four-digit year), and the
+/// arithmetic is checked all the same.
 fn http_date(text: &str) -> Option<SystemTime> {
     let (_weekday, rest) = text.split_once(", ")?;
     let mut fields = rest.split(' ');
-    let day: u32 = fields.next()?.parse().ok()?;
+    let day = digits(fields.next()?, 2)?;
     let month = fields.next()?;
-    let year: i64 = fields.next()?.parse().ok()?;
+    let year = digits(fields.next()?, 4)?;
     let time = fields.next()?;
     if fields.next()? != "GMT" || fields.next().is_some() {
         return None;
@@ -203,28 +317,49 @@ fn http_date(text: &str) -> Option<SystemTime> {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let mut clock = time.split(':').map(|field| field.parse::<u64>().ok());
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let mut clock = time.split(':').map(|field| digits(field, 2));
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
     if clock.next().is_some() || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
     {
         return None;
     }
-    let days = u64::try_from(days_from_civil(year, month, i64::from(day))).ok()?;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+    let days = u64::try_from(days_from_civil(
+        i64::try_from(year).ok()?,
+        i64::try_from(month).ok()?,
+        i64::try_from(day).ok()?,
+    )?)
+    .ok()?;
+    let seconds = days
+        .checked_mul(86_400)?
+        .checked_add(hour * 3600 + minute * 60 + second)?;
     UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
+/// A field of exactly `len` ASCII digits.
+fn digits(field: &str, len: usize) -> Option<u64> {
+    if field.len() != len || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    field.parse().ok()
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
+/// algorithm), with checked arithmetic.
+fn days_from_civil(year: i64, month: i64, day: i64) -> Option<i64> {
+    let year = if month <= 2 {
+        year.checked_sub(1)?
+    } else {
+        year
+    };
     let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
+    let year_of_era = year.checked_sub(era.checked_mul(400)?)?;
     let month_from_march = (month + 9) % 12;
     let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    era.checked_mul(146_097)?
+        .checked_add(day_of_era)?
+        .checked_sub(719_468)
 }
 
 fn type_name(value: &Value) -> &'static str {
@@ -238,73 +373,11 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// The start of a body, safe to quote in an error.
-pub(super) fn excerpt(body: &[u8], secret: &str) -> String {
-    // Enough bytes for the excerpt and a secret that straddles its end.
-    let end = body.len().min(EXCERPT_CHARS * 4 + secret.len() * 3 + 64);
-    safe_text(
-        &String::from_utf8_lossy(&body[..end]),
-        secret,
-        EXCERPT_CHARS,
-    )
-}
-
-/// `text` with the secret and any token values masked, control characters
-/// replaced by spaces, and cut to `max_chars` characters.
-pub(super) fn safe_text(text: &str, secret: &str, max_chars: usize) -> String {
-    let mut text = text.to_owned();
-    if !secret.is_empty() {
-        text = text.replace(secret, "<redacted>");
-        let encoded = super::client_credentials::form_encode(secret);
-        if encoded != secret {
-            text = text.replace(&encoded, "<redacted>");
-        }
-    }
-    for key in ["\"access_token\"", "\"refresh_token\"", "\"id_token\""] {
-        text = mask_json_string_after(&text, key);
-    }
-    let mut safe: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max_chars)
-        .collect();
-    if text.chars().nth(max_chars).is_some() {
-        safe.push('…');
-    }
-    safe
-}
-
-/// Replaces the string value that follows each `"key":` (even cut short) by
-/// `<redacted>`.
-fn mask_json_string_after(text: &str, key: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(key) {
-        let (before, after_key) = rest.split_at(at + key.len());
-        out.push_str(before);
-        let value = after_key.trim_start();
-        let Some(value) = value.strip_prefix(':').map(str::trim_start) else {
-            rest = after_key;
-            continue;
-        };
-        let Some(value) = value.strip_prefix('"') else {
-            rest = after_key;
-            continue;
-        };
-        out.push_str(":\"<redacted>");
-        match value.find('"') {
-            Some(end) => rest = &value[end..],
-            None => rest = "",
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oauth2::ErrorKind;
+    use http::header::CONTENT_TYPE;
 
     const SECRET: &str = "s3cret/+pass";
 
@@ -313,6 +386,7 @@ mod tests {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             default_lifetime: Duration::from_secs(600),
+            client_id: "my-client",
             secret: SECRET,
         }
     }
@@ -360,11 +434,12 @@ mod tests {
     #[test]
     fn an_unsupported_expires_in_is_a_clear_error() {
         for (value, shown) in [
-            (r#""1h""#, r#""1h""#),
-            ("-5", "a number"),
+            (r#""1h""#, "a string"),
+            ("-5", "a negative number"),
+            ("-0.5", "a negative number"),
             ("true", "a boolean"),
             (r#"{"s":1}"#, "an object"),
-            (r#""""#, r#""""#),
+            (r#""""#, "a string"),
         ] {
             let body =
                 format!(r#"{{"access_token":"abc","token_type":"Bearer","expires_in":{value}}}"#);
@@ -378,17 +453,67 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_expires_in_never_expires_instead_of_overflowing() {
-        let token =
-            parse(200, r#"{"access_token":"abc","token_type":"Bearer","expires_in":"99999999999999999999999"}"#)
-                .unwrap();
-        assert_eq!(token.expiry(), None);
-        let token = parse(
+    fn any_expiry_beyond_the_cap_is_the_cap_whatever_its_form() {
+        let context = context();
+        let now = context
+            .started_wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jwt = |exp: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!(r#"{{"exp":{exp}}}"#));
+            format!("h.{payload}.s")
+        };
+        let beyond = MAX_LIFETIME.as_secs() + 1;
+        for (token, expires_in) in [
+            ("abc".to_owned(), r#""99999999999999999999999""#.to_owned()),
+            ("abc".to_owned(), "99999999999999999999999".to_owned()),
+            ("abc".to_owned(), "1e19".to_owned()),
+            ("abc".to_owned(), "2e19".to_owned()),
+            ("abc".to_owned(), "1e300".to_owned()),
+            ("abc".to_owned(), "10000000000".to_owned()), // 317 years
+            ("abc".to_owned(), beyond.to_string()),
+            ("abc".to_owned(), format!("\"{beyond}\"")),
+            (jwt("1e20"), "null".to_owned()),
+            (jwt("1e300"), "null".to_owned()),
+            (jwt(&(now + beyond + 10).to_string()), "null".to_owned()),
+        ] {
+            let body = format!(
+                r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{expires_in}}}"#
+            );
+            let token = parse_with(200, &HeaderMap::new(), &body, &context).unwrap();
+            assert_eq!(lifetime(&token, &context), Some(MAX_LIFETIME), "{body}");
+        }
+        // Just under the cap is kept as it is.
+        let under = MAX_LIFETIME.as_secs() - 1;
+        let body =
+            format!(r#"{{"access_token":"abc","token_type":"Bearer","expires_in":{under}}}"#);
+        let token = parse_with(200, &HeaderMap::new(), &body, &context).unwrap();
+        assert_eq!(lifetime(&token, &context), Some(Duration::from_secs(under)));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_an_error() {
+        let error = parse(
             200,
-            r#"{"access_token":"abc","token_type":"Bearer","expires_in":1e300}"#,
+            r#"{"access_token":"first-token","token_type":"Bearer","access_token":"second-token"}"#,
         )
         .unwrap_err();
-        assert_eq!(token.kind(), ErrorKind::InvalidResponse);
+        assert_eq!(error.kind(), ErrorKind::InvalidResponse);
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid token response: a key appears twice"),
+            "{error}"
+        );
+        assert!(!format!("{error} {error:?}").contains("-token"));
+        // Duplicates below the top level are not read, so not checked.
+        assert!(parse(
+            200,
+            r#"{"access_token":"abc","token_type":"Bearer","x":{"a":1,"a":2}}"#
+        )
+        .is_ok());
     }
 
     #[test]
@@ -456,7 +581,7 @@ mod tests {
         let error = parse(200, r#"["access_token"]"#).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "invalid token response: expected a JSON object, got an array"
+            "invalid token response: expected a JSON object, got an array; 16 bytes"
         );
     }
 
@@ -478,50 +603,85 @@ mod tests {
     }
 
     #[test]
-    fn an_html_error_page_is_quoted_briefly_and_safely() {
+    fn a_body_that_is_not_an_oauth2_error_is_described_not_quoted() {
         let page = format!(
-            "<html>\r\n<body>\u{1b}[31mBad Gateway {SECRET} {}</body></html>",
-            "x".repeat(10_000)
+            "<html><body>Bad Gateway {SECRET} {}</body></html>",
+            "x".repeat(100)
         );
-        let error = parse(502, &page).unwrap_err();
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, "text/html; charset=utf-8".parse().unwrap());
+        let error = parse_with(502, &headers, &page, &context()).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Status);
         assert!(!error.is_permanent());
-        let text = error.to_string();
-        assert!(text.starts_with(r#"token endpoint answered 502 Bad Gateway: "<html>  <body> [31mBad Gateway <redacted> xxx"#), "{text}");
-        assert!(text.chars().count() < 200, "{text}");
-        assert!(!text.contains(SECRET));
-        assert!(!text.contains('\u{1b}') && !text.contains('\n'));
-    }
-
-    #[test]
-    fn truncated_json_is_quoted_without_the_token() {
-        let error = parse(200, r#"{"access_token":"eyJhbGciOiJSUzI1NiIsInR5cCI6Ik"#).unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::InvalidResponse);
-        let text = error.to_string();
-        assert!(
-            text.starts_with("invalid token response: not JSON (EOF while parsing a string"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with(r#"{\"access_token\":\"<redacted>""#),
-            "{text}"
-        );
-        assert!(!text.contains("eyJhbGci"));
-    }
-
-    #[test]
-    fn the_secret_is_masked_raw_and_form_encoded() {
-        let encoded = super::super::client_credentials::form_encode(SECRET);
-        assert_ne!(encoded, SECRET);
-        let text = safe_text(&format!("a {SECRET} b {encoded} c"), SECRET, 100);
-        assert_eq!(text, "a <redacted> b <redacted> c");
-        let body =
-            format!(r#"{{"error":"invalid_client","error_description":"bad secret {SECRET}"}}"#);
-        let error = parse(400, &body).unwrap_err();
         assert_eq!(
-            error.response().unwrap().description(),
-            Some("bad secret <redacted>")
+            error.to_string(),
+            format!(
+                "token endpoint answered 502 Bad Gateway (text/html; charset=utf-8, {} bytes)",
+                page.len()
+            )
         );
+        let error = parse(500, "").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "token endpoint answered 500 Internal Server Error (0 bytes)"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_described_not_quoted() {
+        for body in [
+            r#"{"access_token":"eyJhbGciOiJSUzI1NiIsInR5cCI6Ik"#,
+            "access_token=eyJhbGciOiJSUzI1NiIsInR5cCI6Ik&token_type=bearer",
+            r#""eyJhbGciOiJSUzI1NiIsInR5cCI6Ik""#,
+        ] {
+            let error = parse(200, body).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidResponse);
+            let text = format!("{error} {error:?}");
+            assert!(!text.contains("eyJhbGci"), "{text}");
+            assert!(text.contains(&format!("{} bytes", body.len())), "{text}");
+        }
+        let error = parse(200, r#"{"access_token":"eyJ"#).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid token response: not JSON (at line 1, column 20); 20 bytes"
+        );
+    }
+
+    #[test]
+    fn the_oauth2_fields_are_sanitized_and_masked() {
+        let body = format!(
+            r#"{{"error":"invalid_client\u202e","error_description":"bad secret {SECRET} for tok-0123456789 \u2066x","refresh_token":"tok-0123456789"}}"#
+        );
+        let error = parse(400, &body).unwrap_err();
+        let response = error.response().unwrap();
+        assert_eq!(response.error(), "invalid_client");
+        assert_eq!(
+            response.description(),
+            Some("bad secret <redacted> for <redacted> x")
+        );
+        // JSON escapes are read before masking.
+        let escaped = SECRET.replace('/', "\\/").replace('s', "\\u0073");
+        let body = format!(r#"{{"error":"invalid_client","error_description":"{escaped}"}}"#);
+        let error = parse(400, &body).unwrap_err();
+        assert_eq!(error.response().unwrap().description(), Some("<redacted>"));
+    }
+
+    #[test]
+    fn a_token_type_is_quoted_only_when_short_and_plain() {
+        let error = parse(200, r#"{"access_token":"tok-123","token_type":"DPoP"}"#).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"token endpoint issued a token of type "DPoP", not a bearer token"#
+        );
+        for kind in ["tok-0123456789", r"a\u202eb", "a very long token type name"] {
+            let body = format!(r#"{{"access_token":"tok-0123456789","token_type":"{kind}"}}"#);
+            let error = parse(200, &body).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::UnsupportedTokenType);
+            assert_eq!(
+                error.to_string(),
+                "token endpoint issued a token that is not a bearer token"
+            );
+        }
     }
 
     #[test]
@@ -557,6 +717,10 @@ mod tests {
             "-1",
             "Sunday, 06-Nov-94 08:49:37 GMT",
             "Sun, 06 Nov 1994 25:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 999999999999 08:49:37 GMT",
+            "Sun, 06 Nov -999 08:49:37 GMT",
+            "Sun, 06 Nov +994 08:49:37 GMT",
             "",
         ] {
             headers.insert(http::header::RETRY_AFTER, bad.parse().unwrap());
@@ -566,8 +730,11 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
+        assert_eq!(days_from_civil(1970, 1, 1), Some(0));
+        assert_eq!(days_from_civil(2000, 3, 1), Some(11_017));
+        assert_eq!(days_from_civil(2026, 11, 26), Some(20_783));
+        assert_eq!(days_from_civil(9999, 12, 31), Some(2_932_896));
+        assert_eq!(days_from_civil(i64::MAX, 12, 31), None);
+        assert_eq!(days_from_civil(i64::MIN, 1, 1), None);
     }
 }
