@@ -88,9 +88,15 @@ impl Token {
     /// let token = Token::new("abcd1234").expires_in_secs(3600);
     /// # let _ = token;
     /// ```
-    pub fn expires_in_secs(mut self, secs: u64) -> Self {
-        self.expiry = Expiry::In(Duration::from_secs(secs));
-        self.granularity = Duration::from_secs(1);
+    pub fn expires_in_secs(self, secs: u64) -> Self {
+        self.expires_in(Duration::from_secs(secs))
+            .counted_in(Duration::from_secs(1))
+    }
+
+    /// Says that the expiry was counted in units of `granularity` by an
+    /// issuer that rounds down, so it may come that much early.
+    pub(crate) fn counted_in(mut self, granularity: Duration) -> Self {
+        self.granularity = granularity;
         self
     }
 

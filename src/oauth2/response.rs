@@ -106,15 +106,19 @@ pub(super) fn token(
         None => return Err(Error::invalid_response("no token_type")),
     }
 
-    let lifetime = match json.get("expires_in") {
-        None | Some(Value::Null) => {
-            jwt_lifetime(access_token, context.started_wall).unwrap_or(context.default_lifetime)
-        }
-        Some(value) => expires_in(value)?,
+    // `expires_in` counts whole seconds from the issuer's clock, rounded
+    // down: the token may expire up to a second early (a JWT `exp` is an
+    // absolute time, and a default lifetime ours).
+    let (lifetime, granularity) = match json.get("expires_in") {
+        None | Some(Value::Null) => (
+            jwt_lifetime(access_token, context.started_wall).unwrap_or(context.default_lifetime),
+            Duration::ZERO,
+        ),
+        Some(value) => (expires_in(value)?, Duration::from_secs(1)),
     };
     let token = Token::new(access_token.as_str());
     Ok(match context.started.checked_add(lifetime) {
-        Some(expiry) => token.expires_at(expiry),
+        Some(expiry) => token.expires_at(expiry).counted_in(granularity),
         // A default lifetime further off than the clock can count.
         None => token,
     })
@@ -411,6 +415,19 @@ mod tests {
 
     fn lifetime(token: &Token, context: &Context<'_>) -> Option<Duration> {
         token.expiry().map(|at| at - context.started)
+    }
+
+    /// Issue 9, scenario 9: an issuer floors its clock, so a token counted
+    /// by `expires_in` may expire up to a second early; the cache is told.
+    #[test]
+    fn expires_in_is_counted_in_whole_seconds() {
+        let counted = parse(
+            200,
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":2}"#,
+        );
+        assert_eq!(counted.unwrap().granularity(), Duration::from_secs(1));
+        let default = parse(200, r#"{"access_token":"abc","token_type":"Bearer"}"#);
+        assert_eq!(default.unwrap().granularity(), Duration::ZERO);
     }
 
     #[test]
