@@ -310,7 +310,11 @@ mod tests {
         let now = Instant::now();
         assert!(!slot.is_after(now));
         // far ahead (a paused clock that slept an hour) and behind
-        for at in [now + Duration::from_secs(3600), now, now + Duration::from_millis(10)] {
+        for at in [
+            now + Duration::from_secs(3600),
+            now,
+            now + Duration::from_millis(10),
+        ] {
             slot.store(Some(Limit::At(at)));
             assert!(slot.is_after(at - Duration::from_nanos(1)));
             assert!(!slot.is_after(at));

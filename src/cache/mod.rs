@@ -139,6 +139,8 @@ mod clock;
 mod entry;
 mod observe;
 mod refresh;
+#[cfg(test)]
+mod runtime_tests;
 mod stats;
 mod timing;
 
@@ -381,7 +383,10 @@ mod tests {
         let token = cache.token().await.unwrap();
         // A layer made from a clone, then dropped: the registry and timers
         // hold the cache weakly.
-        drop(tower_layer::Layer::layer(&crate::BearerAuthLayer::from_cache(cache.clone()), ()));
+        drop(tower_layer::Layer::layer(
+            &crate::BearerAuthLayer::from_cache(cache.clone()),
+            (),
+        ));
         let clone = cache.clone();
         let cache = cache.fetch_timeout(Duration::from_secs(3));
         assert_eq!(cache.shared.id, clone.shared.id);

@@ -171,7 +171,10 @@ impl Waiter {
                 }
             };
             let outcome = match received {
-                Some(outcome) => outcome.unwrap_or_else(|| Err(TokenError::abandoned())),
+                Some(Some(outcome)) => outcome,
+                // Every sender gone without an outcome: only a panic inside
+                // the cache's own bookkeeping does that. Not retried.
+                Some(None) => Err(TokenError::panicked()),
                 None if !yielded => {
                     // The fetch's own timer may have fired in the same turn:
                     // let its task go first, then look again.
@@ -380,8 +383,9 @@ impl Shared {
     }
 
     fn stall_locked(&self, refresh: &mut Refresh, id: u64, now: Instant) {
-        let Some(flight) =
-            refresh.flight.take_if(|flight| flight.id == id && flight.deadline.reached(now))
+        let Some(flight) = refresh
+            .flight
+            .take_if(|flight| flight.id == id && flight.deadline.reached(now))
         else {
             return;
         };
@@ -404,7 +408,13 @@ impl Shared {
     ) -> Outcome {
         let Refresh { config, rng, .. } = refresh;
         let entry = result.and_then(|token| {
-            Entry::new(token, config.scheme.as_deref(), started, &config.timing, rng)
+            Entry::new(
+                token,
+                config.scheme.as_deref(),
+                started,
+                &config.timing,
+                rng,
+            )
         });
         match entry {
             Ok(entry) => {
@@ -449,9 +459,8 @@ impl Shared {
 
     fn evict(&self, generation: u64, cause: Cause) -> bool {
         let current = self.current.load();
-        let evicted = generation != 0
-            && current.generation == generation
-            && current.expire(clock::now());
+        let evicted =
+            generation != 0 && current.generation == generation && current.expire(clock::now());
         if evicted {
             self.counters.invalidation();
             observe::invalidated(generation, cause);
@@ -480,7 +489,9 @@ impl Shared {
             (Phase::Due, Some(expiry)) => Some(expiry.saturating_duration_since(now)),
             _ => None,
         };
-        flight.span.settled(outcome, flight.started, retry_in, serving);
+        flight
+            .span
+            .settled(outcome, flight.started, retry_in, serving);
     }
 
     /// Makes this cache reachable by [`invalidate_by_id`].
@@ -539,12 +550,18 @@ impl Flight {
     }
 
     fn settle(&mut self, result: Result<Token, TokenError>, counts_as_failure: bool) {
-        self.settled = true;
+        let fallback = match &result {
+            Err(error) => error.clone(),
+            Ok(_) => TokenError::abandoned(),
+        };
         if let Some(shared) = self.shared.upgrade() {
             shared.settle(self.id, result, counts_as_failure);
         }
+        // Set only once the cache is done, so that a panic in there still
+        // ends the wait from `drop`.
+        self.settled = true;
         // Nobody delivered (the cache is gone): still end the wait.
-        deliver(&self.tx, Err(TokenError::abandoned()));
+        deliver(&self.tx, Err(fallback));
     }
 }
 

@@ -66,10 +66,7 @@ impl Timing {
         let lifetime = expiry.saturating_duration_since(started);
         let half = started.checked_add(lifetime / 2).unwrap_or(expiry);
         let margin = self.expiry_margin.min(lifetime / 10).max(granularity);
-        let expires_at = expiry
-            .checked_sub(margin)
-            .unwrap_or(started)
-            .min(expiry);
+        let expires_at = expiry.checked_sub(margin).unwrap_or(started).min(expiry);
         let due_at = expiry
             .checked_sub(self.refresh_before)
             .unwrap_or(half)
