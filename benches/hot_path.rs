@@ -4,7 +4,13 @@
 //! async mutex locked per request (the seed article's), a reader-writer
 //! lock, and `tower::filter::AsyncFilter` over a mutex (kube-rs's shape).
 //!
-//! `cargo bench --bench hot_path`
+//! `cargo bench --bench hot_path`: with the root's dev-dependencies, which
+//! turn on tokio's `test-util` (its `Instant::now()` then asks the
+//! runtime's clock).
+//!
+//! `cargo bench -p tower-bearer-bench-prod`: this same file in the build
+//! users get, without `test-util` (`benches/prod`); its results are named
+//! `prod/...` (see `docs/bench-prod.md`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +32,17 @@ use tower_http::set_header::SetRequestHeaderLayer;
 
 #[path = "../examples/support/mod.rs"]
 mod support;
+
+/// The name of a case in this build: `prod/` before it in the build without
+/// `test-util`, so that both builds' results sit side by side in
+/// `target/criterion`.
+fn id(name: &str) -> String {
+    if env!("CARGO_PKG_NAME") == "tower-bearer-bench-prod" {
+        format!("prod/{name}")
+    } else {
+        name.to_owned()
+    }
+}
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
 
@@ -80,10 +97,10 @@ where
 {
     let waker = Waker::from(Arc::new(Noop));
     let mut cx = Context::from_waker(&waker);
-    c.bench_function(&format!("{name} / 1 thread"), |b| {
+    c.bench_function(&id(&format!("{name} / 1 thread")), |b| {
         b.iter(|| request(&mut service, &mut cx))
     });
-    c.bench_function(&format!("{name} / 2 threads"), |b| {
+    c.bench_function(&id(&format!("{name} / 2 threads")), |b| {
         b.iter_custom(|iters| {
             let start = std::sync::Barrier::new(2);
             std::thread::scope(|scope| {
@@ -230,18 +247,35 @@ where
     })
 }
 
-/// What the hot path avoids: one read of tokio's clock (inside a runtime,
-/// as a request would be; `std` alone is the cost without tokio's test-util
-/// feature, which dev-dependencies switch on).
+/// What the hot path may read to know the time, inside a runtime as a
+/// request would be: tokio's clock (std's monotonic clock in `prod/`, the
+/// runtime's clock behind `test-util` otherwise), std's, and Linux's coarse
+/// monotonic clock (a few ms of resolution, no system call).
 fn clock(c: &mut Criterion) {
     let runtime = runtime();
     let _guard = runtime.enter();
-    c.bench_function("clock read: tokio::time::Instant::now", |b| {
+    c.bench_function(&id("clock read: tokio::time::Instant::now"), |b| {
         b.iter(|| black_box(tokio::time::Instant::now()))
     });
-    c.bench_function("clock read: std::time::Instant::now", |b| {
+    c.bench_function(&id("clock read: std::time::Instant::now"), |b| {
         b.iter(|| black_box(std::time::Instant::now()))
     });
+    #[cfg(target_os = "linux")]
+    c.bench_function(&id("clock read: CLOCK_MONOTONIC_COARSE"), |b| {
+        b.iter(|| black_box(monotonic_coarse()))
+    });
+}
+
+#[cfg(target_os = "linux")]
+fn monotonic_coarse() -> libc::timespec {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable `timespec` for the call's duration.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    debug_assert_eq!(status, 0);
+    now
 }
 
 /// For scale: one real HTTP/1.1 request over loopback (hyper-util's client,
@@ -290,7 +324,7 @@ fn loopback(c: &mut Criterion) {
     ];
     for (name, service) in &cases {
         c.bench_function(
-            &format!("reference: HTTP request over loopback, {name}"),
+            &id(&format!("reference: HTTP request over loopback, {name}")),
             |b| {
                 b.to_async(&runtime).iter(|| {
                     let (mut service, request) = (service.clone(), request());

@@ -6,21 +6,33 @@ storm chart.
     python3 scripts/perf_report.py            # prints the tables (Markdown)
                                               # and writes docs/storm.svg
 
+    cargo bench -p tower-bearer-bench-prod    # hot_path without test-util
+    python3 scripts/perf_report.py --prod     # its tables
+
 Reads target/criterion/*/new/{benchmark,estimates}.json; uses the median of
-each benchmark. Only the Python standard library.
+each benchmark. The root's benches run with tokio's `test-util` (the
+dev-dependencies turn it on); `benches/prod` runs the same hot_path source
+without it and names its results `prod/...`. Only the Python standard library.
 """
 
+import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CRITERION = ROOT / "target" / "criterion"
+# Where criterion writes, by its own rules.
+CRITERION = Path(
+    os.environ.get("CRITERION_HOME")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "criterion"
+)
 CHART = ROOT / "docs" / "storm.svg"
 
 STORM_LATENCY_MS = 5.0  # the source's latency in benches/storm.rs
+PROD = "prod/"  # the prefix of benches/prod's results (no test-util)
 
 
 def medians():
@@ -35,22 +47,47 @@ def medians():
     return found
 
 
+def configuration(found, prod):
+    """The results of one build, without the `prod/` prefix."""
+    if prod:
+        return {k[len(PROD):]: v for k, v in found.items() if k.startswith(PROD)}
+    return {k: v for k, v in found.items() if not k.startswith(PROD)}
+
+
 def ns(value):
+    if math.isnan(value):
+        return "–"
     return f"{value:.0f} ns" if value < 10_000 else f"{value / 1e6:.2f} ms"
 
 
-def hot_path_table(found):
+def ratio(value):
+    return "–" if math.isnan(value) else f"{value:.2f}×"
+
+
+def hot_path_cases(found):
+    """(case, name) -> {"1 thread": ns, "2 threads": ns}."""
     cases = {}
     for full_id, median in found.items():
         match = re.fullmatch(r"(\w+) (.+) / (1 thread|2 threads)", full_id)
         if match:
             case, name, threads = match.groups()
             cases.setdefault((case, name), {})[threads] = median
-    baseline = next((v for (c, _), v in cases.items() if c == "2"), None)
-    if not baseline or "1 thread" not in baseline:
+    return cases
+
+
+def baseline(cases):
+    """Case 2 (`AddAuthorization`) on one thread, if it ran."""
+    times = next((v for (c, _), v in cases.items() if c == "2"), {})
+    return times.get("1 thread")
+
+
+def hot_path_table(found):
+    cases = hot_path_cases(found)
+    base1 = baseline(cases)
+    if not base1:
         return None
-    base1 = baseline["1 thread"]
-    base_slowdown = baseline.get("2 threads", math.nan) / base1
+    base = next(v for (c, _), v in cases.items() if c == "2")
+    base_slowdown = base.get("2 threads", math.nan) / base1
     rows = [
         "| case | 1 thread | vs. case 2 | 2 threads | 2-thread slowdown | slowdown vs. case 2's |",
         "|---|---|---|---|---|---|",
@@ -60,8 +97,8 @@ def hot_path_table(found):
         two = times.get("2 threads", math.nan)
         slowdown = two / one
         rows.append(
-            f"| {case} {name} | {ns(one)} | {one / base1:.2f}× | {ns(two)} | "
-            f"{slowdown:.2f}× | {slowdown / base_slowdown:.2f}× |"
+            f"| {case} {name} | {ns(one)} | {ratio(one / base1)} | {ns(two)} | "
+            f"{ratio(slowdown)} | {ratio(slowdown / base_slowdown)} |"
         )
     return "\n".join(rows)
 
@@ -167,19 +204,34 @@ def storm_chart(series):
 
 
 def main():
-    found = medians()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--prod",
+        action="store_true",
+        help="the build users get (benches/prod, without tokio's test-util)",
+    )
+    prod = parser.parse_args().prod
+    found = configuration(medians(), prod)
     if not found:
-        sys.exit("no criterion results: run `cargo bench` first")
+        command = "cargo bench -p tower-bearer-bench-prod" if prod else "cargo bench"
+        sys.exit(f"no criterion results: run `{command}` first")
+    print(
+        "Build: benches/prod, without tokio's test-util (as users build it)\n"
+        if prod
+        else "Build: the root's dev-dependencies, with tokio's test-util\n"
+    )
     table = hot_path_table(found)
     if table:
         print("Per request (median):\n")
         print(table)
     references = sorted((k, v) for k, v in found.items() if k.startswith(("reference:", "clock read:")))
     if references:
+        base1 = baseline(hot_path_cases(found)) or math.nan
         print("\nFor scale (median):\n")
-        print("| measurement | median |\n|---|---|")
+        print("| measurement | median | vs. case 2, 1 thread |\n|---|---|---|")
         for name, median in references:
-            print(f"| {name} | {ns(median) if median < 10_000 else f'{median / 1e3:.1f} µs'} |")
+            value = ns(median) if median < 10_000 else f"{median / 1e3:.1f} µs"
+            print(f"| {name} | {value} | {ratio(median / base1)} |")
     series = storms(found)
     if series:
         print("\nRefresh storm (median time until all complete):\n")
