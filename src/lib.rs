@@ -117,10 +117,13 @@
 //!
 //! # Runtime
 //!
-//! Fetches and the timers that move a token through its phases run on tokio
-//! tasks, so the cache is used from within a tokio runtime with the time
-//! driver enabled (as `#[tokio::main]` sets up). A fetch needed outside any
-//! runtime fails with [`TokenErrorKind::NoRuntime`].
+//! Fetches run on tokio tasks, so the cache fetches from within a tokio
+//! runtime with the time driver enabled (as `#[tokio::main]` sets up); a
+//! fetch needed outside any runtime fails with [`TokenErrorKind::NoRuntime`].
+//! Within that, the cache keeps its promises however tokio is driven: a
+//! `block_on` per request, several runtimes sharing one cache, a runtime
+//! that goes idle, the paused clock. See
+//! [the runtime contract](cache#the-runtime-contract).
 
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

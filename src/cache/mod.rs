@@ -15,7 +15,9 @@
 //! `t0 + L`:
 //!
 //! - is **expired** `min(10 s, L/10)` before `t0 + L`
-//!   ([`expiry_margin`](TokenCache::expiry_margin));
+//!   ([`expiry_margin`](TokenCache::expiry_margin)), and at least a second
+//!   before it when `L` was counted in whole seconds by an issuer that
+//!   rounds down ([`Token::expires_in_secs`], as OAuth2's `expires_in` is);
 //! - comes **due** `5 min` before `t0 + L` but not before `t0 + L/2`
 //!   ([`refresh_before`](TokenCache::refresh_before)), moved earlier by a
 //!   random jitter of up to `min(30 s, L/20)` so that a fleet does not
@@ -23,9 +25,52 @@
 //!   still never before `t0 + L/2` nor after the expiry point.
 //!
 //! `t0` is the instant the fetch **began**: time spent on the wire is not
-//! credited to the token. Phases move on tokio's clock (a timer task flips
-//! them), so tests can run with paused time. A token without an expiry
-//! never expires; a `401` can still evict it.
+//! credited to the token. A token without an expiry never expires, nor does
+//! one whose lifetime tokio's clock cannot hold (`Duration::MAX`); a `401`
+//! can still evict either.
+//!
+//! # The runtime contract
+//!
+//! **Phases are exact on tokio's clock.** Every request decides its phase at
+//! the moment it is made, whichever runtime it is on and whatever any other
+//! runtime is doing: at or past the expiry point it waits for a new token,
+//! in the due window it is served and the first such request starts the one
+//! refresh. This holds for a `block_on` per request, for a token fetched on a
+//! runtime that is never driven again, and for tokio's paused clock: the
+//! request right after `tokio::time::advance` sees the new time.
+//!
+//! How, and what it costs: the hot path compares a coarse monotonic clock
+//! (`CLOCK_MONOTONIC_COARSE` on Linux, a few nanoseconds to read; std's clock
+//! elsewhere) with a deadline taken at least 50 ms before the due point, and
+//! sends anything later to the slow path, which reads tokio's clock and
+//! decides exactly (still without a lock while the token is fresh or its
+//! refresh pending). A paused clock's jump is seen through a timer the token
+//! registers with the time driver of the runtime that fetched it: the driver
+//! wakes it inside `advance`, before the next request. With a paused clock,
+//! then, phases follow the clock of the runtime the token was fetched on;
+//! several paused runtimes sharing one cache each keep a clock of their own.
+//!
+//! **No request waits longer than the fetch timeout**, whichever runtime its
+//! fetch runs on. A fetch past its deadline (its start plus
+//! [`fetch_timeout`](TokenCache::fetch_timeout)) is ended as a
+//! [`Timeout`](crate::TokenErrorKind::Timeout) by the first request or
+//! waiter that sees it, on any runtime, exactly as its own timer would have
+//! ended it had its runtime been driven; like any timeout it is paced by the
+//! backoff, and the next fetch starts on the runtime of the request that
+//! needs it. A fetch dropped by a runtime that shuts down is not a failure:
+//! a request waiting on it starts a new one on its own runtime at once.
+//! There is still one fetch at a time, as seen from the cache.
+//!
+//! **No input makes the cache panic**: lifetimes, margins, timeouts and
+//! backoffs from zero to `Duration::MAX`, and expiry instants in the past.
+//! `Duration::MAX` means what it says: a token that never expires, a fetch
+//! that never times out, a backoff with no cap (after a permanent failure, no
+//! further fetch at all: [`TokenError::retry_at`] is then `None`).
+//!
+//! The cache needs a tokio runtime with the time driver enabled
+//! (`enable_time` or `enable_all`) to fetch; outside a runtime it serves what
+//! it has and fails with [`NoRuntime`](crate::TokenErrorKind::NoRuntime)
+//! when it needs a fetch.
 //!
 //! What a fresh-token request costs, against tower-http's static header and
 //! a mutex, is measured in the repository's `docs/performance.md`.
@@ -72,8 +117,8 @@
 //!   ([`fetch_timeout`](TokenCache::fetch_timeout), 10 s), independent of any
 //!   request's. Dropping the request that started it cancels nothing: the
 //!   result is cached and used by the others. When every handle to the cache
-//!   (cache, layers, services and waiting requests) is gone, the fetch and
-//!   the expiry timer are aborted: no task lingers.
+//!   (cache, layers, services and waiting requests) is gone, the fetch is
+//!   aborted and the due-point timer dropped: no task lingers.
 //! - A `401` evicts the token it rejected, if it is still the current one
 //!   (see [`crate::auth`]); [`TokenCache::invalidate`] does the same for code
 //!   outside tower.
