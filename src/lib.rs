@@ -159,7 +159,7 @@ pub use self::reqwest::BearerAuthMiddleware;
 #[doc(inline)]
 pub use self::retry::RetryOn401;
 #[doc(inline)]
-pub use self::scope::{RequestHead, Scope};
+pub use self::scope::{InvalidHost, RequestHead, Scope};
 pub use self::source::{RetryHint, TokenSource};
 pub use self::token::Token;
 

@@ -138,18 +138,39 @@ impl Scope {
     /// If an entry is not a host: empty, or with a port (`host:8443`), a
     /// scheme, a path, user info or whitespace. Such an entry could never
     /// match, and a scope that silently covers nothing is a bug to catch
-    /// where the scope is written.
-    pub fn hosts<I>(mut self, hosts: I) -> Self
+    /// where the scope is written. For hosts that come from configuration,
+    /// use [`try_hosts`](Self::try_hosts), which returns the error instead.
+    pub fn hosts<I>(self, hosts: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let hosts: Vec<Box<str>> = hosts
+        match self.try_hosts(hosts) {
+            Ok(scope) => scope,
+            Err(error) => panic!("Scope::hosts: {error}"),
+        }
+    }
+
+    /// [`hosts`](Self::hosts), for hosts that come from configuration: an
+    /// entry that is not a host is an [`InvalidHost`] error.
+    ///
+    /// ```
+    /// use tower_bearer::Scope;
+    ///
+    /// let error = Scope::new().try_hosts(["api.example.com:8443"]).unwrap_err();
+    /// assert_eq!(error.entry(), "api.example.com:8443");
+    /// ```
+    pub fn try_hosts<I>(mut self, hosts: I) -> Result<Self, InvalidHost>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let hosts = hosts
             .into_iter()
-            .map(|host| normalize_host(&host.into()))
-            .collect();
+            .map(|host| normalize_host(host.into()))
+            .collect::<Result<Vec<Box<str>>, _>>()?;
         self.hosts = Some(hosts.into());
-        self
+        Ok(self)
     }
 
     /// Only requests for which `predicate` returns `true`. Calling it again
@@ -224,28 +245,52 @@ impl Scope {
 }
 
 /// A `hosts` entry, lowercase, without a trailing dot, an IPv6 literal in
-/// brackets. Panics on anything that is not a host (see [`Scope::hosts`]).
-fn normalize_host(entry: &str) -> Box<str> {
-    let host = entry.strip_suffix('.').unwrap_or(entry);
+/// brackets; or why it is not a host (see [`Scope::hosts`]).
+fn normalize_host(entry: String) -> Result<Box<str>, InvalidHost> {
+    let host = entry.strip_suffix('.').unwrap_or(&entry);
     let bare = host
         .strip_prefix('[')
         .and_then(|host| host.strip_suffix(']'))
         .unwrap_or(host);
     if let Ok(ip) = bare.parse::<std::net::Ipv6Addr>() {
-        return format!("[{ip}]").into_boxed_str();
+        return Ok(format!("[{ip}]").into_boxed_str());
     }
     let is_host = !host.is_empty()
         && !host.starts_with('.')
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    assert!(
-        is_host,
-        "Scope::hosts: {entry:?} is not a host name or IP address \
-         (give it without scheme, port or path)"
-    );
-    host.to_ascii_lowercase().into_boxed_str()
+    if !is_host {
+        return Err(InvalidHost { entry });
+    }
+    Ok(host.to_ascii_lowercase().into_boxed_str())
 }
+
+/// A [`Scope::try_hosts`] entry that is not a host name or IP address: empty,
+/// or with a port, a scheme, a path, user info or whitespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidHost {
+    entry: String,
+}
+
+impl InvalidHost {
+    /// The entry as it was given.
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+}
+
+impl fmt::Display for InvalidHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a host name or IP address (give it without scheme, port or path)",
+            self.entry
+        )
+    }
+}
+
+impl std::error::Error for InvalidHost {}
 
 /// Whether a request's host is the normalized `entry`.
 fn host_matches(entry: &str, host: &str) -> bool {
@@ -328,6 +373,9 @@ mod tests {
             "api example",
             "[::1]:443",
         ] {
+            let error = Scope::new().try_hosts([bad]).unwrap_err();
+            assert_eq!(error.entry(), bad);
+            assert!(error.to_string().contains("not a host name"));
             let refused = std::panic::catch_unwind(|| Scope::new().hosts([bad]));
             assert!(refused.is_err(), "{bad:?}");
         }
