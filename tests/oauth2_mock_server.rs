@@ -11,41 +11,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use http_body_util::Full;
 use tokio::task::JoinSet;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{self, ClientAuth, ClientCredentials, ErrorKind};
 use tower_bearer::{BearerAuth, BearerAuthLayer, TokenError, TokenErrorKind};
 
 mod common;
-use common::idp::{MockIdp, CLIENT_ID};
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
+use common::idp::{get, http_client, HttpClient, MockIdp, CLIENT_ID};
 
 fn client(source: ClientCredentials) -> BearerAuth<HttpClient> {
     ServiceBuilder::new()
         .layer(BearerAuthLayer::new(source))
         .service(http_client())
-}
-
-/// One GET of the protected resource: its status and JSON body.
-async fn get(
-    client: &mut BearerAuth<HttpClient>,
-    url: &str,
-) -> Result<(StatusCode, Value), BoxError> {
-    let request = Request::get(url).body(Full::default())?;
-    let response = client.ready().await?.call(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body)?))
 }
 
 #[tokio::test]

@@ -19,20 +19,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_bearer::{BearerAuth, BearerAuthLayer, TokenError, TokenErrorKind};
+use tower::{BoxError, ServiceBuilder};
+use tower_bearer::{BearerAuthLayer, TokenError, TokenErrorKind};
 
 mod common;
-use common::idp::MockIdp;
+use common::idp::{get, http_client, MockIdp};
 
 /// Seconds; the refresh is due at half of it.
 const TOKEN_LIFETIME: u64 = 2;
@@ -45,8 +40,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Token requests allowed beyond the bound, for the cold start and the
 /// boundaries of the run.
 const SLACK: u64 = 2;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// What the requests met.
 #[derive(Debug, Default)]
@@ -138,18 +131,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-/// One GET of the protected resource: its status and JSON body.
-async fn get(
-    client: &mut BearerAuth<HttpClient>,
-    url: &str,
-) -> Result<(StatusCode, Value), BoxError> {
-    let request = Request::get(url).body(Full::default())?;
-    let response = client.ready().await?.call(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body)?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_short_tokens_and_injected_faults() {
     let seconds: u64 = env_or("SOAK_SECONDS", 20);
@@ -167,7 +148,7 @@ async fn soak_with_short_tokens_and_injected_faults() {
     );
     let client = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(idp.source()))
-        .service(Client::builder(TokioExecutor::new()).build_http());
+        .service(http_client());
 
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);

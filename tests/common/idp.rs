@@ -12,11 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tower::{BoxError, Service, ServiceExt};
 use tower_bearer::oauth2::ClientCredentials;
+use tower_bearer::BearerAuth;
 
 pub const CLIENT_ID: &str = "orders-service";
 pub const CLIENT_SECRET: &str = "correct horse:battery/staple";
@@ -246,4 +250,24 @@ fn remove_if_present(path: &Path) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// A plain hyper-util client, as a user's would be.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One GET of the protected resource through `client`: its status and JSON
+/// body.
+pub async fn get(
+    client: &mut BearerAuth<HttpClient>,
+    url: &str,
+) -> Result<(StatusCode, Value), BoxError> {
+    let request = Request::get(url).body(Full::default())?;
+    let response = client.ready().await?.call(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body)?))
 }
