@@ -1,0 +1,81 @@
+//! Instructions per request, counted by valgrind's callgrind rather than
+//! timed: repeatable to the instruction for the same binary, whatever else
+//! the machine is doing. Run by `scripts/instructions.sh`, which counts a
+//! loop of N requests and one of 2N and takes the difference over N, so that
+//! start-up and the one fetch cancel out.
+//!
+//! `INSTRUCTIONS_CASE` is `bare`, `add-authorization` or `bearer`;
+//! `INSTRUCTIONS_N` the number of requests. Without them (as under `cargo
+//! bench`), it does nothing.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::{service_fn, Layer, Service};
+use tower_bearer::{BearerAuthLayer, Token, TokenCache};
+use tower_http::auth::AddAuthorizationLayer;
+
+const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
+
+#[inline(never)]
+fn run<S>(mut service: S, n: u64)
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..n {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let future = pin!(service.call(Request::new(())));
+        match future.poll(&mut cx) {
+            Poll::Ready(response) => {
+                black_box(response.unwrap());
+            }
+            Poll::Pending => unreachable!("every case answers at once"),
+        }
+    }
+}
+
+fn main() {
+    let (Ok(case), Ok(n)) = (
+        std::env::var("INSTRUCTIONS_CASE"),
+        std::env::var("INSTRUCTIONS_N"),
+    ) else {
+        eprintln!(
+            "instructions: set INSTRUCTIONS_CASE and INSTRUCTIONS_N (see scripts/instructions.sh)"
+        );
+        return;
+    };
+    let n: u64 = n.parse().expect("INSTRUCTIONS_N is a number");
+    let inner = service_fn(|request: Request<()>| {
+        black_box(&request);
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    match case.as_str() {
+        "bare" => run(inner, n),
+        "add-authorization" => run(
+            AddAuthorizationLayer::bearer(TOKEN)
+                .as_sensitive(true)
+                .layer(inner),
+            n,
+        ),
+        "bearer" => {
+            let cache = TokenCache::new(|| async {
+                Ok::<_, Infallible>(Token::new(TOKEN).expires_in(Duration::from_secs(3600)))
+            });
+            runtime.block_on(cache.token()).unwrap();
+            run(BearerAuthLayer::from_cache(cache).layer(inner), n);
+        }
+        other => panic!("unknown case {other:?}"),
+    }
+}
