@@ -201,7 +201,10 @@ impl Waiter {
             let current = self.shared.current.load_full();
             match self.shared.lookup(&current) {
                 Lookup::Ready(entry) => return Ok(entry),
-                Lookup::Wait(waiter) => self.watch = waiter.watch,
+                Lookup::Wait(waiter) => {
+                    self.watch = waiter.watch;
+                    yielded = false;
+                }
                 Lookup::Fail(error) => return Err(error),
             }
         }
