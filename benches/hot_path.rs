@@ -10,7 +10,7 @@
 //!
 //! `cargo bench -p tower-bearer-bench-prod`: this same file in the build
 //! users get, without `test-util` (`benches/prod`); its results are named
-//! `prod/...` (see `docs/bench-prod.md`).
+//! `prod/...` (see `docs/performance.md`).
 
 use std::convert::Infallible;
 use std::future::Future;
