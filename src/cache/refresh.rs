@@ -549,14 +549,17 @@ impl Flight {
             Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
             Err(_elapsed) => Err(TokenError::timeout(timeout)),
         };
-        self.settle(result, true);
+        self.settle(result, true, TokenError::abandoned());
     }
 
-    fn settle(&mut self, result: Result<Token, TokenError>, counts_as_failure: bool) {
-        let fallback = match &result {
-            Err(error) => error.clone(),
-            Ok(_) => TokenError::abandoned(),
-        };
+    /// Hands `result` to the cache; if the cache delivers nothing (it is
+    /// gone, or a panic inside it), the waiters get `fallback`.
+    fn settle(
+        &mut self,
+        result: Result<Token, TokenError>,
+        counts_as_failure: bool,
+        fallback: TokenError,
+    ) {
         if let Some(shared) = self.shared.upgrade() {
             shared.settle(self.id, result, counts_as_failure);
         }
@@ -587,9 +590,9 @@ impl Drop for Flight {
         // A panicking source is its failure, paced like any other; a fetch
         // dropped with its runtime is nobody's and is simply tried again.
         if std::thread::panicking() {
-            self.settle(Err(TokenError::panicked()), true);
+            self.settle(Err(TokenError::panicked()), true, TokenError::panicked());
         } else {
-            self.settle(Err(TokenError::abandoned()), false);
+            self.settle(Err(TokenError::abandoned()), false, TokenError::abandoned());
         }
     }
 }
