@@ -12,13 +12,14 @@ use tokio::time::Instant;
 
 use super::error::{Error, ErrorResponse};
 use super::redact::{self, Redactor};
+use crate::jwt::{self, lifetime_from_secs_f64};
 use crate::Token;
 
 /// The largest response body read; a bigger one is an error.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 
 /// The longest lifetime a token is given: `ClientCredentials::MAX_LIFETIME`.
-pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(super) use crate::jwt::MAX_LIFETIME;
 
 /// What the caller knew when it sent the request.
 pub(super) struct Context<'a> {
@@ -111,7 +112,7 @@ pub(super) fn token(
     // absolute time, and a default lifetime ours).
     let (lifetime, granularity) = match json.get("expires_in") {
         None | Some(Value::Null) => (
-            jwt_lifetime(access_token, context.started_wall).unwrap_or(context.default_lifetime),
+            jwt::lifetime(access_token, context.started_wall).unwrap_or(context.default_lifetime),
             Duration::ZERO,
         ),
         Some(value) => (expires_in(value)?, Duration::from_secs(1)),
@@ -242,39 +243,6 @@ fn expires_in(value: &Value) -> Result<Duration, Error> {
 /// A lifetime of `seconds`, at most [`MAX_LIFETIME`].
 fn lifetime_from_secs(seconds: u64) -> Duration {
     Duration::from_secs(seconds).min(MAX_LIFETIME)
-}
-
-/// A lifetime of `seconds` (not negative), at most [`MAX_LIFETIME`].
-fn lifetime_from_secs_f64(seconds: f64) -> Duration {
-    if seconds >= MAX_LIFETIME.as_secs_f64() {
-        MAX_LIFETIME
-    } else {
-        // Below the cap and not negative: cannot fail.
-        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO)
-    }
-}
-
-/// The time left until a JWT's `exp` claim (decoded, not verified), if the
-/// token is a JWT with one: at most [`MAX_LIFETIME`], and zero for an `exp`
-/// that has passed.
-fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims = serde_json::from_slice::<Value>(&payload).ok()?;
-    let exp = claims.get("exp")?.as_f64()?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    let left = exp - now;
-    Some(if left > 0.0 {
-        lifetime_from_secs_f64(left)
-    } else {
-        Duration::ZERO
-    })
 }
 
 fn error_response(json: &Map<String, Value>, redactor: &Redactor) -> Option<ErrorResponse> {
