@@ -160,11 +160,28 @@
 //! `private_key_jwt` or mutual TLS (`param` can carry a `client_assertion`
 //! you sign yourself, but it is not refreshed per request).
 
+mod client_auth;
 mod client_credentials;
 mod error;
 mod redact;
 mod response;
 mod transport;
 
-pub use self::client_credentials::{ClientAuth, ClientCredentials};
+pub use self::client_auth::ClientAuth;
+#[cfg(feature = "private-key-jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+pub use self::client_auth::{Algorithm, PrivateKey};
+pub use self::client_credentials::ClientCredentials;
+
+/// A client assertion read from a file on each token request: a federated
+/// token (`AZURE_FEDERATED_TOKEN_FILE`, a Kubernetes projected token with
+/// the identity provider as its audience), for
+/// [`ClientCredentials::client_assertion`].
+///
+/// It is [`FileToken`](crate::FileToken): the assertion source is not
+/// cached, so the file is read again for every token request, and its
+/// errors are `FileToken`'s.
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub type FileAssertion = crate::FileToken;
 pub use self::error::{Error, ErrorKind, ErrorResponse};

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -349,6 +348,7 @@ fn type_name(value: &Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::oauth2::ErrorKind;
+    use base64::Engine as _;
     use http::header::CONTENT_TYPE;
 
     const SECRET: &str = "s3cret/+pass";
