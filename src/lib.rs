@@ -27,6 +27,7 @@
 //! |---|---|---|
 //! | `oauth2` | on | `oauth2::ClientCredentials`, a token source for the OAuth2 client-credentials grant |
 //! | `rustls` | on | https for its built-in HTTP client (rustls with `ring`, webpki roots) |
+//! | `private-key-jwt` | on | `private_key_jwt` client authentication for `oauth2::ClientCredentials` (ring) |
 //! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 |
 //! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything |
 //! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) |

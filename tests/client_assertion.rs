@@ -18,6 +18,9 @@ use tower_bearer::{file, Token, TokenCache, TokenErrorKind};
 
 const TOKEN: &str = r#"{"access_token":"tok-1","token_type":"Bearer","expires_in":3600}"#;
 
+/// Each request's Authorization header and form body.
+type Seen = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
 /// A token endpoint that records each request's form and Authorization.
 fn recording() -> (
     impl tower::Service<
@@ -28,9 +31,9 @@ fn recording() -> (
         > + Clone
         + Send
         + 'static,
-    Arc<Mutex<Vec<(Option<String>, String)>>>,
+    Seen,
 ) {
-    let seen: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let service = service_fn({
         let seen = seen.clone();
         move |request: Request<Full<Bytes>>| {

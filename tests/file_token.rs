@@ -218,7 +218,8 @@ async fn a_file_replaced_while_it_is_read_gives_one_whole_version() {
 #[tokio::test]
 async fn each_bad_file_is_a_typed_error() {
     let dir = TempDir::new("bad");
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, ErrorKind)> = vec![
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make, ErrorKind)> = vec![
         ("missing", Box::new(|_| {}), ErrorKind::NotFound),
         (
             "dangling",

@@ -30,7 +30,8 @@ pub(super) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3,
 /// RFC 7523 §2.2).
 ///
-/// A tag: the key of [`PrivateKeyJwt`](Self::PrivateKeyJwt) and the source
+/// A `Copy + Eq` tag, as it was before keys existed. The key of
+/// `PrivateKeyJwt` and the source
 /// of [`Assertion`](Self::Assertion) are set beside it, with
 /// [`private_key_jwt`](super::ClientCredentials::private_key_jwt) and
 /// [`client_assertion`](super::ClientCredentials::client_assertion), which
@@ -38,6 +39,11 @@ pub(super) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type
 /// [`auth_method`](super::ClientCredentials::auth_method) and no key or
 /// source makes every fetch fail with a permanent
 /// [`Config`](super::ErrorKind::Config) error.
+///
+/// Why beside and not inside: a key in the enum would make it neither
+/// `Copy` nor `Eq` (a private key has no useful equality), breaking every
+/// caller that compares or copies it, and the enum would need a variant per
+/// kind of key source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ClientAuth {
