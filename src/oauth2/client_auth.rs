@@ -122,6 +122,7 @@ impl Credentials {
         token_url: &str,
         assertion: Option<&str>,
         form: &mut Form,
+        masked: &mut Vec<Zeroizing<String>>,
     ) -> Result<Option<HeaderValue>, Error> {
         match auth {
             ClientAuth::Basic => return self.basic_auth(client_id).map(Some),
@@ -135,10 +136,11 @@ impl Credentials {
                     Error::config("ClientAuth::PrivateKeyJwt needs a key: use private_key_jwt(key)")
                 })?;
                 let audience = self.audience.as_deref().unwrap_or(token_url);
-                let jwt = key.assertion(client_id, audience, self.lifetime)?;
+                let jwt = Zeroizing::new(key.assertion(client_id, audience, self.lifetime)?);
                 form.pair("client_id", client_id);
                 form.pair("client_assertion_type", JWT_BEARER);
                 form.pair("client_assertion", &jwt);
+                masked.push(jwt);
             }
             ClientAuth::Assertion => {
                 let assertion = assertion.ok_or_else(|| {
@@ -149,6 +151,7 @@ impl Credentials {
                 form.pair("client_id", client_id);
                 form.pair("client_assertion_type", JWT_BEARER);
                 form.pair("client_assertion", assertion);
+                masked.push(Zeroizing::new(assertion.to_owned()));
             }
         }
         let _ = token_url;

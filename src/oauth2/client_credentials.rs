@@ -21,6 +21,7 @@ use super::client_auth::PrivateKey;
 use super::client_auth::{ClientAuth, Credentials};
 use super::error::Error;
 use super::response::{self, Context, MAX_BODY};
+use super::token_exchange::Exchange;
 use super::transport::{self, HttpClient, ResponseBody, Tower};
 use crate::{BoxError, RetryHint, Token, TokenSource};
 
@@ -53,6 +54,7 @@ pub struct ClientCredentials {
     resources: Vec<String>,
     params: Vec<(String, String)>,
     auth: ClientAuth,
+    pub(super) grant: Grant,
     default_lifetime: Duration,
     allow_insecure_http: bool,
     client: Client,
@@ -66,8 +68,20 @@ enum Client {
     Custom(Arc<dyn HttpClient>),
 }
 
-/// A token request, and the client to send it with.
-type Prepared = (Arc<dyn HttpClient>, Request<Full<Bytes>>);
+/// A token request, the client to send it with, and what an error must
+/// never quote beside the secret (assertions, a subject token).
+struct Prepared {
+    client: Arc<dyn HttpClient>,
+    request: Request<Full<Bytes>>,
+    masked: Vec<Zeroizing<String>>,
+}
+
+/// Which grant a request asks for.
+#[derive(Clone, Debug)]
+pub(super) enum Grant {
+    ClientCredentials,
+    TokenExchange(Arc<Exchange>),
+}
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
 
@@ -106,6 +120,7 @@ impl ClientCredentials {
             resources: Vec::new(),
             params: Vec::new(),
             auth: ClientAuth::Basic,
+            grant: Grant::ClientCredentials,
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
             client: Client::Default(Arc::default()),
@@ -289,7 +304,7 @@ impl ClientCredentials {
     }
 
     /// The token request, and the client to send it with.
-    fn prepare(&self, assertion: Option<&str>) -> Result<Prepared, Error> {
+    fn prepare(&self, assertion: Option<&str>, subject: Option<&str>) -> Result<Prepared, Error> {
         let uri = self.uri.clone()?;
         let client = match &self.client {
             Client::Custom(client) => Arc::clone(client),
@@ -303,12 +318,32 @@ impl ClientCredentials {
                 client.get_or_init(transport::default_client).clone()?
             }
         };
-        Ok((client, self.request(uri, assertion)?))
+        let mut masked = Vec::new();
+        let request = self.request(uri, assertion, subject, &mut masked)?;
+        Ok(Prepared {
+            client,
+            request,
+            masked,
+        })
     }
 
-    fn request(&self, uri: Uri, assertion: Option<&str>) -> Result<Request<Full<Bytes>>, Error> {
+    fn request(
+        &self,
+        uri: Uri,
+        assertion: Option<&str>,
+        subject: Option<&str>,
+        masked: &mut Vec<Zeroizing<String>>,
+    ) -> Result<Request<Full<Bytes>>, Error> {
         let mut form = Form::default();
-        form.pair("grant_type", "client_credentials");
+        match &self.grant {
+            Grant::ClientCredentials => form.pair("grant_type", "client_credentials"),
+            Grant::TokenExchange(exchange) => {
+                let subject = subject
+                    .ok_or_else(|| Error::config("a token exchange without a subject token"))?;
+                masked.push(Zeroizing::new(subject.to_owned()));
+                exchange.pairs(subject, &mut form);
+            }
+        }
         if !self.scopes.is_empty() {
             form.pair("scope", &self.scopes.join(" "));
         }
@@ -333,6 +368,7 @@ impl ClientCredentials {
             &self.token_url,
             assertion,
             &mut form,
+            masked,
         )? {
             request = request.header(AUTHORIZATION, header);
         }
@@ -353,25 +389,36 @@ impl TokenSource for ClientCredentials {
         let secret = self.credentials.secret.clone();
         let client_id = self.client_id.clone();
         let default_lifetime = self.default_lifetime;
-        match (&self.auth, &self.credentials.assertion) {
-            (ClientAuth::Assertion, Some(assertion)) => {
-                // The assertion comes first, so the request is built inside
-                // the future, from a clone (a few strings and `Arc`s).
-                let assertion = assertion.fetch_boxed();
-                let this = self.clone();
-                Box::pin(async move {
-                    let assertion = assertion.await.map_err(Error::assertion)?;
-                    let prepared = this.prepare(Some(assertion.secret()));
-                    send(prepared, client_id, secret, default_lifetime).await
-                })
-            }
-            _ => Box::pin(send(
-                self.prepare(None),
-                client_id,
-                secret,
-                default_lifetime,
-            )),
+        let assertion = match (&self.auth, &self.credentials.assertion) {
+            (ClientAuth::Assertion, Some(assertion)) => Some(assertion.fetch_boxed()),
+            _ => None,
+        };
+        let subject = match &self.grant {
+            Grant::TokenExchange(exchange) => Some(exchange.subject.fetch_boxed()),
+            Grant::ClientCredentials => None,
+        };
+        if assertion.is_none() && subject.is_none() {
+            let prepared = self.prepare(None, None);
+            return Box::pin(send(prepared, client_id, secret, default_lifetime));
         }
+        // The inputs come first, so the request is built inside the future,
+        // from a clone (a few strings and `Arc`s).
+        let this = self.clone();
+        Box::pin(async move {
+            let subject = match subject {
+                Some(subject) => Some(subject.await.map_err(Error::subject_token)?),
+                None => None,
+            };
+            let assertion = match assertion {
+                Some(assertion) => Some(assertion.await.map_err(Error::assertion)?),
+                None => None,
+            };
+            let prepared = this.prepare(
+                assertion.as_ref().map(Token::secret),
+                subject.as_ref().map(Token::secret),
+            );
+            send(prepared, client_id, secret, default_lifetime).await
+        })
     }
 
     fn retry_hint(error: &Error) -> RetryHint {
@@ -394,7 +441,11 @@ async fn send(
 ) -> Result<Token, Error> {
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    let (client, request) = prepared?;
+    let Prepared {
+        client,
+        request,
+        masked,
+    } = prepared?;
     let response = client.send(request).await.map_err(Error::transport)?;
     let (parts, body) = response.into_parts();
     let body = read_body(body).await?;
@@ -404,6 +455,7 @@ async fn send(
         default_lifetime,
         client_id: &client_id,
         secret: &secret,
+        masked: &masked,
     };
     response::token(parts.status, &parts.headers, &body, &context)
 }
@@ -442,6 +494,7 @@ impl fmt::Debug for ClientCredentials {
             .field("resources", &self.resources)
             .field("params", &params)
             .field("auth", &self.auth)
+            .field("grant", &self.grant)
             .field("default_lifetime", &self.default_lifetime)
             .field("allow_insecure_http", &self.allow_insecure_http)
             .field(
@@ -554,7 +607,12 @@ mod tests {
     #[test]
     fn basic_auth_form_encodes_id_and_secret_before_base64() {
         let request = source()
-            .request("https://idp.example.com/token".parse().unwrap(), None)
+            .request(
+                "https://idp.example.com/token".parse().unwrap(),
+                None,
+                None,
+                &mut Vec::new(),
+            )
             .unwrap();
         let header = &request.headers()[AUTHORIZATION];
         assert!(header.is_sensitive());
@@ -586,7 +644,12 @@ mod tests {
             .resource("urn:b")
             .param("tenant", "t 1")
             .auth_method(ClientAuth::Post)
-            .request("https://idp.example.com/token".parse().unwrap(), None)
+            .request(
+                "https://idp.example.com/token".parse().unwrap(),
+                None,
+                None,
+                &mut Vec::new(),
+            )
             .unwrap();
         assert!(request.headers().get(AUTHORIZATION).is_none());
         assert_eq!(
@@ -611,11 +674,11 @@ mod tests {
     #[test]
     fn a_disallowed_url_fails_every_fetch_permanently() {
         let source = ClientCredentials::new("http://idp.example.com/token", "id", "secret");
-        let error = source.prepare(None).err().unwrap();
+        let error = source.prepare(None, None).err().unwrap();
         assert_eq!(error.kind(), super::super::ErrorKind::Config);
         assert_eq!(ClientCredentials::retry_hint(&error), RetryHint::Permanent);
         // The explicit opt-in allows it.
-        assert!(source.allow_insecure_http(true).prepare(None).is_ok());
+        assert!(source.allow_insecure_http(true).prepare(None, None).is_ok());
     }
 
     #[test]

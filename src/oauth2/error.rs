@@ -81,6 +81,11 @@ pub enum ErrorKind {
     /// ([`RetryHint::Permanent`](crate::RetryHint::Permanent)), otherwise
     /// transient. No request was sent.
     Assertion,
+    /// The subject token source of a
+    /// [`TokenExchange`](super::TokenExchange) failed; its error is the
+    /// [`source`](std::error::Error::source). Permanent when that source
+    /// said so, otherwise transient. No request was sent.
+    SubjectToken,
 }
 
 /// An OAuth2 error response (RFC 6749 §5.2), as the token endpoint sent it.
@@ -197,6 +202,14 @@ impl Error {
         })
     }
 
+    /// The subject token source's failure, and its hint.
+    pub(super) fn subject_token((source, hint): crate::source::FetchError) -> Self {
+        Self::new(ErrorKind::SubjectToken, "").with(|inner| {
+            inner.source = Some(source);
+            inner.permanent = hint == crate::RetryHint::Permanent;
+        })
+    }
+
     pub(super) fn body_too_large(limit: usize) -> Self {
         Self::new(
             ErrorKind::BodyTooLarge,
@@ -259,7 +272,7 @@ impl Error {
                         .is_some_and(ErrorResponse::is_permanent)
             }
             ErrorKind::Status => !transient_status,
-            ErrorKind::Assertion => self.inner.permanent,
+            ErrorKind::Assertion | ErrorKind::SubjectToken => self.inner.permanent,
             ErrorKind::Transport | ErrorKind::InvalidResponse | ErrorKind::BodyTooLarge => false,
         }
     }
@@ -305,6 +318,7 @@ impl fmt::Display for Error {
             ),
             ErrorKind::BodyTooLarge => write!(f, "invalid token response: {}", inner.message),
             ErrorKind::Assertion => f.write_str("cannot get the client assertion"),
+            ErrorKind::SubjectToken => f.write_str("cannot get the subject token to exchange"),
         }
     }
 }

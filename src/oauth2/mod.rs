@@ -1,6 +1,7 @@
 //! OAuth2 client credentials: [`ClientCredentials`], a token source for
 //! machine-to-machine calls (RFC 6749 §4.4), authenticated by a secret, a
-//! signed `private_key_jwt` assertion, or a client assertion from a file.
+//! signed `private_key_jwt` assertion, or a client assertion from a file;
+//! and [`TokenExchange`] (RFC 8693).
 //!
 //! Behind the `oauth2` feature (on by default); https for the built-in client
 //! comes with the `rustls` feature (on by default).
@@ -122,6 +123,18 @@
 //! [`ClientAuth`] is a `Copy + Eq` tag, as before: the key and the source
 //! are held beside it (see [`ClientAuth`] for why).
 //!
+//! # Token exchange
+//!
+//! [`TokenExchange`] (RFC 8693) exchanges a subject token from any
+//! [`TokenSource`](crate::TokenSource) (a [`FileToken`](crate::FileToken)
+//! holding a Kubernetes service-account token, say) for an access token,
+//! with `subject_token_type`, `requested_token_type`, `audience`,
+//! `resource` and `scope`. It shares `ClientCredentials`'s client
+//! authentication, request and response code and errors; the subject token
+//! is read on every exchange and never quoted in an error. Tested against an
+//! in-process endpoint: no conformant RFC 8693 server is on the package
+//! registries.
+//!
 //! # The response
 //!
 //! - `access_token` is required, and so is `token_type`, which must be
@@ -211,14 +224,14 @@
 //! # Out of scope
 //!
 //! Interactive flows (authorization code, device code), refresh tokens for
-//! user sessions, token exchange (RFC 8693), and client authentication by
-//! mutual TLS.
+//! user sessions, and client authentication by mutual TLS.
 
 mod client_auth;
 mod client_credentials;
 mod error;
 mod redact;
 mod response;
+mod token_exchange;
 mod transport;
 
 pub use self::client_auth::ClientAuth;
@@ -226,6 +239,7 @@ pub use self::client_auth::ClientAuth;
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use self::client_auth::{Algorithm, PrivateKey};
 pub use self::client_credentials::ClientCredentials;
+pub use self::token_exchange::TokenExchange;
 
 /// A client assertion read from a file on each token request: a federated
 /// token (`AZURE_FEDERATED_TOKEN_FILE`, a Kubernetes projected token with

@@ -32,6 +32,8 @@ pub(super) struct Context<'a> {
     pub(super) client_id: &'a str,
     /// Never quoted in an error.
     pub(super) secret: &'a str,
+    /// Never quoted in an error either: assertions, a subject token.
+    pub(super) masked: &'a [zeroize::Zeroizing<String>],
 }
 
 /// The token in a response, or why there is none.
@@ -43,7 +45,7 @@ pub(super) fn token(
 ) -> Result<Token, Error> {
     let json = parse(body);
     let redactor = || {
-        let redactor = Redactor::new(context.client_id, context.secret);
+        let redactor = Redactor::new(context.client_id, context.secret).masking(context.masked);
         match &json {
             Ok(object) => redactor.with_values_of(object),
             Err(_) => redactor,
@@ -360,6 +362,7 @@ mod tests {
             default_lifetime: Duration::from_secs(600),
             client_id: "my-client",
             secret: SECRET,
+            masked: &[],
         }
     }
 
