@@ -27,8 +27,10 @@
 //! |---|---|---|
 //! | `oauth2` | on | `oauth2::ClientCredentials`, a token source for the OAuth2 client-credentials grant |
 //! | `rustls` | on | https for its built-in HTTP client (rustls with `ring`, webpki roots) |
+//! | `private-key-jwt` | on | `private_key_jwt` client authentication for `oauth2::ClientCredentials` (ring) |
 //! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 |
 //! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything |
+//! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) |
 //! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest through reqwest-middleware |
 //!
 //! Without them the crate is the cache and the middleware alone.
@@ -61,7 +63,7 @@
 //!
 //! The token source is any closure returning a future of `Result<Token, E>`
 //! (`E` converts into [`BoxError`]), or a type implementing [`TokenSource`],
-//! such as `oauth2::ClientCredentials`. To share one cache between several
+//! such as `oauth2::ClientCredentials` or `FileToken`. To share one cache between several
 //! clients, or to use it outside tower, build a [`TokenCache`] and pass it to
 //! [`BearerAuthLayer::from_cache`]: clones of a cache share it, and
 //! `cache.token().await` returns the current token.
@@ -133,6 +135,11 @@ pub mod auth;
 pub mod cache;
 pub mod composition;
 pub mod error;
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub mod file;
+#[cfg(any(feature = "oauth2", feature = "file"))]
+mod jwt;
 #[cfg(feature = "oauth2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
 pub mod oauth2;
@@ -152,6 +159,9 @@ pub use self::auth::{BearerAuth, BearerAuthLayer};
 pub use self::cache::{Stats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
+#[cfg(feature = "file")]
+#[doc(inline)]
+pub use self::file::FileToken;
 #[cfg(feature = "reqwest-middleware")]
 #[doc(inline)]
 pub use self::reqwest::BearerAuthMiddleware;

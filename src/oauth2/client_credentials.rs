@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, Uri};
@@ -17,8 +16,12 @@ use tokio::time::Instant;
 use tower_service::Service;
 use zeroize::Zeroizing;
 
+#[cfg(feature = "private-key-jwt")]
+use super::client_auth::PrivateKey;
+use super::client_auth::{ClientAuth, Credentials};
 use super::error::Error;
 use super::response::{self, Context, MAX_BODY};
+use super::token_exchange::Exchange;
 use super::transport::{self, HttpClient, ResponseBody, Tower};
 use crate::{BoxError, RetryHint, Token, TokenSource};
 
@@ -45,29 +48,16 @@ pub struct ClientCredentials {
     token_url: String,
     uri: Result<Uri, Error>,
     client_id: String,
-    client_secret: Zeroizing<String>,
+    credentials: Credentials,
     scopes: Vec<String>,
     audience: Option<String>,
     resources: Vec<String>,
     params: Vec<(String, String)>,
     auth: ClientAuth,
+    pub(super) grant: Grant,
     default_lifetime: Duration,
     allow_insecure_http: bool,
     client: Client,
-}
-
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ClientAuth {
-    /// `client_secret_basic`: HTTP Basic authentication, with the id and
-    /// secret each form-encoded before they are joined and base64-encoded,
-    /// as §2.3.1 requires. The default.
-    #[default]
-    Basic,
-    /// `client_secret_post`: `client_id` and `client_secret` in the form
-    /// body.
-    Post,
 }
 
 #[derive(Clone)]
@@ -78,8 +68,20 @@ enum Client {
     Custom(Arc<dyn HttpClient>),
 }
 
-/// A token request, and the client to send it with.
-type Prepared = (Arc<dyn HttpClient>, Request<Full<Bytes>>);
+/// A token request, the client to send it with, and what an error must
+/// never quote beside the secret (assertions, a subject token).
+struct Prepared {
+    client: Arc<dyn HttpClient>,
+    request: Request<Full<Bytes>>,
+    masked: Vec<Zeroizing<String>>,
+}
+
+/// Which grant a request asks for.
+#[derive(Clone, Debug)]
+pub(super) enum Grant {
+    ClientCredentials,
+    TokenExchange(Arc<Exchange>),
+}
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
 
@@ -112,12 +114,13 @@ impl ClientCredentials {
             uri: transport::check_url(&token_url, false),
             token_url,
             client_id: client_id.into(),
-            client_secret: Zeroizing::new(client_secret.into()),
+            credentials: Credentials::new(client_secret.into()),
             scopes: Vec::new(),
             audience: None,
             resources: Vec::new(),
             params: Vec::new(),
             auth: ClientAuth::Basic,
+            grant: Grant::ClientCredentials,
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
             client: Client::Default(Arc::default()),
@@ -189,6 +192,54 @@ impl ClientCredentials {
         self
     }
 
+    /// Authenticates with `private_key_jwt` (RFC 7523 §2.2): each token
+    /// request carries a new JWT signed with `key`, with `iss` = `sub` = the
+    /// client id, `aud` = the token URL (or
+    /// [`assertion_audience`](Self::assertion_audience)), a random `jti`,
+    /// `iat`, and `exp` [`assertion_lifetime`](Self::assertion_lifetime)
+    /// later. Selects [`ClientAuth::PrivateKeyJwt`]; the client secret given
+    /// to [`new`](Self::new) is not sent (pass `""`).
+    #[cfg(feature = "private-key-jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+    pub fn private_key_jwt(mut self, key: PrivateKey) -> Self {
+        self.credentials.key = Some(key);
+        self.auth = ClientAuth::PrivateKeyJwt;
+        self
+    }
+
+    /// The `aud` of signed assertions, when the server wants its issuer
+    /// rather than the token URL (the default).
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.credentials.audience = Some(audience.into());
+        self
+    }
+
+    /// How long a signed assertion is valid: one minute by default, at
+    /// most five (longer counts as five, shorter than a second as one).
+    /// Servers remember each `jti` until the assertion expires, so short is
+    /// kind to them.
+    pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
+        self.credentials.lifetime =
+            lifetime.clamp(Duration::from_secs(1), Credentials::MAX_ASSERTION_LIFETIME);
+        self
+    }
+
+    /// Authenticates with a client assertion from `source`, asked for on
+    /// each token request and sent as `client_assertion` with
+    /// `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`:
+    /// a federated token file ([`FileAssertion`](super::FileAssertion)), or
+    /// any [`TokenSource`] (a closure, say) whose token is the assertion.
+    /// Selects [`ClientAuth::Assertion`].
+    ///
+    /// The source is not cached: a file is read again for each token
+    /// request. Its failure is an [`Assertion`](super::ErrorKind::Assertion)
+    /// error, permanent when the source says so.
+    pub fn client_assertion(mut self, source: impl TokenSource) -> Self {
+        self.credentials.assertion = Some(Arc::new(source));
+        self.auth = ClientAuth::Assertion;
+        self
+    }
+
     /// The lifetime of a token whose response has neither `expires_in` nor
     /// a JWT `exp` claim. Default: [`DEFAULT_LIFETIME`](Self::DEFAULT_LIFETIME),
     /// one hour. A server that revokes it earlier answers 401, which evicts
@@ -253,7 +304,7 @@ impl ClientCredentials {
     }
 
     /// The token request, and the client to send it with.
-    fn prepare(&self) -> Result<Prepared, Error> {
+    fn prepare(&self, assertion: Option<&str>, subject: Option<&str>) -> Result<Prepared, Error> {
         let uri = self.uri.clone()?;
         let client = match &self.client {
             Client::Custom(client) => Arc::clone(client),
@@ -267,12 +318,32 @@ impl ClientCredentials {
                 client.get_or_init(transport::default_client).clone()?
             }
         };
-        Ok((client, self.request(uri)?))
+        let mut masked = Vec::new();
+        let request = self.request(uri, assertion, subject, &mut masked)?;
+        Ok(Prepared {
+            client,
+            request,
+            masked,
+        })
     }
 
-    fn request(&self, uri: Uri) -> Result<Request<Full<Bytes>>, Error> {
+    fn request(
+        &self,
+        uri: Uri,
+        assertion: Option<&str>,
+        subject: Option<&str>,
+        masked: &mut Vec<Zeroizing<String>>,
+    ) -> Result<Request<Full<Bytes>>, Error> {
         let mut form = Form::default();
-        form.pair("grant_type", "client_credentials");
+        match &self.grant {
+            Grant::ClientCredentials => form.pair("grant_type", "client_credentials"),
+            Grant::TokenExchange(exchange) => {
+                let subject = subject
+                    .ok_or_else(|| Error::config("a token exchange without a subject token"))?;
+                masked.push(Zeroizing::new(subject.to_owned()));
+                exchange.pairs(subject, &mut form);
+            }
+        }
         if !self.scopes.is_empty() {
             form.pair("scope", &self.scopes.join(" "));
         }
@@ -291,14 +362,15 @@ impl ClientCredentials {
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )
             .header(ACCEPT, HeaderValue::from_static("application/json"));
-        match self.auth {
-            ClientAuth::Basic => {
-                request = request.header(AUTHORIZATION, self.basic_auth()?);
-            }
-            ClientAuth::Post => {
-                form.pair("client_id", &self.client_id);
-                form.pair("client_secret", &self.client_secret);
-            }
+        if let Some(header) = self.credentials.authenticate(
+            self.auth,
+            &self.client_id,
+            &self.token_url,
+            assertion,
+            &mut form,
+            masked,
+        )? {
+            request = request.header(AUTHORIZATION, header);
         }
         // The body is copied into `Bytes` for the wire; that copy, like the
         // HTTP client's buffers, is not wiped.
@@ -307,28 +379,6 @@ impl ClientCredentials {
             .body(body)
             .map_err(|error| Error::config(format!("cannot build the token request: {error}")))
     }
-
-    /// `Basic base64(form(id) ":" form(secret))`, marked sensitive. Every
-    /// buffer is sized exactly, so none reallocates, and wiped on drop; the
-    /// `HeaderValue` is the copy for the wire.
-    fn basic_auth(&self) -> Result<HeaderValue, Error> {
-        let id = form_encode(&self.client_id);
-        let secret = form_encode(&self.client_secret);
-        let mut pair = Zeroizing::new(String::with_capacity(id.len() + 1 + secret.len()));
-        pair.push_str(&id);
-        pair.push(':');
-        pair.push_str(&secret);
-        const SCHEME: &str = "Basic ";
-        let encoded_len = base64::encoded_len(pair.len(), true)
-            .ok_or_else(|| Error::config("the client credentials do not fit in a header"))?;
-        let mut header = Zeroizing::new(String::with_capacity(SCHEME.len() + encoded_len));
-        header.push_str(SCHEME);
-        base64::engine::general_purpose::STANDARD.encode_string(pair.as_bytes(), &mut header);
-        let mut value = HeaderValue::from_str(&header)
-            .map_err(|_| Error::config("the client credentials do not fit in a header"))?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
 }
 
 impl TokenSource for ClientCredentials {
@@ -336,11 +386,39 @@ impl TokenSource for ClientCredentials {
     type Future = FetchFuture;
 
     fn fetch(&self) -> FetchFuture {
-        let prepared = self.prepare();
-        let secret = self.client_secret.clone();
+        let secret = self.credentials.secret.clone();
         let client_id = self.client_id.clone();
         let default_lifetime = self.default_lifetime;
-        Box::pin(send(prepared, client_id, secret, default_lifetime))
+        let assertion = match (&self.auth, &self.credentials.assertion) {
+            (ClientAuth::Assertion, Some(assertion)) => Some(assertion.fetch_boxed()),
+            _ => None,
+        };
+        let subject = match &self.grant {
+            Grant::TokenExchange(exchange) => Some(exchange.subject.fetch_boxed()),
+            Grant::ClientCredentials => None,
+        };
+        if assertion.is_none() && subject.is_none() {
+            let prepared = self.prepare(None, None);
+            return Box::pin(send(prepared, client_id, secret, default_lifetime));
+        }
+        // The inputs come first, so the request is built inside the future,
+        // from a clone (a few strings and `Arc`s).
+        let this = self.clone();
+        Box::pin(async move {
+            let subject = match subject {
+                Some(subject) => Some(subject.await.map_err(Error::subject_token)?),
+                None => None,
+            };
+            let assertion = match assertion {
+                Some(assertion) => Some(assertion.await.map_err(Error::assertion)?),
+                None => None,
+            };
+            let prepared = this.prepare(
+                assertion.as_ref().map(Token::secret),
+                subject.as_ref().map(Token::secret),
+            );
+            send(prepared, client_id, secret, default_lifetime).await
+        })
     }
 
     fn retry_hint(error: &Error) -> RetryHint {
@@ -363,7 +441,11 @@ async fn send(
 ) -> Result<Token, Error> {
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    let (client, request) = prepared?;
+    let Prepared {
+        client,
+        request,
+        masked,
+    } = prepared?;
     let response = client.send(request).await.map_err(Error::transport)?;
     let (parts, body) = response.into_parts();
     let body = read_body(body).await?;
@@ -373,6 +455,7 @@ async fn send(
         default_lifetime,
         client_id: &client_id,
         secret: &secret,
+        masked: &masked,
     };
     response::token(parts.status, &parts.headers, &body, &context)
 }
@@ -405,11 +488,13 @@ impl fmt::Debug for ClientCredentials {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
+            .field("credentials", &self.credentials)
             .field("scopes", &self.scopes)
             .field("audience", &self.audience)
             .field("resources", &self.resources)
             .field("params", &params)
             .field("auth", &self.auth)
+            .field("grant", &self.grant)
             .field("default_lifetime", &self.default_lifetime)
             .field("allow_insecure_http", &self.allow_insecure_http)
             .field(
@@ -426,10 +511,10 @@ impl fmt::Debug for ClientCredentials {
 /// An `application/x-www-form-urlencoded` body, wiped on drop: it may hold
 /// the secret.
 #[derive(Default)]
-struct Form(Zeroizing<String>);
+pub(super) struct Form(Zeroizing<String>);
 
 impl Form {
-    fn pair(&mut self, name: &str, value: &str) {
+    pub(super) fn pair(&mut self, name: &str, value: &str) {
         let name = form_encode(name);
         let value = form_encode(value);
         let separator = usize::from(!self.0.is_empty());
@@ -487,6 +572,7 @@ pub(super) fn form_encode(text: &str) -> Zeroizing<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn body_of(request: Request<Full<Bytes>>) -> String {
         let body = futures_body(request.into_body());
@@ -521,7 +607,12 @@ mod tests {
     #[test]
     fn basic_auth_form_encodes_id_and_secret_before_base64() {
         let request = source()
-            .request("https://idp.example.com/token".parse().unwrap())
+            .request(
+                "https://idp.example.com/token".parse().unwrap(),
+                None,
+                None,
+                &mut Vec::new(),
+            )
             .unwrap();
         let header = &request.headers()[AUTHORIZATION];
         assert!(header.is_sensitive());
@@ -553,7 +644,12 @@ mod tests {
             .resource("urn:b")
             .param("tenant", "t 1")
             .auth_method(ClientAuth::Post)
-            .request("https://idp.example.com/token".parse().unwrap())
+            .request(
+                "https://idp.example.com/token".parse().unwrap(),
+                None,
+                None,
+                &mut Vec::new(),
+            )
             .unwrap();
         assert!(request.headers().get(AUTHORIZATION).is_none());
         assert_eq!(
@@ -578,11 +674,11 @@ mod tests {
     #[test]
     fn a_disallowed_url_fails_every_fetch_permanently() {
         let source = ClientCredentials::new("http://idp.example.com/token", "id", "secret");
-        let error = source.prepare().err().unwrap();
+        let error = source.prepare(None, None).err().unwrap();
         assert_eq!(error.kind(), super::super::ErrorKind::Config);
         assert_eq!(ClientCredentials::retry_hint(&error), RetryHint::Permanent);
         // The explicit opt-in allows it.
-        assert!(source.allow_insecure_http(true).prepare().is_ok());
+        assert!(source.allow_insecure_http(true).prepare(None, None).is_ok());
     }
 
     #[test]

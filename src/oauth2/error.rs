@@ -42,6 +42,8 @@ struct Inner {
     status: Option<StatusCode>,
     response: Option<ErrorResponse>,
     retry_after: Option<Duration>,
+    /// For an `Assertion` error: its source said retrying cannot help.
+    permanent: bool,
     message: String,
     source: Option<BoxError>,
 }
@@ -72,6 +74,18 @@ pub enum ErrorKind {
     UnsupportedTokenType,
     /// The response body is larger than 64 KiB. Transient.
     BodyTooLarge,
+    /// The client assertion source
+    /// ([`client_assertion`](super::ClientCredentials::client_assertion))
+    /// failed; its error is the [`source`](std::error::Error::source).
+    /// Permanent when that source said so
+    /// ([`RetryHint::Permanent`](crate::RetryHint::Permanent)), otherwise
+    /// transient. No request was sent.
+    Assertion,
+    /// The subject token source of a
+    /// [`TokenExchange`](super::TokenExchange) failed; its error is the
+    /// [`source`](std::error::Error::source). Permanent when that source
+    /// said so, otherwise transient. No request was sent.
+    SubjectToken,
 }
 
 /// An OAuth2 error response (RFC 6749 §5.2), as the token endpoint sent it.
@@ -133,6 +147,7 @@ impl Error {
                 status: None,
                 response: None,
                 retry_after: None,
+                permanent: false,
                 message: message.into(),
                 source: None,
             }),
@@ -177,6 +192,22 @@ impl Error {
             ErrorKind::UnsupportedTokenType,
             token_type.unwrap_or_default(),
         )
+    }
+
+    /// The assertion source's failure, and its hint.
+    pub(super) fn assertion((source, hint): crate::source::FetchError) -> Self {
+        Self::new(ErrorKind::Assertion, "").with(|inner| {
+            inner.source = Some(source);
+            inner.permanent = hint == crate::RetryHint::Permanent;
+        })
+    }
+
+    /// The subject token source's failure, and its hint.
+    pub(super) fn subject_token((source, hint): crate::source::FetchError) -> Self {
+        Self::new(ErrorKind::SubjectToken, "").with(|inner| {
+            inner.source = Some(source);
+            inner.permanent = hint == crate::RetryHint::Permanent;
+        })
     }
 
     pub(super) fn body_too_large(limit: usize) -> Self {
@@ -241,6 +272,7 @@ impl Error {
                         .is_some_and(ErrorResponse::is_permanent)
             }
             ErrorKind::Status => !transient_status,
+            ErrorKind::Assertion | ErrorKind::SubjectToken => self.inner.permanent,
             ErrorKind::Transport | ErrorKind::InvalidResponse | ErrorKind::BodyTooLarge => false,
         }
     }
@@ -285,6 +317,8 @@ impl fmt::Display for Error {
                 inner.message
             ),
             ErrorKind::BodyTooLarge => write!(f, "invalid token response: {}", inner.message),
+            ErrorKind::Assertion => f.write_str("cannot get the client assertion"),
+            ErrorKind::SubjectToken => f.write_str("cannot get the subject token to exchange"),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! OAuth2 client credentials: [`ClientCredentials`], a token source for
-//! machine-to-machine calls (RFC 6749 §4.4).
+//! machine-to-machine calls (RFC 6749 §4.4), authenticated by a secret, a
+//! signed `private_key_jwt` assertion, or a client assertion from a file;
+//! and [`TokenExchange`] (RFC 8693).
 //!
 //! Behind the `oauth2` feature (on by default); https for the built-in client
 //! comes with the `rustls` feature (on by default).
@@ -46,6 +48,10 @@
 //! | [`resource`](ClientCredentials::resource) | `resource`, repeatable (RFC 8707) | none |
 //! | [`param`](ClientCredentials::param) | any other form field, after ours | none |
 //! | [`auth_method`](ClientCredentials::auth_method) | [`ClientAuth::Basic`] or [`ClientAuth::Post`] | `Basic` |
+//! | [`private_key_jwt`](ClientCredentials::private_key_jwt) | a signed `client_assertion` per request ([`ClientAuth::PrivateKeyJwt`]) | none |
+//! | [`client_assertion`](ClientCredentials::client_assertion) | a `client_assertion` from your source per request ([`ClientAuth::Assertion`]) | none |
+//! | [`assertion_audience`](ClientCredentials::assertion_audience) | the signed assertion's `aud` | the token URL |
+//! | [`assertion_lifetime`](ClientCredentials::assertion_lifetime) | the signed assertion's `exp - iat`, at most 5 min | 60 s |
 //! | [`default_lifetime`](ClientCredentials::default_lifetime) | lifetime of a token with neither `expires_in` nor a JWT `exp` | 1 hour |
 //! | [`allow_insecure_http`](ClientCredentials::allow_insecure_http) | allow plain `http` to a host that is not loopback | off |
 //! | [`with_client`](ClientCredentials::with_client) | send through any tower HTTP service instead of the built-in client | hyper-util + rustls |
@@ -66,6 +72,68 @@
 //! The token URL must be `https`. Plain `http` is allowed to `localhost`,
 //! `127.0.0.0/8` and `[::1]`, and to other hosts only with
 //! [`allow_insecure_http(true)`](ClientCredentials::allow_insecure_http).
+//!
+//! # Without a shared secret
+//!
+//! **`private_key_jwt`** (RFC 7523 §2.2, OpenID Connect Core §9), behind
+//! the `private-key-jwt` feature (on by default): each token request carries
+//! `client_id`,
+//! `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
+//! and a new JWT signed with the client's [`PrivateKey`] (RS256, PS256,
+//! ES256 or EdDSA, from PKCS#8), with `iss` = `sub` = the client id, `aud`
+//! = the token URL (or [`assertion_audience`](ClientCredentials::assertion_audience),
+//! the issuer say), a random `jti`, `iat`, and `exp` a minute later. The
+//! header carries `alg`, and `kid` and `x5t#S256` when set. Tested against
+//! oidc-provider, a certified OpenID Provider: each algorithm is accepted; a
+//! wrong key, an expired assertion and a replayed one are a permanent
+//! `invalid_client`.
+//!
+//! ```
+//! use tower_bearer::oauth2::{Algorithm, ClientCredentials, PrivateKey};
+//! use tower_bearer::TokenCache;
+//!
+//! # fn main() -> Result<(), tower_bearer::oauth2::Error> {
+//! # let pem = include_str!("../../tests/fixtures/oidc-provider/keys/rsa.pem");
+//! // let pem = std::fs::read_to_string("/etc/my-app/client-key.pem")?;
+//! let key = PrivateKey::from_pkcs8_pem(Algorithm::PS256, &pem)?.key_id("2026-11");
+//! let cache = TokenCache::new(
+//!     ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "")
+//!         .private_key_jwt(key),
+//! );
+//! # drop(cache);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **A client assertion of your own** ([`client_assertion`](ClientCredentials::client_assertion)):
+//! any [`TokenSource`](crate::TokenSource) whose token is the assertion,
+//! asked for on each token request. [`FileAssertion`] reads a federated
+//! token file (workload identity federation: `AZURE_FEDERATED_TOKEN_FILE`,
+//! a Kubernetes projected token for the identity provider's audience).
+//!
+//! ```
+//! use tower_bearer::oauth2::{ClientCredentials, FileAssertion};
+//!
+//! let source = ClientCredentials::new("https://login.example.com/tenant/oauth2/v2.0/token", "app-id", "")
+//!     .client_assertion(FileAssertion::new("/var/run/secrets/azure/tokens/azure-identity-token"))
+//!     .scope("https://api.example.com/.default");
+//! # drop(source);
+//! ```
+//!
+//! [`ClientAuth`] is a `Copy + Eq` tag, as before: the key and the source
+//! are held beside it (see [`ClientAuth`] for why).
+//!
+//! # Token exchange
+//!
+//! [`TokenExchange`] (RFC 8693) exchanges a subject token from any
+//! [`TokenSource`](crate::TokenSource) (a [`FileToken`](crate::FileToken)
+//! holding a Kubernetes service-account token, say) for an access token,
+//! with `subject_token_type`, `requested_token_type`, `audience`,
+//! `resource` and `scope`. It shares `ClientCredentials`'s client
+//! authentication, request and response code and errors; the subject token
+//! is read on every exchange and never quoted in an error. Tested against an
+//! in-process endpoint: no conformant RFC 8693 server is on the package
+//! registries.
 //!
 //! # The response
 //!
@@ -156,15 +224,32 @@
 //! # Out of scope
 //!
 //! Interactive flows (authorization code, device code), refresh tokens for
-//! user sessions, token exchange, and client authentication by
-//! `private_key_jwt` or mutual TLS (`param` can carry a `client_assertion`
-//! you sign yourself, but it is not refreshed per request).
+//! user sessions, and client authentication by mutual TLS.
 
+mod client_auth;
 mod client_credentials;
 mod error;
 mod redact;
 mod response;
+mod token_exchange;
 mod transport;
 
-pub use self::client_credentials::{ClientAuth, ClientCredentials};
+pub use self::client_auth::ClientAuth;
+#[cfg(feature = "private-key-jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+pub use self::client_auth::{Algorithm, PrivateKey};
+pub use self::client_credentials::ClientCredentials;
+pub use self::token_exchange::TokenExchange;
+
+/// A client assertion read from a file on each token request: a federated
+/// token (`AZURE_FEDERATED_TOKEN_FILE`, a Kubernetes projected token with
+/// the identity provider as its audience), for
+/// [`ClientCredentials::client_assertion`].
+///
+/// It is [`FileToken`](crate::FileToken): the assertion source is not
+/// cached, so the file is read again for every token request, and its
+/// errors are `FileToken`'s.
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub type FileAssertion = crate::FileToken;
 pub use self::error::{Error, ErrorKind, ErrorResponse};

@@ -63,6 +63,14 @@ impl Redactor {
         redactor
     }
 
+    /// Also masks each of `needles` (assertions, a subject token).
+    pub(super) fn masking(mut self, needles: &[Zeroizing<String>]) -> Self {
+        for needle in needles {
+            self.add(needle);
+        }
+        self
+    }
+
     /// Also masks every string value of `json`, at any depth, but the
     /// fields an error quotes: a token under any name.
     pub(super) fn with_values_of(mut self, json: &Map<String, Value>) -> Self {

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -12,13 +11,14 @@ use tokio::time::Instant;
 
 use super::error::{Error, ErrorResponse};
 use super::redact::{self, Redactor};
+use crate::jwt::{self, lifetime_from_secs_f64};
 use crate::Token;
 
 /// The largest response body read; a bigger one is an error.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 
 /// The longest lifetime a token is given: `ClientCredentials::MAX_LIFETIME`.
-pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(super) use crate::jwt::MAX_LIFETIME;
 
 /// What the caller knew when it sent the request.
 pub(super) struct Context<'a> {
@@ -32,6 +32,8 @@ pub(super) struct Context<'a> {
     pub(super) client_id: &'a str,
     /// Never quoted in an error.
     pub(super) secret: &'a str,
+    /// Never quoted in an error either: assertions, a subject token.
+    pub(super) masked: &'a [zeroize::Zeroizing<String>],
 }
 
 /// The token in a response, or why there is none.
@@ -43,7 +45,7 @@ pub(super) fn token(
 ) -> Result<Token, Error> {
     let json = parse(body);
     let redactor = || {
-        let redactor = Redactor::new(context.client_id, context.secret);
+        let redactor = Redactor::new(context.client_id, context.secret).masking(context.masked);
         match &json {
             Ok(object) => redactor.with_values_of(object),
             Err(_) => redactor,
@@ -111,7 +113,7 @@ pub(super) fn token(
     // absolute time, and a default lifetime ours).
     let (lifetime, granularity) = match json.get("expires_in") {
         None | Some(Value::Null) => (
-            jwt_lifetime(access_token, context.started_wall).unwrap_or(context.default_lifetime),
+            jwt::lifetime(access_token, context.started_wall).unwrap_or(context.default_lifetime),
             Duration::ZERO,
         ),
         Some(value) => (expires_in(value)?, Duration::from_secs(1)),
@@ -244,39 +246,6 @@ fn lifetime_from_secs(seconds: u64) -> Duration {
     Duration::from_secs(seconds).min(MAX_LIFETIME)
 }
 
-/// A lifetime of `seconds` (not negative), at most [`MAX_LIFETIME`].
-fn lifetime_from_secs_f64(seconds: f64) -> Duration {
-    if seconds >= MAX_LIFETIME.as_secs_f64() {
-        MAX_LIFETIME
-    } else {
-        // Below the cap and not negative: cannot fail.
-        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO)
-    }
-}
-
-/// The time left until a JWT's `exp` claim (decoded, not verified), if the
-/// token is a JWT with one: at most [`MAX_LIFETIME`], and zero for an `exp`
-/// that has passed.
-fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims = serde_json::from_slice::<Value>(&payload).ok()?;
-    let exp = claims.get("exp")?.as_f64()?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    let left = exp - now;
-    Some(if left > 0.0 {
-        lifetime_from_secs_f64(left)
-    } else {
-        Duration::ZERO
-    })
-}
-
 fn error_response(json: &Map<String, Value>, redactor: &Redactor) -> Option<ErrorResponse> {
     let text = |key: &str, max: usize| match json.get(key) {
         Some(Value::String(text)) => Some(redactor.quote(text, max)),
@@ -381,6 +350,7 @@ fn type_name(value: &Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::oauth2::ErrorKind;
+    use base64::Engine as _;
     use http::header::CONTENT_TYPE;
 
     const SECRET: &str = "s3cret/+pass";
@@ -392,6 +362,7 @@ mod tests {
             default_lifetime: Duration::from_secs(600),
             client_id: "my-client",
             secret: SECRET,
+            masked: &[],
         }
     }
 

@@ -48,36 +48,15 @@ impl MockIdp {
     /// [`MockIdp::start`], with more environment for `server.mjs` (fault
     /// injection, `exp` rounding: see its header).
     pub fn start_with(token_lifetime: u64, env: &[(&str, String)]) -> Self {
-        let fixture = fixture_dir();
-        if let Err(error) = install(&fixture) {
-            panic!("the OAuth2 test server could not be installed: {error}");
-        }
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(&fixture)
-            .env("CLIENT_ID", CLIENT_ID)
-            .env("CLIENT_SECRET", CLIENT_SECRET)
-            .env("TOKEN_LIFETIME", token_lifetime.to_string())
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` (Node 20.19 or later is needed): {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        // EOF (node failed to start) ends the read as well; the timeout is
-        // only a guard against a node that neither starts nor exits.
-        let (sent, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sent.send(line);
-        });
-        let line = received
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the OAuth2 test server did not start within a minute");
-        let urls: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("the OAuth2 test server did not start: {line:?}"));
+        let env: Vec<(&str, String)> = [
+            ("CLIENT_ID", CLIENT_ID.to_owned()),
+            ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+            ("TOKEN_LIFETIME", token_lifetime.to_string()),
+        ]
+        .into_iter()
+        .chain(env.iter().cloned())
+        .collect();
+        let (child, urls) = start_node(&fixture_dir(), &env);
         let url = |name: &str| urls[name].as_str().expect("a URL").to_owned();
         Self {
             token_url: url("token_url"),
@@ -108,6 +87,42 @@ impl Drop for MockIdp {
     }
 }
 
+/// Installs `fixture`'s packages if needed, runs `node server.mjs` there
+/// with `env`, and returns it with the JSON object it prints on its first
+/// line once it listens.
+pub fn start_node(fixture: &Path, env: &[(&str, String)]) -> (Child, Value) {
+    if let Err(error) = install(fixture) {
+        panic!(
+            "the test server in {} could not be installed: {error}",
+            fixture.display()
+        );
+    }
+    let mut child = Command::new("node")
+        .arg("server.mjs")
+        .current_dir(fixture)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `node` (Node 20.19 or later is needed): {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    // EOF (node failed to start) ends the read as well; the timeout is
+    // only a guard against a node that neither starts nor exits.
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sent.send(line);
+    });
+    let line = received
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the test server did not start within a minute");
+    let urls: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|_| panic!("the test server did not start: {line:?}"));
+    (child, urls)
+}
+
 /// `tests/fixtures/oauth2-server`.
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oauth2-server")
@@ -123,7 +138,8 @@ pub enum Installed {
     Now,
 }
 
-/// Runs `npm ci` in `fixture` unless its packages are installed.
+/// Runs `npm ci` in `fixture` (any fixture directory with a `package.json`
+/// and its lock file) unless its packages are installed.
 ///
 /// Safe when several threads and processes call it at once: they take an
 /// exclusive `flock` on `fixture/.install.lock` (released by the kernel if
@@ -132,7 +148,7 @@ pub enum Installed {
 /// when it is complete. So `node_modules` never exists half-installed, and
 /// the check outside the lock is enough. Every wait is bounded.
 pub fn install(fixture: &Path) -> Result<Installed, String> {
-    let installed = || fixture.join("node_modules/oauth2-mock-server").is_dir();
+    let installed = || dependencies_present(fixture);
     if installed() {
         return Ok(Installed::Already);
     }
@@ -232,7 +248,7 @@ fn npm_ci(fixture: &Path, staging: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("cannot wait for `{COMMAND}`: {e}")),
         }
     };
-    if status.success() && staging.join("node_modules/oauth2-mock-server").is_dir() {
+    if status.success() && dependencies_present(staging) {
         return Ok(());
     }
     let stderr = fs::read_to_string(staging.join("npm.stderr")).unwrap_or_default();
@@ -241,6 +257,23 @@ fn npm_ci(fixture: &Path, staging: &Path) -> Result<(), String> {
         staging.display(),
         stderr.trim()
     ))
+}
+
+/// Whether every dependency in `dir/package.json` is in `dir/node_modules`.
+fn dependencies_present(dir: &Path) -> bool {
+    let Ok(manifest) = fs::read(dir.join("package.json")) else {
+        return false;
+    };
+    let Ok(manifest) = serde_json::from_slice::<Value>(&manifest) else {
+        return false;
+    };
+    manifest["dependencies"]
+        .as_object()
+        .is_some_and(|dependencies| {
+            dependencies
+                .keys()
+                .all(|name| dir.join("node_modules").join(name).is_dir())
+        })
 }
 
 fn remove_if_present(path: &Path) -> Result<(), String> {
