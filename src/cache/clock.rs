@@ -10,11 +10,13 @@
 //! asks tokio's clock. A paused clock that jumps is seen through a timer the
 //! entry registers with tokio's time driver (see `entry.rs`).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::sync::AtomicI64;
 
 /// A reading of the coarse clock, in nanoseconds from an arbitrary origin.
 pub(crate) type Coarse = u64;
@@ -47,7 +49,7 @@ pub(crate) fn coarse_deadline(remaining: Duration) -> Coarse {
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(any(target_os = "linux", target_os = "android"), not(shuttle)))]
 #[allow(unsafe_code)]
 mod imp {
     use std::time::Duration;
@@ -97,7 +99,7 @@ mod imp {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(any(target_os = "linux", target_os = "android", shuttle)))]
 mod imp {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
@@ -115,6 +117,21 @@ mod imp {
     pub(super) fn fine_now() -> u64 {
         now()
     }
+
+    pub(super) fn resolution() -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The model checker's clock (see `model.rs`).
+#[cfg(shuttle)]
+mod imp {
+    use std::time::Duration;
+
+    pub(super) use super::super::model::coarse_now as now;
+
+    #[cfg(test)]
+    pub(super) use super::super::model::coarse_now as fine_now;
 
     pub(super) fn resolution() -> Duration {
         Duration::ZERO
@@ -271,7 +288,11 @@ mod tests {
         let now = Instant::now();
         assert!(!slot.is_after(now));
         // far ahead (a paused clock that slept an hour) and behind
-        for at in [now + Duration::from_secs(3600), now, now + Duration::from_millis(10)] {
+        for at in [
+            now + Duration::from_secs(3600),
+            now,
+            now + Duration::from_millis(10),
+        ] {
             slot.store(Some(Limit::At(at)));
             assert!(slot.is_after(at - Duration::from_nanos(1)));
             assert!(!slot.is_after(at));
@@ -295,4 +316,5 @@ mod tests {
         assert!(!Limit::Never.reached(now));
         assert!(Limit::after(now, Duration::ZERO).reached(now));
     }
+
 }

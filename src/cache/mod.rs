@@ -137,9 +137,12 @@
 
 mod clock;
 mod entry;
+#[cfg(shuttle)]
+mod model;
 mod observe;
 mod refresh;
 mod stats;
+mod sync;
 mod timing;
 
 use std::fmt;
@@ -381,7 +384,10 @@ mod tests {
         let token = cache.token().await.unwrap();
         // A layer made from a clone, then dropped: the registry and timers
         // hold the cache weakly.
-        drop(tower_layer::Layer::layer(&crate::BearerAuthLayer::from_cache(cache.clone()), ()));
+        drop(tower_layer::Layer::layer(
+            &crate::BearerAuthLayer::from_cache(cache.clone()),
+            (),
+        ));
         let clone = cache.clone();
         let cache = cache.fetch_timeout(Duration::from_secs(3));
         assert_eq!(cache.shared.id, clone.shared.id);

@@ -13,18 +13,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::clock::{AtomicInstant, Limit};
 use super::entry::{Entry, Phase};
 use super::observe::{self, Cause, FetchSpan};
 use super::stats::Counters;
+use super::sync::{self, AbortHandle, Handle, Mutex, MutexGuard};
 use super::timing::{Rng, Timing};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenErrorKind};
@@ -149,7 +149,7 @@ pub(crate) struct Waiter {
 impl Waiter {
     pub(crate) async fn wait(mut self) -> Outcome {
         // Timers need a runtime; outside one, wait for the outcome alone.
-        let timed = tokio::runtime::Handle::try_current().is_ok();
+        let timed = Handle::try_current().is_ok();
         let mut yielded = false;
         loop {
             let until = match (self.watch.deadline, self.give_up) {
@@ -166,7 +166,7 @@ impl Waiter {
                     }
                 };
                 match until.filter(|_| timed) {
-                    Some(at) => tokio::time::timeout_at(at, outcome).await.ok(),
+                    Some(at) => sync::timeout_at(at, outcome).await.ok(),
                     None => Some(outcome.await),
                 }
             };
@@ -176,11 +176,11 @@ impl Waiter {
                     // The fetch's own timer may have fired in the same turn:
                     // let its task go first, then look again.
                     yielded = true;
-                    tokio::task::yield_now().await;
+                    sync::yield_now().await;
                     continue;
                 }
                 None => {
-                    let now = Instant::now();
+                    let now = sync::now();
                     if self.watch.deadline.reached(now) {
                         // Its own runtime did not end it in time: end it here.
                         self.shared.stall(self.watch.id, now);
@@ -190,7 +190,7 @@ impl Waiter {
                 }
             };
             let abandoned = matches!(&outcome, Err(e) if e.kind() == TokenErrorKind::Abandoned);
-            if !abandoned || self.give_up.reached(Instant::now()) {
+            if !abandoned || self.give_up.reached(sync::now()) {
                 return outcome;
             }
             // The fetch's runtime went away: ask again, which starts a new
@@ -237,7 +237,7 @@ impl Shared {
 
     /// The slow path, for a request that found `seen` not fresh.
     pub(crate) fn lookup(self: &Arc<Self>, seen: &Arc<Entry>) -> Lookup {
-        let now = Instant::now();
+        let now = sync::now();
         match seen.phase(now) {
             Phase::Fresh => return Lookup::Ready(Arc::clone(seen)),
             Phase::Due if self.refresh_pending(now) => return Lookup::Ready(Arc::clone(seen)),
@@ -320,8 +320,7 @@ impl Shared {
         if let Some(error) = &refresh.config.scheme_error {
             return Err(error.clone());
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
+        let runtime = Handle::try_current().map_err(|_| TokenError::no_runtime())?;
         let timeout = refresh.config.timing.fetch_timeout;
         refresh.flights += 1;
         let id = refresh.flights;
@@ -380,17 +379,20 @@ impl Shared {
     }
 
     fn stall_locked(&self, refresh: &mut Refresh, id: u64, now: Instant) {
-        let Some(flight) =
-            refresh.flight.take_if(|flight| flight.id == id && flight.deadline.reached(now))
+        let Some(flight) = refresh
+            .flight
+            .take_if(|flight| flight.id == id && flight.deadline.reached(now))
         else {
             return;
         };
         self.flight_deadline.store(None);
-        flight.task.abort();
         let timeout = Err(TokenError::timeout(flight.timeout));
         let outcome = self.record(refresh, timeout, flight.started, true);
         self.report(&outcome, &flight, true);
         deliver(&flight.tx, outcome);
+        // Only after delivering: a task that the abort drops unpolled, on
+        // another thread at once, delivers `Abandoned` without the lock.
+        flight.task.abort();
     }
 
     /// Applies what a fetch that began at `started` ended with: a new
@@ -404,7 +406,13 @@ impl Shared {
     ) -> Outcome {
         let Refresh { config, rng, .. } = refresh;
         let entry = result.and_then(|token| {
-            Entry::new(token, config.scheme.as_deref(), started, &config.timing, rng)
+            Entry::new(
+                token,
+                config.scheme.as_deref(),
+                started,
+                &config.timing,
+                rng,
+            )
         });
         match entry {
             Ok(entry) => {
@@ -424,7 +432,7 @@ impl Shared {
                         config
                             .timing
                             .delay(refresh.failures, error.retry_hint(), &mut refresh.rng);
-                    let retry_at = Limit::after(Instant::now(), delay);
+                    let retry_at = Limit::after(sync::now(), delay);
                     refresh.retry_at = Some(retry_at);
                     self.retry_at.store(Some(retry_at));
                     error.set_retry_at(retry_at.instant());
@@ -449,9 +457,8 @@ impl Shared {
 
     fn evict(&self, generation: u64, cause: Cause) -> bool {
         let current = self.current.load();
-        let evicted = generation != 0
-            && current.generation == generation
-            && current.expire(Instant::now());
+        let evicted =
+            generation != 0 && current.generation == generation && current.expire(sync::now());
         if evicted {
             self.counters.invalidation();
             observe::invalidated(generation, cause);
@@ -468,7 +475,7 @@ impl Shared {
         if counts_as_failure {
             self.counters.failure();
         }
-        let now = Instant::now();
+        let now = sync::now();
         // An abandoned fetch set no backoff of its own.
         let retry_in = match self.retry_at.until(now) {
             Some(retry_in) if counts_as_failure => Some(retry_in),
@@ -480,7 +487,9 @@ impl Shared {
             (Phase::Due, Some(expiry)) => Some(expiry.saturating_duration_since(now)),
             _ => None,
         };
-        flight.span.settled(outcome, flight.started, retry_in, serving);
+        flight
+            .span
+            .settled(outcome, flight.started, retry_in, serving);
     }
 
     /// Makes this cache reachable by [`invalidate_by_id`].
@@ -530,7 +539,7 @@ impl Flight {
         else {
             return;
         };
-        let result = match tokio::time::timeout(timeout, self.span.instrument(fetch)).await {
+        let result = match sync::timeout(timeout, self.span.instrument(fetch)).await {
             Ok(Ok(token)) => Ok(token),
             Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
             Err(_elapsed) => Err(TokenError::timeout(timeout)),
@@ -582,9 +591,9 @@ impl Drop for Flight {
 
 type Registry = BTreeMap<u64, Weak<Shared>>;
 
-static REGISTRY: Mutex<Registry> = Mutex::new(BTreeMap::new());
+static REGISTRY: std::sync::Mutex<Registry> = std::sync::Mutex::new(BTreeMap::new());
 
-fn registry() -> MutexGuard<'static, Registry> {
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -613,6 +622,9 @@ impl std::ops::Deref for Current {
     type Target = ArcSwap<Entry>;
 
     fn deref(&self) -> &ArcSwap<Entry> {
+        // The model check explores interleavings at every load and store.
+        #[cfg(shuttle)]
+        super::model::switch();
         &self.0 .0
     }
 }
