@@ -317,4 +317,76 @@ mod tests {
         assert!(Limit::after(now, Duration::ZERO).reached(now));
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::cache::timing::tests::properties::duration;
+
+        /// The widest offset from the origin that an `AtomicInstant` keeps
+        /// exactly: about 292 years either way.
+        const KEPT: Duration = Duration::from_nanos(i64::MAX as u64 - 1);
+
+        fn around_origin() -> impl Strategy<Value = Option<Instant>> {
+            (duration(), any::<bool>()).prop_map(|(offset, before)| {
+                let offset = offset.min(KEPT);
+                match before {
+                    true => origin().checked_sub(offset),
+                    false => origin().checked_add(offset),
+                }
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn a_limit_is_reached_exactly_at_its_instant(after in duration(), probe in duration()) {
+                let from = Instant::now();
+                match Limit::after(from, after) {
+                    Limit::Never => prop_assert!(from.checked_add(after).is_none()),
+                    Limit::At(at) => {
+                        prop_assert_eq!(Some(at), from.checked_add(after));
+                        prop_assert!(Limit::At(at).reached(at));
+                        if let Some(before) = at.checked_sub(probe.max(Duration::from_nanos(1))) {
+                            prop_assert!(!Limit::At(at).reached(before));
+                        }
+                    }
+                }
+            }
+
+
+            #[test]
+            fn an_atomic_instant_keeps_the_order_of_instants(
+                at in around_origin(),
+                now in around_origin(),
+            ) {
+                // An instant the platform cannot hold is never stored.
+                let (Some(at), Some(now)) = (at, now) else { return Ok(()) };
+                let slot = AtomicInstant::none();
+                slot.store(Some(Limit::At(at)));
+                prop_assert_eq!(slot.is_after(now), now < at);
+                prop_assert_eq!(slot.until(now), (now < at).then(|| at - now));
+                slot.store(Some(Limit::Never));
+                prop_assert!(slot.is_after(now));
+                slot.store(None);
+                prop_assert!(!slot.is_after(now));
+            }
+
+            #[test]
+            fn a_coarse_deadline_is_never_late_and_saturates(remaining in duration()) {
+                let nanos = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
+                let slack = u64::try_from(coarse_slack().as_nanos()).unwrap();
+                let before = coarse_now();
+                let deadline = coarse_deadline(remaining);
+                let after = coarse_now();
+                match (before.checked_add(nanos), after.checked_add(nanos)) {
+                    (None, _) => prop_assert_eq!(deadline, Coarse::MAX),
+                    (Some(_), Some(latest)) if deadline != Coarse::MAX => {
+                        prop_assert!(deadline <= latest.saturating_sub(slack));
+                        prop_assert!(deadline >= (before + nanos).saturating_sub(slack));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
