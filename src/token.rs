@@ -184,8 +184,13 @@ mod tests {
 
     #[test]
     fn only_whole_second_lifetimes_carry_a_granularity() {
-        assert_eq!(Token::new("t").expires_in_secs(5).granularity(), Duration::from_secs(1));
-        let exact = Token::new("t").expires_in_secs(5).expires_in(Duration::from_secs(5));
+        assert_eq!(
+            Token::new("t").expires_in_secs(5).granularity(),
+            Duration::from_secs(1)
+        );
+        let exact = Token::new("t")
+            .expires_in_secs(5)
+            .expires_in(Duration::from_secs(5));
         assert_eq!(exact.granularity(), Duration::ZERO);
     }
 
