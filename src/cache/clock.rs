@@ -338,6 +338,9 @@ mod tests {
         }
 
         proptest! {
+            // Pure arithmetic: cheap enough for many more cases than the default.
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
             #[test]
             fn a_limit_is_reached_exactly_at_its_instant(after in duration(), probe in duration()) {
                 let from = Instant::now();

@@ -54,6 +54,7 @@ pub(crate) fn coarse_now() -> u64 {
 
 /// Moves the clock on and fires the timers it passes. A scheduling point
 /// before it lets another thread act at the old time.
+#[cfg(test)]
 pub(crate) fn advance(by: Duration) {
     shuttle::thread::yield_now();
     let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
@@ -158,6 +159,7 @@ impl AbortHandle {
 }
 
 /// Runs `f` on a runtime that is shutting down: what it spawns is dropped.
+#[cfg(test)]
 pub(crate) fn shutting_down<T>(f: impl FnOnce() -> T) -> T {
     RUNTIME.with(|state| state.set(State::ShuttingDown));
     let output = f();
@@ -166,6 +168,7 @@ pub(crate) fn shutting_down<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Ends every task spawned so far, as a runtime that shuts down does.
+#[cfg(test)]
 pub(crate) fn shut_down() {
     shuttle::thread::yield_now();
     for task in lock(&TASKS).iter() {
@@ -174,6 +177,7 @@ pub(crate) fn shut_down() {
 }
 
 /// Waits for every task of this execution, so that none outlives it.
+#[cfg(test)]
 pub(crate) fn join_all() {
     loop {
         let Some(task) = lock(&TASKS).pop() else {
@@ -184,12 +188,14 @@ pub(crate) fn join_all() {
 }
 
 /// One model test at a time, each execution from a clock at zero.
+#[cfg(test)]
 pub(crate) fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     lock(&SERIAL)
 }
 
 /// Resets the clock, timers and tasks at the start of an execution.
+#[cfg(test)]
 pub(crate) fn reset() {
     ELAPSED.store(0, Ordering::SeqCst);
     lock(&TIMERS).clear();

@@ -5,7 +5,7 @@
 //! In every normal build these are the std and tokio items themselves,
 //! re-exported: nothing is wrapped, and the hot path compiles as before.
 //! Built with `RUSTFLAGS="--cfg shuttle"`, they are the model checker's
-//! (see [`model`](super::model) and `docs/model-check.md`), so that the
+//! (see `model.rs` and `docs/model-check.md`), so that the
 //! real cache runs under shuttle's scheduler on a clock the test moves.
 
 #[cfg(not(shuttle))]

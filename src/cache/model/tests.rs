@@ -29,7 +29,7 @@ use crate::{Token, TokenError, TokenErrorKind};
 
 /// Schedules tried per scheduler and scenario: a bound on the run's time,
 /// not a proof of exhaustion (shuttle samples schedules).
-const ITERATIONS: usize = 1500;
+const ITERATIONS: usize = 50_000;
 /// PCT's bound on preemptions that matter: enough for the races below,
 /// each of which needs two or three ordered steps.
 const DEPTH: usize = 3;
@@ -177,8 +177,8 @@ fn model_a_401_races_the_refresh_that_replaces_the_token() {
     check(|| {
         let (probe, cache) = opened(ten_seconds);
         let old = token(&cache).generation;
-        advance(SECS(6)); // due
-                          // The refresh waits for the 401, so that the two race closely.
+        // Due; the refresh waits for the 401, so that the two race closely.
+        advance(SECS(6));
         probe.open.store(false, Ordering::SeqCst);
         let refresh = spawn({
             let cache = cache.clone();
