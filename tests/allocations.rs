@@ -9,8 +9,8 @@
 //! one of them allocated 4 times while a case was being measured.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
 use std::cell::Cell;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;

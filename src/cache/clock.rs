@@ -10,11 +10,13 @@
 //! asks tokio's clock. A paused clock that jumps is seen through a timer the
 //! entry registers with tokio's time driver (see `entry.rs`).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::sync::AtomicI64;
 
 /// A reading of the coarse clock, in nanoseconds from an arbitrary origin.
 pub(crate) type Coarse = u64;
@@ -28,13 +30,14 @@ pub(crate) fn coarse_now() -> Coarse {
     imp::now()
 }
 
-/// Tokio's clock now: the one that decides every phase.
+/// Tokio's clock now: the one that decides every phase (the model
+/// checker's clock under `--cfg shuttle`, see `sync.rs`).
 #[inline]
 pub(crate) fn now() -> Instant {
     #[cfg(test)]
-    return Instant::now() + skew::get();
+    return super::sync::now() + skew::get();
     #[cfg(not(test))]
-    Instant::now()
+    super::sync::now()
 }
 
 /// What no runtime's API can do: let real time pass on this thread without
@@ -86,7 +89,7 @@ pub(crate) fn coarse_deadline(remaining: Duration) -> Coarse {
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(any(target_os = "linux", target_os = "android"), not(shuttle)))]
 #[allow(unsafe_code)]
 mod imp {
     use std::time::Duration;
@@ -136,7 +139,7 @@ mod imp {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(any(target_os = "linux", target_os = "android", shuttle)))]
 mod imp {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
@@ -154,6 +157,21 @@ mod imp {
     pub(super) fn fine_now() -> u64 {
         now()
     }
+
+    pub(super) fn resolution() -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The model checker's clock (see `model.rs`).
+#[cfg(shuttle)]
+mod imp {
+    use std::time::Duration;
+
+    pub(super) use super::super::model::coarse_now as now;
+
+    #[cfg(test)]
+    pub(super) use super::super::model::coarse_now as fine_now;
 
     pub(super) fn resolution() -> Duration {
         Duration::ZERO
@@ -337,5 +355,81 @@ mod tests {
         assert_eq!(Limit::after(now, Duration::MAX), Limit::Never);
         assert!(!Limit::Never.reached(now));
         assert!(Limit::after(now, Duration::ZERO).reached(now));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::cache::timing::tests::properties::duration;
+
+        /// The widest offset from the origin that an `AtomicInstant` keeps
+        /// exactly: about 292 years either way.
+        const KEPT: Duration = Duration::from_nanos(i64::MAX as u64 - 1);
+
+        fn around_origin() -> impl Strategy<Value = Option<Instant>> {
+            (duration(), any::<bool>()).prop_map(|(offset, before)| {
+                let offset = offset.min(KEPT);
+                match before {
+                    true => origin().checked_sub(offset),
+                    false => origin().checked_add(offset),
+                }
+            })
+        }
+
+        proptest! {
+            // Pure arithmetic: cheap enough for many more cases than the default.
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn a_limit_is_reached_exactly_at_its_instant(after in duration(), probe in duration()) {
+                let from = Instant::now();
+                match Limit::after(from, after) {
+                    Limit::Never => prop_assert!(from.checked_add(after).is_none()),
+                    Limit::At(at) => {
+                        prop_assert_eq!(Some(at), from.checked_add(after));
+                        prop_assert!(Limit::At(at).reached(at));
+                        if let Some(before) = at.checked_sub(probe.max(Duration::from_nanos(1))) {
+                            prop_assert!(!Limit::At(at).reached(before));
+                        }
+                    }
+                }
+            }
+
+
+            #[test]
+            fn an_atomic_instant_keeps_the_order_of_instants(
+                at in around_origin(),
+                now in around_origin(),
+            ) {
+                // An instant the platform cannot hold is never stored.
+                let (Some(at), Some(now)) = (at, now) else { return Ok(()) };
+                let slot = AtomicInstant::none();
+                slot.store(Some(Limit::At(at)));
+                prop_assert_eq!(slot.is_after(now), now < at);
+                prop_assert_eq!(slot.until(now), (now < at).then(|| at - now));
+                slot.store(Some(Limit::Never));
+                prop_assert!(slot.is_after(now));
+                slot.store(None);
+                prop_assert!(!slot.is_after(now));
+            }
+
+            #[test]
+            fn a_coarse_deadline_is_never_late_and_saturates(remaining in duration()) {
+                let nanos = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
+                let slack = u64::try_from(coarse_slack().as_nanos()).unwrap();
+                let before = coarse_now();
+                let deadline = coarse_deadline(remaining);
+                let after = coarse_now();
+                match (before.checked_add(nanos), after.checked_add(nanos)) {
+                    (None, _) => prop_assert_eq!(deadline, Coarse::MAX),
+                    (Some(_), Some(latest)) if deadline != Coarse::MAX => {
+                        prop_assert!(deadline <= latest.saturating_sub(slack));
+                        prop_assert!(deadline >= (before + nanos).saturating_sub(slack));
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }

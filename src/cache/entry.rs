@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use http::HeaderValue;
 use tokio::time::{Instant, Sleep};
 
 use super::clock::{self, Coarse};
+use super::sync::AtomicU8;
 use super::timing::{Rng, Schedule, Timing};
 use crate::token::Expiry;
 use crate::{Token, TokenError};
@@ -149,6 +150,12 @@ impl Entry {
             EVICTED => Phase::Expired,
             _ => phase_at(self.schedule, now),
         }
+    }
+
+    /// Where the token stops being served, if it ever does.
+    #[cfg(all(test, shuttle))]
+    pub(crate) fn expires_at(&self) -> Option<Instant> {
+        self.schedule.map(|s| s.expires_at)
     }
 
     /// Stops serving this token. Returns whether it was still being served.

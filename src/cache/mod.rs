@@ -182,11 +182,14 @@
 
 mod clock;
 mod entry;
+#[cfg(shuttle)]
+mod model;
 mod observe;
 mod refresh;
 #[cfg(test)]
 mod runtime_tests;
 mod stats;
+mod sync;
 mod timing;
 
 use std::fmt;

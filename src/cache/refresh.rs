@@ -13,18 +13,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::clock::{self, AtomicInstant, Limit};
 use super::entry::{Entry, Phase};
 use super::observe::{self, Cause, FetchSpan};
 use super::stats::Counters;
+use super::sync::{self, AbortHandle, Handle, Mutex, MutexGuard};
 use super::timing::{Rng, Timing};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenErrorKind};
@@ -149,7 +149,7 @@ pub(crate) struct Waiter {
 impl Waiter {
     pub(crate) async fn wait(mut self) -> Outcome {
         // Timers need a runtime; outside one, wait for the outcome alone.
-        let timed = tokio::runtime::Handle::try_current().is_ok();
+        let timed = Handle::try_current().is_ok();
         let mut yielded = false;
         loop {
             let until = match (self.watch.deadline, self.give_up) {
@@ -166,7 +166,7 @@ impl Waiter {
                     }
                 };
                 match until.filter(|_| timed) {
-                    Some(at) => tokio::time::timeout_at(at, outcome).await.ok(),
+                    Some(at) => sync::timeout_at(at, outcome).await.ok(),
                     None => Some(outcome.await),
                 }
             };
@@ -179,7 +179,7 @@ impl Waiter {
                     // The fetch's own timer may have fired in the same turn:
                     // let its task go first, then look again.
                     yielded = true;
-                    tokio::task::yield_now().await;
+                    sync::yield_now().await;
                     continue;
                 }
                 None => {
@@ -326,8 +326,7 @@ impl Shared {
         if let Some(error) = &refresh.config.scheme_error {
             return Err(error.clone());
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| TokenError::no_runtime())?;
+        let runtime = Handle::try_current().map_err(|_| TokenError::no_runtime())?;
         let timeout = refresh.config.timing.fetch_timeout;
         refresh.flights += 1;
         let id = refresh.flights;
@@ -393,11 +392,13 @@ impl Shared {
             return;
         };
         self.flight_deadline.store(None);
-        flight.task.abort();
         let timeout = Err(TokenError::timeout(flight.timeout));
         let outcome = self.record(refresh, timeout, flight.started, true);
         self.report(&outcome, &flight, true);
         deliver(&flight.tx, outcome);
+        // Only after delivering: a task that the abort drops unpolled, on
+        // another thread at once, delivers `Abandoned` without the lock.
+        flight.task.abort();
     }
 
     /// Applies what a fetch that began at `started` ended with: a new
@@ -544,7 +545,7 @@ impl Flight {
         else {
             return;
         };
-        let result = match tokio::time::timeout(timeout, self.span.instrument(fetch)).await {
+        let result = match sync::timeout(timeout, self.span.instrument(fetch)).await {
             Ok(Ok(token)) => Ok(token),
             Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
             Err(_elapsed) => Err(TokenError::timeout(timeout)),
@@ -605,9 +606,9 @@ impl Drop for Flight {
 
 type Registry = BTreeMap<u64, Weak<Shared>>;
 
-static REGISTRY: Mutex<Registry> = Mutex::new(BTreeMap::new());
+static REGISTRY: std::sync::Mutex<Registry> = std::sync::Mutex::new(BTreeMap::new());
 
-fn registry() -> MutexGuard<'static, Registry> {
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -636,6 +637,9 @@ impl std::ops::Deref for Current {
     type Target = ArcSwap<Entry>;
 
     fn deref(&self) -> &ArcSwap<Entry> {
+        // The model check explores interleavings at every load and store.
+        #[cfg(shuttle)]
+        super::model::switch();
         &self.0 .0
     }
 }

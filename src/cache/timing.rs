@@ -83,13 +83,18 @@ impl Timing {
     /// How long to wait after the `failures`-th failure in a row (from 1):
     /// random in `[d/2, d]`, with `d = min(cap, base * 2^(failures - 1))`.
     pub(crate) fn backoff(&self, failures: u32, rng: &mut Rng) -> Duration {
-        let doubling = 1u32
-            .checked_shl(failures.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(doubling)
-            .min(self.backoff_cap);
+        // In nanoseconds: a factor of at most `u32::MAX` stopped the
+        // doubling after 32 failures when the cap is far above the base.
+        let base = self.backoff_base.as_nanos();
+        let doubled = match 1u128.checked_shl(failures.saturating_sub(1)) {
+            _ if base == 0 => Some(0),
+            Some(factor) => base.checked_mul(factor),
+            None => None,
+        };
+        let ceiling = match doubled {
+            Some(nanos) if nanos < self.backoff_cap.as_nanos() => Duration::from_nanos_u128(nanos),
+            _ => self.backoff_cap,
+        };
         ceiling / 2 + rng.below(ceiling - ceiling / 2)
     }
 }
@@ -146,7 +151,7 @@ impl Rng {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -221,6 +226,29 @@ mod tests {
         }
     }
 
+    /// `min(cap, base * 2^(failures - 1))`, by doubling until the cap.
+    fn ceiling(timing: &Timing, failures: u32) -> Duration {
+        let mut d = timing.backoff_base;
+        for _ in 1..failures {
+            if d >= timing.backoff_cap || d.is_zero() {
+                break;
+            }
+            d = d.saturating_mul(2);
+        }
+        d.min(timing.backoff_cap)
+    }
+
+    #[test]
+    fn backoff_keeps_doubling_past_32_failures() {
+        let timing = Timing {
+            backoff_base: Duration::from_nanos(1),
+            backoff_cap: Duration::MAX,
+            ..Timing::default()
+        };
+        let delay = timing.backoff(40, &mut Rng::new());
+        assert!(delay >= Duration::from_nanos(1 << 38), "{delay:?}");
+    }
+
     #[test]
     fn random_below_covers_the_range() {
         let mut rng = Rng::new();
@@ -230,5 +258,143 @@ mod tests {
         assert!(draws.iter().any(|d| *d < max / 4));
         assert!(draws.iter().any(|d| *d > max * 3 / 4));
         assert_eq!(rng.below(Duration::ZERO), Duration::ZERO);
+    }
+
+    pub(crate) mod properties {
+        use proptest::prelude::*;
+
+        use super::super::Rng;
+        use super::super::*;
+        use super::ceiling;
+
+        /// Every duration, biased towards the edges: zero, one nanosecond,
+        /// whole seconds, `u64::MAX` seconds and `Duration::MAX`.
+        pub(crate) fn duration() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                Just(Duration::ZERO),
+                Just(Duration::from_nanos(1)),
+                Just(Duration::from_secs(u64::MAX)),
+                Just(Duration::MAX),
+                (0u64..100_000).prop_map(Duration::from_secs),
+                any::<u64>().prop_map(Duration::from_secs),
+                any::<u64>().prop_map(Duration::from_nanos),
+                (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            ]
+        }
+
+        fn failures() -> impl Strategy<Value = u32> {
+            prop_oneof![
+                Just(0u32),
+                Just(1),
+                Just(32),
+                Just(33),
+                Just(u32::MAX),
+                1u32..80,
+                any::<u32>(),
+            ]
+        }
+
+        fn hint() -> impl Strategy<Value = RetryHint> {
+            prop_oneof![
+                Just(RetryHint::Backoff),
+                Just(RetryHint::Permanent),
+                duration().prop_map(RetryHint::NotBefore),
+            ]
+        }
+
+        fn timing() -> impl Strategy<Value = Timing> {
+            (
+                duration(),
+                duration(),
+                duration(),
+                duration(),
+                duration(),
+                duration(),
+            )
+                .prop_map(|(a, b, c, d, e, f)| Timing {
+                    refresh_before: a,
+                    expiry_margin: b,
+                    jitter: c,
+                    fetch_timeout: d,
+                    backoff_base: e,
+                    backoff_cap: f,
+                })
+        }
+
+        fn rng() -> impl Strategy<Value = Rng> {
+            any::<u64>().prop_map(|seed| Rng(seed | 1))
+        }
+
+        proptest! {
+            // Pure arithmetic: cheap enough for many more cases than the default.
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn a_schedule_is_ordered_for_every_lifetime(
+                timing in timing(),
+                lifetime in duration(),
+                past in any::<bool>(),
+                granularity in prop_oneof![Just(Duration::ZERO), Just(Duration::from_secs(1)), duration()],
+                mut rng in rng(),
+            ) {
+                let started = Instant::now();
+                // An expiry beyond tokio's clock never expires and has no schedule.
+                let expiry = if past { started.checked_sub(lifetime) } else { started.checked_add(lifetime) };
+                let Some(expiry) = expiry else { return Ok(()) };
+                let s = timing.schedule(started, expiry, granularity, &mut rng);
+
+                prop_assert!(s.due_at <= s.expires_at);
+                prop_assert!(s.expires_at <= expiry);
+                let lifetime = expiry.saturating_duration_since(started);
+                if lifetime > granularity {
+                    prop_assert!(s.expires_at >= started, "served before it was fetched");
+                    // due no earlier than half the lifetime, unless the
+                    // margin (a granularity over half of it) expires it first
+                    prop_assert!(s.due_at >= (started + lifetime / 2).min(s.expires_at));
+                } else {
+                    prop_assert!(s.expires_at <= started, "not immediately expired");
+                }
+                // the margin covers the lifetime's granularity
+                if let Some(latest) = expiry.checked_sub(granularity) {
+                    prop_assert!(s.expires_at <= latest);
+                }
+            }
+
+            #[test]
+            fn a_backoff_is_within_half_and_all_of_its_ceiling(
+                timing in timing(),
+                failures in failures(),
+                mut rng in rng(),
+            ) {
+                let d = ceiling(&timing, failures);
+                let delay = timing.backoff(failures, &mut rng);
+                prop_assert!(delay >= d / 2 && delay <= d, "{delay:?} outside [{:?}, {d:?}]", d / 2);
+            }
+
+            #[test]
+            fn a_delay_honours_the_hint(
+                timing in timing(),
+                failures in failures(),
+                hint in hint(),
+                mut rng in rng(),
+            ) {
+                let d = ceiling(&timing, failures);
+                let delay = timing.delay(failures, hint, &mut rng);
+                match hint {
+                    RetryHint::Permanent => prop_assert_eq!(delay, timing.backoff_cap),
+                    RetryHint::NotBefore(at_least) => {
+                        prop_assert!(delay >= at_least.min(RetryHint::MAX_NOT_BEFORE));
+                        prop_assert!(delay >= d / 2);
+                        prop_assert!(delay <= d.max(RetryHint::MAX_NOT_BEFORE));
+                    }
+                    _ => prop_assert!(delay >= d / 2 && delay <= d),
+                }
+            }
+
+            #[test]
+            fn random_below_stays_below(max in duration(), mut rng in rng()) {
+                prop_assert!(rng.below(max) <= max);
+            }
+        }
     }
 }
