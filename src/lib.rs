@@ -147,14 +147,14 @@ mod source;
 mod token;
 
 #[doc(inline)]
-pub use self::auth::{BearerAuth, BearerAuthLayer};
+pub use self::auth::{BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey};
 #[doc(inline)]
-pub use self::cache::{Stats, TokenCache};
+pub use self::cache::{KeyedTokenCache, Stats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "reqwest-middleware")]
 #[doc(inline)]
-pub use self::reqwest::BearerAuthMiddleware;
+pub use self::reqwest::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 #[cfg(feature = "retry")]
 #[doc(inline)]
 pub use self::retry::RetryOn401;

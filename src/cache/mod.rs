@@ -182,6 +182,7 @@
 
 mod clock;
 mod entry;
+pub mod keyed;
 mod observe;
 mod refresh;
 #[cfg(test)]
@@ -197,9 +198,11 @@ pub(crate) use self::entry::Entry;
 #[cfg(test)]
 pub(crate) use self::entry::Phase;
 pub(crate) use self::refresh::invalidate_by_id;
+pub use self::keyed::KeyedTokenCache;
 use self::refresh::{Config, Shared};
 pub(crate) use self::refresh::{Current, Lookup};
 pub use self::stats::Stats;
+use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 
 /// A cached token, fetched from a [`TokenSource`] when it is due.
@@ -219,7 +222,19 @@ impl TokenCache {
     /// fetched until a token is needed.
     pub fn new(source: impl TokenSource) -> Self {
         Self {
-            shared: Arc::new(Shared::new(Arc::new(source), Config::default())),
+            shared: Arc::new(Shared::new(Arc::new(source), Config::default(), None)),
+        }
+    }
+
+    /// A cache of a [`KeyedTokenCache`]: its key's source, the options set
+    /// on the keyed cache, and the key's label for tracing.
+    pub(crate) fn from_parts(
+        source: Arc<dyn DynSource>,
+        config: Config,
+        label: Option<Arc<str>>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(source, config, label)),
         }
     }
 

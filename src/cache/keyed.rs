@@ -1,0 +1,595 @@
+//! [`KeyedTokenCache`]: one [`TokenCache`] per key (an audience, a scope, a
+//! tenant, a host), created on first use and bounded.
+//!
+//! One client often talks to several APIs, each with a token of its own.
+//! A keyed cache holds a cache per key, made on first use by a factory that
+//! returns the key's [`TokenSource`], and every property of a single
+//! [`TokenCache`] holds per key: one fetch in flight per key, failures and
+//! backoff per key (one key's failing identity provider neither fails nor
+//! slows the others), and a `401` evicting only the rejected token of its
+//! own key, only while it is that key's current token.
+//!
+//! **The key must cover everything that changes the token**: if two
+//! requests would need different tokens, they need different keys. A key
+//! that leaves out the scopes, say, serves a token issued for the old scopes
+//! after a scope is added. A token never crosses keys: each key's cache is
+//! built from that key alone.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_bearer::{KeyedTokenCache, Token};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::TokenError> {
+//! let cache = KeyedTokenCache::new(|audience: &String| {
+//!     let audience = audience.clone();
+//!     // an OAuth2 source per audience, such as
+//!     // `ClientCredentials::new(url, id, secret).audience(audience)`
+//!     move || {
+//!         let token = format!("token-for-{audience}");
+//!         async move { Ok::<_, std::io::Error>(Token::new(token).expires_in(Duration::from_secs(3600))) }
+//!     }
+//! })
+//! .max_keys(100)
+//! .idle_timeout(Duration::from_secs(3600))
+//! .refresh_before(Duration::from_secs(60));
+//!
+//! let orders = cache.token(&"https://orders.example.com".to_owned()).await?;
+//! let billing = cache.token(&"https://billing.example.com".to_owned()).await?;
+//! assert_eq!(orders.secret(), "token-for-https://orders.example.com");
+//! assert_eq!(billing.secret(), "token-for-https://billing.example.com");
+//! assert_eq!(cache.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The middleware takes its key from each request:
+//! [`BearerAuthLayer::keyed`](crate::BearerAuthLayer::keyed) (see
+//! [`crate::auth`]).
+//!
+//! # Bounds
+//!
+//! - [`max_keys`](KeyedTokenCache::max_keys) (default 1,024): a new key
+//!   beyond it evicts the least recently used key first.
+//! - [`idle_timeout`](KeyedTokenCache::idle_timeout) (default none): a key
+//!   unused for that long is dropped, with its tasks, by a sweep that runs a
+//!   few times per timeout (a key goes between `d` and `1.25 d` after its
+//!   last use).
+//!
+//! A dropped key's fetch in flight still completes for the requests waiting
+//! on it; its next request starts a new cache for the key. Its counters are
+//! kept in [`total_stats`](KeyedTokenCache::total_stats) as they stood when
+//! it was dropped.
+//!
+//! "Used" is cheap to record: every key carries a use stamp, an epoch number
+//! that the cache moves on when it adds a key and at each idle sweep. A
+//! request writes its key's stamp only when the epoch has moved since the
+//! key's last use, so a busy key is written at most once per epoch, and a
+//! request never writes a line shared with other keys. The least recently
+//! used key is the one with the oldest stamp (ties broken arbitrarily).
+//!
+//! # Design: the key map
+//!
+//! The keys live in a `HashMap` behind [`arc_swap::ArcSwap`], copied on
+//! write: a request reads the map lock-free (the middleware keeps its own
+//! `arc_swap::Cache` of it, a pointer compare while no key is added), and a
+//! new key copies the map under a mutex. Keys are added rarely, so the read
+//! side is what counts, and no concurrent map of the ecosystem reads
+//! cheaper than a plain `HashMap` behind a pointer; a concurrent map would
+//! also be a new dependency. The cost is on the write side: a new key
+//! copies the whole map (`O(keys)`: a few microseconds at 100 keys, a few
+//! hundred at 10,000), and when more keys are active than `max_keys`
+//! allows, nearly every miss pays it. Keep `max_keys` above the number of
+//! keys in use (the repository's `docs/keyed.md` has the measurements).
+//!
+//! The map hashes with std's `RandomState` (SipHash-1-3, keyed per process):
+//! keys may come from requests (a host, a tenant header), and a hasher
+//! without a random key would let a caller choose keys that collide.
+//!
+//! # Observability
+//!
+//! Each key's fetch span and invalidation events carry a `key` field: the
+//! key as its [`label`](KeyedTokenCache::label) function renders it (by
+//! default its `Debug` form). Never the token. Dropping a key is a `debug`
+//! event with its label and the reason.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::clock;
+use super::observe;
+use super::refresh::Config;
+use super::{Entry, Lookup, Stats, TokenCache};
+use crate::source::DynSource;
+use crate::{Token, TokenError, TokenSource};
+
+const DEFAULT_MAX_KEYS: usize = 1024;
+
+/// The idle sweep runs this many times per idle timeout.
+const SWEEPS_PER_TIMEOUT: u32 = 4;
+
+type Factory<K> = dyn Fn(&K) -> Arc<dyn DynSource> + Send + Sync;
+type Label<K> = dyn Fn(&K) -> String + Send + Sync;
+
+/// One [`TokenCache`] per key, created on first use from a factory, bounded
+/// by [`max_keys`](Self::max_keys) and [`idle_timeout`](Self::idle_timeout).
+///
+/// Clones share the keys and the options. See the
+/// [module docs](crate::cache::keyed) for an example, the bounds and the
+/// design.
+pub struct KeyedTokenCache<K> {
+    inner: Arc<Keyed<K>>,
+}
+
+struct Keyed<K> {
+    /// Read lock-free by every request; replaced whole under `write`.
+    map: Arc<ArcSwap<KeyMap<K>>>,
+    /// The use epoch (see the module docs): moved on by each new key and
+    /// each idle sweep, read by every request.
+    epoch: AtomicU64,
+    write: Mutex<Writer<K>>,
+}
+
+struct Writer<K> {
+    factory: Box<Factory<K>>,
+    label: Box<Label<K>>,
+    config: Config,
+    max_keys: usize,
+    idle_timeout: Option<Duration>,
+    /// `(epoch, when)` at each idle sweep: a key whose stamp is older than
+    /// the mark of `idle_timeout` ago was not used since.
+    marks: VecDeque<(u64, Instant)>,
+    sweeper: Option<AbortHandle>,
+    /// The counters of the keys dropped so far, as they were when dropped.
+    retired: Stats,
+}
+
+/// The keys and their caches, as one immutable version.
+pub(crate) struct KeyMap<K> {
+    slots: HashMap<K, Arc<KeySlot>>,
+}
+
+/// One key's cache and its use stamp.
+pub(crate) struct KeySlot {
+    cache: TokenCache,
+    used: AtomicU64,
+}
+
+impl KeySlot {
+    /// Records a use in `epoch`: one load, and a write only when the epoch
+    /// has moved since the last use.
+    #[inline]
+    fn touch(&self, epoch: u64) {
+        if self.used.load(Ordering::Relaxed) < epoch {
+            self.used.fetch_max(epoch, Ordering::Relaxed);
+        }
+    }
+
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// A key's fresh token, read on the hot path.
+pub(crate) struct Fresh {
+    pub(crate) header: HeaderValue,
+    pub(crate) cache_id: u64,
+    pub(crate) generation: u64,
+}
+
+impl<K: Hash + Eq> KeyMap<K> {
+    /// The hot path: the fresh token of `key`, read without a lock or an
+    /// allocation. `None` sends the request to the slow path (a new key, or
+    /// a token that is not fresh).
+    #[inline]
+    pub(crate) fn fresh(&self, key: &K, epoch: u64) -> Option<Fresh> {
+        let slot = self.slots.get(key)?;
+        slot.touch(epoch);
+        let shared = slot.cache.shared();
+        let entry = shared.current.load();
+        entry.is_fresh().then(|| Fresh {
+            header: entry.header.clone(),
+            cache_id: shared.id,
+            generation: entry.generation,
+        })
+    }
+
+    fn new() -> Self {
+        Self {
+            slots: HashMap::new(),
+        }
+    }
+}
+
+impl<K> KeyedTokenCache<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A keyed cache whose key `K` gets its tokens from `factory(&key)`,
+    /// called once when the key is first used (and again if the key was
+    /// dropped and comes back). Nothing is fetched until a token is needed.
+    ///
+    /// The key is labelled in traces by its `Debug` form; see
+    /// [`label`](Self::label) to change that.
+    pub fn new<F, S>(factory: F) -> Self
+    where
+        F: Fn(&K) -> S + Send + Sync + 'static,
+        S: TokenSource,
+        K: fmt::Debug,
+    {
+        let factory: Box<Factory<K>> =
+            Box::new(move |key: &K| Arc::new(factory(key)) as Arc<dyn DynSource>);
+        Self {
+            inner: Arc::new(Keyed {
+                map: Arc::new(ArcSwap::from_pointee(KeyMap::new())),
+                epoch: AtomicU64::new(0),
+                write: Mutex::new(Writer {
+                    factory,
+                    label: Box::new(|key: &K| format!("{key:?}")),
+                    config: Config::default(),
+                    max_keys: DEFAULT_MAX_KEYS,
+                    idle_timeout: None,
+                    marks: VecDeque::new(),
+                    sweeper: None,
+                    retired: Stats::default(),
+                }),
+            }),
+        }
+    }
+
+    /// How a key appears in traces (the `key` field of its fetch spans and
+    /// events). Default: its `Debug` form. Use it to leave out a part of
+    /// the key that must not be logged. Applies to keys added from now on.
+    pub fn label(self, label: impl Fn(&K) -> String + Send + Sync + 'static) -> Self {
+        self.inner.lock().label = Box::new(label);
+        self
+    }
+
+    /// The most keys held at once; a new key beyond it evicts the least
+    /// recently used one. Default: 1,024. At least 1.
+    pub fn max_keys(self, max: usize) -> Self {
+        self.inner.lock().max_keys = max.max(1);
+        self
+    }
+
+    /// Drops a key unused for `idle`, with its cache and its tasks.
+    /// Default: keys are only dropped by [`max_keys`](Self::max_keys).
+    ///
+    /// The sweep runs on the runtime where the next key is added, a few
+    /// times per `idle`.
+    pub fn idle_timeout(self, idle: Duration) -> Self {
+        {
+            let mut writer = self.inner.lock();
+            writer.idle_timeout = Some(idle);
+            if let Some(sweeper) = writer.sweeper.take() {
+                sweeper.abort();
+            }
+        }
+        self.inner.start_sweeper();
+        self
+    }
+
+    fn configure(self, set: impl Fn(&mut Config)) -> Self {
+        {
+            let mut writer = self.inner.lock();
+            set(&mut writer.config);
+            for slot in self.inner.map.load().slots.values() {
+                set(&mut slot.cache.shared().lock().config);
+            }
+        }
+        self
+    }
+
+    /// As [`TokenCache::refresh_before`], for every key.
+    pub fn refresh_before(self, before: Duration) -> Self {
+        self.configure(|c| c.timing.refresh_before = before)
+    }
+
+    /// As [`TokenCache::expiry_margin`], for every key.
+    pub fn expiry_margin(self, margin: Duration) -> Self {
+        self.configure(|c| c.timing.expiry_margin = margin)
+    }
+
+    /// As [`TokenCache::refresh_jitter`], for every key.
+    pub fn refresh_jitter(self, jitter: Duration) -> Self {
+        self.configure(|c| c.timing.jitter = jitter)
+    }
+
+    /// As [`TokenCache::fetch_timeout`], for every key.
+    pub fn fetch_timeout(self, timeout: Duration) -> Self {
+        self.configure(|c| c.timing.fetch_timeout = timeout)
+    }
+
+    /// As [`TokenCache::backoff`], for every key: each key backs off on its
+    /// own failures.
+    pub fn backoff(self, base: Duration, cap: Duration) -> Self {
+        self.configure(|c| {
+            c.timing.backoff_base = base;
+            c.timing.backoff_cap = cap;
+        })
+    }
+
+    /// As [`TokenCache::scheme`], for every key.
+    pub fn scheme(self, scheme: impl Into<String>) -> Self {
+        let scheme = scheme.into();
+        self.configure(|c| c.set_scheme(Some(scheme.clone())))
+    }
+
+    /// As [`TokenCache::no_scheme`], for every key.
+    pub fn no_scheme(self) -> Self {
+        self.configure(|c| c.set_scheme(None))
+    }
+
+    /// A valid token for `key`: its cached one, or a new one from the key's
+    /// single refresh.
+    pub async fn token(&self, key: &K) -> Result<Token, TokenError> {
+        Ok(self.entry(key).await?.1.token.clone())
+    }
+
+    /// Stops serving `token` for `key` if it is still that key's current
+    /// token, as [`TokenCache::invalidate`] does. A token of another key, or
+    /// of a key no longer held, matches nothing. Returns whether the token
+    /// was evicted.
+    pub fn invalidate(&self, key: &K, token: &Token) -> bool {
+        self.inner
+            .map
+            .load()
+            .slots
+            .get(key)
+            .is_some_and(|slot| slot.cache.invalidate(token))
+    }
+
+    /// The number of keys held.
+    pub fn len(&self) -> usize {
+        self.inner.map.load().slots.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What the cache of `key` has done so far, if the key is held. See
+    /// [`Stats`].
+    pub fn stats(&self, key: &K) -> Option<Stats> {
+        let map = self.inner.map.load();
+        map.slots.get(key).map(|slot| slot.cache.stats())
+    }
+
+    /// The sum of every key's [`Stats`], those dropped included (as they
+    /// stood when dropped).
+    pub fn total_stats(&self) -> Stats {
+        let mut total = self.inner.lock().retired;
+        for slot in self.inner.map.load().slots.values() {
+            total += slot.cache.stats();
+        }
+        total
+    }
+
+    /// The cache of `key`, made if the key is new. The slow path.
+    pub(crate) fn cache(&self, key: &K) -> TokenCache {
+        let epoch = self.epoch();
+        if let Some(slot) = self.inner.map.load().slots.get(key) {
+            slot.touch(epoch);
+            return slot.cache.clone();
+        }
+        self.inner.insert(key)
+    }
+
+    /// What a request for `key` that found no fresh token does next, and the
+    /// id of the key's cache (for a `401`).
+    pub(crate) fn lookup(&self, key: &K) -> (u64, Lookup) {
+        let cache = self.cache(key);
+        let shared = cache.shared();
+        let seen = shared.current.load_full();
+        (shared.id, shared.lookup(&seen))
+    }
+
+    /// The key's cache and a valid entry.
+    pub(crate) async fn entry(&self, key: &K) -> Result<(TokenCache, Arc<Entry>), TokenError> {
+        let cache = self.cache(key);
+        let entry = cache.entry().await?;
+        Ok((cache, entry))
+    }
+}
+
+impl<K> KeyedTokenCache<K> {
+    /// The map, for a middleware's own `arc_swap::Cache` of it.
+    pub(crate) fn map(&self) -> &Arc<ArcSwap<KeyMap<K>>> {
+        &self.inner.map
+    }
+
+    /// The use epoch to stamp a key with.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Relaxed)
+    }
+}
+
+impl<K> Keyed<K> {
+    fn lock(&self) -> MutexGuard<'_, Writer<K>> {
+        self.write.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<K> Keyed<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Adds `key`, unless a racing request just did, making room for it.
+    fn insert(self: &Arc<Self>, key: &K) -> TokenCache {
+        let mut writer = self.lock();
+        let map = self.map.load_full();
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(slot) = map.slots.get(key) {
+            slot.touch(epoch);
+            return slot.cache.clone();
+        }
+        let label: Arc<str> = (writer.label)(key).into();
+        let cache = TokenCache::from_parts((writer.factory)(key), writer.config.clone(), Some(label));
+        // A 401 reaches the key's cache by its id.
+        cache.shared().register();
+        let mut slots = map.slots.clone();
+        drop(map);
+        let idle = writer.idle_mark();
+        writer.drop_idle(&mut slots, idle);
+        while slots.len() >= writer.max_keys {
+            let Some(oldest) = slots
+                .iter()
+                .min_by_key(|(_, slot)| slot.used())
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            writer.retire(&mut slots, &oldest, "max_keys");
+        }
+        let slot = Arc::new(KeySlot {
+            cache: cache.clone(),
+            used: AtomicU64::new(epoch),
+        });
+        slots.insert(key.clone(), slot);
+        self.map.store(Arc::new(KeyMap { slots }));
+        let start = writer.idle_timeout.is_some() && writer.sweeper.is_none();
+        drop(writer);
+        if start {
+            self.start_sweeper();
+        }
+        cache
+    }
+
+    /// Drops the keys idle past the timeout. Run by the sweeper.
+    fn sweep(&self) {
+        let mut writer = self.lock();
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        writer.marks.push_back((epoch, clock::now()));
+        let Some(idle) = writer.idle_mark() else {
+            return;
+        };
+        let map = self.map.load();
+        if map.slots.values().all(|slot| slot.used() >= idle) {
+            return;
+        }
+        let mut slots = map.slots.clone();
+        drop(map);
+        writer.drop_idle(&mut slots, Some(idle));
+        self.map.store(Arc::new(KeyMap { slots }));
+    }
+
+    /// Starts the idle sweep on the current runtime, if there is a timeout,
+    /// a runtime, and no sweep running.
+    fn start_sweeper(self: &Arc<Self>) {
+        let mut writer = self.lock();
+        let Some(idle) = writer.idle_timeout else {
+            return;
+        };
+        if writer.sweeper.as_ref().is_some_and(|s| !s.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let period = (idle / SWEEPS_PER_TIMEOUT).clamp(Duration::from_millis(1), MAX_PERIOD);
+        let keyed = Arc::downgrade(self);
+        let task = runtime.spawn(sweep_every(keyed, period));
+        writer.sweeper = Some(task.abort_handle());
+    }
+}
+
+/// A timeout this long (about 30 years) never drops a key; the sweep still
+/// runs now and then.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+async fn sweep_every<K>(keyed: Weak<Keyed<K>>, period: Duration)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(keyed) = keyed.upgrade() else {
+            return;
+        };
+        keyed.sweep();
+    }
+}
+
+impl<K: Hash + Eq> Writer<K> {
+    /// The epoch before which a key is idle: that of the last sweep at least
+    /// `idle_timeout` ago. Forgets older marks.
+    fn idle_mark(&mut self) -> Option<u64> {
+        let idle = self.idle_timeout?;
+        let since = clock::now().checked_sub(idle)?;
+        while self.marks.get(1).is_some_and(|&(_, at)| at <= since) {
+            self.marks.pop_front();
+        }
+        let &(epoch, at) = self.marks.front()?;
+        (at <= since).then_some(epoch)
+    }
+
+    fn drop_idle(&mut self, slots: &mut HashMap<K, Arc<KeySlot>>, idle: Option<u64>)
+    where
+        K: Clone,
+    {
+        let Some(idle) = idle else {
+            return;
+        };
+        let gone: Vec<K> = slots
+            .iter()
+            .filter(|(_, slot)| slot.used() < idle)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.retire(slots, &key, "idle_timeout");
+        }
+    }
+
+    fn retire(&mut self, slots: &mut HashMap<K, Arc<KeySlot>>, key: &K, reason: &'static str) {
+        if let Some(slot) = slots.remove(key) {
+            self.retired += slot.cache.stats();
+            if let Some(label) = &slot.cache.shared().label {
+                observe::key_dropped(label, reason);
+            }
+        }
+    }
+}
+
+impl<K> Drop for Keyed<K> {
+    fn drop(&mut self) {
+        let writer = self.write.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sweeper) = writer.sweeper.take() {
+            sweeper.abort();
+        }
+    }
+}
+
+impl<K> Clone for KeyedTokenCache<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedTokenCache<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let writer = self.inner.lock();
+        f.debug_struct("KeyedTokenCache")
+            .field("factory", &std::any::type_name::<Factory<K>>())
+            .field("keys", &self.inner.map.load().slots.len())
+            .field("max_keys", &writer.max_keys)
+            .field("idle_timeout", &writer.idle_timeout)
+            .field("timing", &writer.config.timing)
+            .field("scheme", &writer.config.scheme)
+            .finish()
+    }
+}
