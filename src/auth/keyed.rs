@@ -370,3 +370,46 @@ impl<S: fmt::Debug, K> fmt::Debug for KeyedBearerAuth<S, K> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::Token;
+
+    /// A request for a key with a fresh token, sent on another thread while
+    /// this one holds the key map's write lock and every lock of the key's
+    /// cache: it must not wait for any of them.
+    #[test]
+    fn a_fresh_key_takes_no_lock() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cache = KeyedTokenCache::new(|_: &u64| {
+            || async { Ok::<_, Infallible>(Token::new("t").expires_in(Duration::from_secs(3600))) }
+        });
+        runtime.block_on(cache.token(&1)).unwrap();
+        let inner = service_fn(|request: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(request.headers().contains_key(AUTHORIZATION)))
+        });
+        let service = BearerAuthLayer::keyed(cache.clone(), |_| Some(1u64)).layer(inner);
+        let key_cache = cache.cache(&1);
+        let _locks = (cache.hold_write_lock(), key_cache.shared().hold_locks());
+        let handle = runtime.handle().clone();
+        let (done, sent) = mpsc::channel();
+        std::thread::spawn(move || {
+            let response = handle.block_on(service.oneshot(Request::new(())));
+            let _ = done.send(response.map(Response::into_body).ok());
+        });
+        let sent = sent.recv_timeout(Duration::from_secs(10));
+        assert_eq!(sent, Ok(Some(true)), "the request waited for a lock");
+    }
+}

@@ -116,6 +116,16 @@ use crate::{Token, TokenError, TokenSource};
 
 const DEFAULT_MAX_KEYS: usize = 1024;
 
+/// A full cache evicts `max_keys / EVICTION_BATCH` keys at once.
+const EVICTION_BATCH: usize = 16;
+
+/// How many keys a version holds outside `main` before `main` is rebuilt:
+/// a new key copies them, and a rebuild copies every key, so about the
+/// square root of the keys balances the two.
+fn recent_cap(main: usize) -> usize {
+    main.isqrt().max(8)
+}
+
 /// The idle sweep runs this many times per idle timeout.
 const SWEEPS_PER_TIMEOUT: u32 = 4;
 
@@ -155,9 +165,15 @@ struct Writer<K> {
     retired: Stats,
 }
 
-/// The keys and their caches, as one immutable version.
+type Slots<K> = HashMap<K, Arc<KeySlot>>;
+
+/// The keys and their caches, as one immutable version: most keys in
+/// `main`, shared by consecutive versions, and the keys added since `main`
+/// was last rebuilt in `recent`, which a new key copies. See "Design" in
+/// the module docs.
 pub(crate) struct KeyMap<K> {
-    slots: HashMap<K, Arc<KeySlot>>,
+    main: Arc<Slots<K>>,
+    recent: Slots<K>,
 }
 
 /// One key's cache and its use stamp.
@@ -188,13 +204,23 @@ pub(crate) struct Fresh {
     pub(crate) generation: u64,
 }
 
+impl<K> KeyMap<K> {
+    fn len(&self) -> usize {
+        self.main.len() + self.recent.len()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = (&K, &Arc<KeySlot>)> {
+        self.main.iter().chain(&self.recent)
+    }
+}
+
 impl<K: Hash + Eq> KeyMap<K> {
     /// The hot path: the fresh token of `key`, read without a lock or an
     /// allocation. `None` sends the request to the slow path (a new key, or
     /// a token that is not fresh).
     #[inline]
     pub(crate) fn fresh(&self, key: &K, epoch: u64) -> Option<Fresh> {
-        let slot = self.slots.get(key)?;
+        let slot = self.get(key)?;
         slot.touch(epoch);
         let shared = slot.cache.shared();
         let entry = shared.current.load();
@@ -205,9 +231,17 @@ impl<K: Hash + Eq> KeyMap<K> {
         })
     }
 
+    /// `recent` is empty most of the time, and an empty map answers
+    /// without hashing.
+    #[inline]
+    fn get(&self, key: &K) -> Option<&Arc<KeySlot>> {
+        self.main.get(key).or_else(|| self.recent.get(key))
+    }
+
     fn new() -> Self {
         Self {
-            slots: HashMap::new(),
+            main: Arc::default(),
+            recent: HashMap::new(),
         }
     }
 }
@@ -284,7 +318,7 @@ where
         {
             let mut writer = self.inner.lock();
             set(&mut writer.config);
-            for slot in self.inner.map.load().slots.values() {
+            for (_, slot) in self.inner.map.load().slots() {
                 set(&mut slot.cache.shared().lock().config);
             }
         }
@@ -345,14 +379,13 @@ where
         self.inner
             .map
             .load()
-            .slots
             .get(key)
             .is_some_and(|slot| slot.cache.invalidate(token))
     }
 
     /// The number of keys held.
     pub fn len(&self) -> usize {
-        self.inner.map.load().slots.len()
+        self.inner.map.load().len()
     }
 
     /// Whether no key is held.
@@ -364,14 +397,14 @@ where
     /// [`Stats`].
     pub fn stats(&self, key: &K) -> Option<Stats> {
         let map = self.inner.map.load();
-        map.slots.get(key).map(|slot| slot.cache.stats())
+        map.get(key).map(|slot| slot.cache.stats())
     }
 
     /// The sum of every key's [`Stats`], those dropped included (as they
     /// stood when dropped).
     pub fn total_stats(&self) -> Stats {
         let mut total = self.inner.lock().retired;
-        for slot in self.inner.map.load().slots.values() {
+        for (_, slot) in self.inner.map.load().slots() {
             total += slot.cache.stats();
         }
         total
@@ -380,7 +413,7 @@ where
     /// The cache of `key`, made if the key is new. The slow path.
     pub(crate) fn cache(&self, key: &K) -> TokenCache {
         let epoch = self.epoch();
-        if let Some(slot) = self.inner.map.load().slots.get(key) {
+        if let Some(slot) = self.inner.map.load().get(key) {
             slot.touch(epoch);
             return slot.cache.clone();
         }
@@ -432,7 +465,7 @@ where
         let mut writer = self.lock();
         let map = self.map.load_full();
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(slot) = map.slots.get(key) {
+        if let Some(slot) = map.get(key) {
             slot.touch(epoch);
             return slot.cache.clone();
         }
@@ -440,26 +473,36 @@ where
         let cache = TokenCache::from_parts((writer.factory)(key), writer.config.clone(), Some(label));
         // A 401 reaches the key's cache by its id.
         cache.shared().register();
-        let mut slots = map.slots.clone();
-        drop(map);
-        let idle = writer.idle_mark();
-        writer.drop_idle(&mut slots, idle);
-        while slots.len() >= writer.max_keys {
-            let Some(oldest) = slots
-                .iter()
-                .min_by_key(|(_, slot)| slot.used())
-                .map(|(key, _)| key.clone())
-            else {
-                break;
-            };
-            writer.retire(&mut slots, &oldest, "max_keys");
-        }
         let slot = Arc::new(KeySlot {
             cache: cache.clone(),
             used: AtomicU64::new(epoch),
         });
-        slots.insert(key.clone(), slot);
-        self.map.store(Arc::new(KeyMap { slots }));
+        let idle = writer.idle_mark();
+        let idle = idle.filter(|&idle| map.slots().any(|(_, slot)| slot.used() < idle));
+        let full = map.len() >= writer.max_keys;
+        let next = if full || idle.is_some() || map.recent.len() >= recent_cap(map.main.len()) {
+            // Rebuild `main`, without the idle keys and, when full, without
+            // the least recently used.
+            let mut slots: Slots<K> = map.slots().map(|(k, s)| (k.clone(), s.clone())).collect();
+            writer.drop_idle(&mut slots, idle);
+            if slots.len() >= writer.max_keys {
+                writer.evict_lru(&mut slots);
+            }
+            slots.insert(key.clone(), slot);
+            KeyMap {
+                main: Arc::new(slots),
+                recent: HashMap::new(),
+            }
+        } else {
+            let mut recent = map.recent.clone();
+            recent.insert(key.clone(), slot);
+            KeyMap {
+                main: Arc::clone(&map.main),
+                recent,
+            }
+        };
+        drop(map);
+        self.map.store(Arc::new(next));
         let start = writer.idle_timeout.is_some() && writer.sweeper.is_none();
         drop(writer);
         if start {
@@ -477,13 +520,16 @@ where
             return;
         };
         let map = self.map.load();
-        if map.slots.values().all(|slot| slot.used() >= idle) {
+        if map.slots().all(|(_, slot)| slot.used() >= idle) {
             return;
         }
-        let mut slots = map.slots.clone();
+        let mut slots: Slots<K> = map.slots().map(|(k, s)| (k.clone(), s.clone())).collect();
         drop(map);
         writer.drop_idle(&mut slots, Some(idle));
-        self.map.store(Arc::new(KeyMap { slots }));
+        self.map.store(Arc::new(KeyMap {
+            main: Arc::new(slots),
+            recent: HashMap::new(),
+        }));
     }
 
     /// Starts the idle sweep on the current runtime, if there is a timeout,
@@ -536,7 +582,27 @@ impl<K: Hash + Eq> Writer<K> {
         (at <= since).then_some(epoch)
     }
 
-    fn drop_idle(&mut self, slots: &mut HashMap<K, Arc<KeySlot>>, idle: Option<u64>)
+    /// Evicts the least recently used sixteenth of `max_keys` (at least one
+    /// key), so that a full cache rebuilds its map once per that many new
+    /// keys rather than for each.
+    fn evict_lru(&mut self, slots: &mut Slots<K>)
+    where
+        K: Clone,
+    {
+        let batch = (self.max_keys / EVICTION_BATCH).max(1);
+        let excess = (slots.len() + 1).saturating_sub(self.max_keys);
+        let count = batch.max(excess).min(slots.len());
+        let mut by_use: Vec<(u64, &K)> = slots.iter().map(|(k, s)| (s.used(), k)).collect();
+        if count < by_use.len() {
+            by_use.select_nth_unstable_by_key(count, |&(used, _)| used);
+        }
+        let oldest: Vec<K> = by_use[..count].iter().map(|&(_, k)| k.clone()).collect();
+        for key in oldest {
+            self.retire(slots, &key, "max_keys");
+        }
+    }
+
+    fn drop_idle(&mut self, slots: &mut Slots<K>, idle: Option<u64>)
     where
         K: Clone,
     {
@@ -553,7 +619,7 @@ impl<K: Hash + Eq> Writer<K> {
         }
     }
 
-    fn retire(&mut self, slots: &mut HashMap<K, Arc<KeySlot>>, key: &K, reason: &'static str) {
+    fn retire(&mut self, slots: &mut Slots<K>, key: &K, reason: &'static str) {
         if let Some(slot) = slots.remove(key) {
             self.retired += slot.cache.stats();
             if let Some(label) = &slot.cache.shared().label {
@@ -585,11 +651,91 @@ impl<K> fmt::Debug for KeyedTokenCache<K> {
         let writer = self.inner.lock();
         f.debug_struct("KeyedTokenCache")
             .field("factory", &std::any::type_name::<Factory<K>>())
-            .field("keys", &self.inner.map.load().slots.len())
+            .field("keys", &self.inner.map.load().len())
             .field("max_keys", &writer.max_keys)
             .field("idle_timeout", &writer.idle_timeout)
             .field("timing", &writer.config.timing)
             .field("scheme", &writer.config.scheme)
             .finish()
+    }
+}
+
+#[cfg(test)]
+impl<K> KeyedTokenCache<K> {
+    /// Holds the key map's write lock, to prove that a path takes none.
+    pub(crate) fn hold_write_lock(&self) -> impl Sized + '_ {
+        self.inner.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    fn cache() -> KeyedTokenCache<u64> {
+        KeyedTokenCache::new(|key: &u64| {
+            let token = format!("key-{key}");
+            move || {
+                let token = token.clone();
+                async move { Ok::<_, Infallible>(Token::new(token)) }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn new_keys_copy_only_the_recent_part_of_the_map() {
+        let cache = cache().max_keys(100_000);
+        for key in 0..5_000u64 {
+            cache.token(&key).await.unwrap();
+            let map = cache.inner.map.load();
+            assert!(map.recent.len() <= recent_cap(map.main.len()));
+        }
+        assert_eq!(cache.len(), 5_000);
+        let map = cache.inner.map.load();
+        assert!(map.main.len() >= 5_000 - recent_cap(5_000));
+        for key in 0..5_000u64 {
+            let slot = map.get(&key).unwrap();
+            assert_eq!(slot.cache.token().await.unwrap().secret(), format!("key-{key}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_evicts_in_batches_of_the_least_recently_used() {
+        let cache = cache().max_keys(160);
+        for key in 0..160u64 {
+            cache.token(&key).await.unwrap();
+        }
+        // Keys 0 to 9 stay in use.
+        for key in 0..10u64 {
+            cache.token(&key).await.unwrap();
+        }
+        cache.token(&1000).await.unwrap();
+        // A sixteenth (10 keys) made room at once.
+        assert_eq!(cache.len(), 160 - 10 + 1);
+        assert!((0..10).all(|key| cache.stats(&key).is_some()));
+        assert!((10..20).all(|key| cache.stats(&key).is_none()), "the oldest went");
+        assert!((20..160).all(|key| cache.stats(&key).is_some()));
+        assert_eq!(cache.total_stats().fetches, 161);
+        // Churn: far more keys than room, never more than `max_keys` held.
+        for key in 2000..3000u64 {
+            cache.token(&key).await.unwrap();
+            assert!(cache.len() <= 160);
+        }
+    }
+
+    #[tokio::test]
+    async fn setters_reach_every_key() {
+        let cache = cache();
+        cache.token(&1).await.unwrap();
+        let cache = cache.fetch_timeout(Duration::from_secs(3)).scheme("Token");
+        cache.token(&2).await.unwrap();
+        let map = cache.inner.map.load();
+        for key in [1, 2] {
+            let config = map.get(&key).unwrap().cache.shared().lock().config.clone();
+            assert_eq!(config.timing.fetch_timeout, Duration::from_secs(3));
+            assert_eq!(config.scheme.as_deref(), Some("Token"));
+        }
     }
 }
