@@ -144,7 +144,11 @@ fn per_request(c: &mut Criterion) {
             runtime.block_on(cache.token(&key)).unwrap();
         }
         let layer = BearerAuthLayer::keyed(cache, move |_| Some(random_key(keys)));
-        bench(c, &format!("KeyedBearerAuth, {keys} keys"), layer.layer(inner()));
+        bench(
+            c,
+            &format!("KeyedBearerAuth, {keys} keys"),
+            layer.layer(inner()),
+        );
     }
 }
 
@@ -167,7 +171,11 @@ fn churn(c: &mut Criterion) {
         b.iter(|| runtime.block_on(cache.token(&random_key(2048))).unwrap())
     });
     let stats = cache.total_stats();
-    println!("churn: {} fetches, {} keys held", stats.fetches, cache.len());
+    println!(
+        "churn: {} fetches, {} keys held",
+        stats.fetches,
+        cache.len()
+    );
 }
 
 criterion_group!(benches, per_request, churn);

@@ -116,7 +116,11 @@ fn expect(status: StatusCode, wanted: StatusCode) -> Result<(), BoxError> {
     expect_eq(status, wanted, "status")
 }
 
-fn expect_eq<T: PartialEq + std::fmt::Debug>(got: T, wanted: T, what: &str) -> Result<(), BoxError> {
+fn expect_eq<T: PartialEq + std::fmt::Debug>(
+    got: T,
+    wanted: T,
+    what: &str,
+) -> Result<(), BoxError> {
     if got == wanted {
         Ok(())
     } else {

@@ -77,6 +77,11 @@
 //!   relative to redirects, retries, timeouts and buffers, and how to
 //!   migrate from tower-http's `AddAuthorization`.
 //!
+//! **One client, many tokens** (an audience, a tenant or a host each):
+//! [`KeyedTokenCache`] holds a cache per key and
+//! [`BearerAuthLayer::keyed`] gives each request its key's token (see
+//! [`cache::keyed`]).
+//!
 //! [`scope`] narrows which requests get the token (only `https`, only given
 //! hosts, or a predicate). [`TokenCache::stats`] and the `tracing` feature
 //! say what the cache did (see [the cache's
@@ -147,7 +152,9 @@ mod source;
 mod token;
 
 #[doc(inline)]
-pub use self::auth::{BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey};
+pub use self::auth::{
+    BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey,
+};
 #[doc(inline)]
 pub use self::cache::{KeyedTokenCache, Stats, TokenCache};
 #[doc(inline)]

@@ -16,7 +16,7 @@
 //! [`scope`](BearerAuthMiddleware::scope).
 //!
 //! A failure to get a token is a `reqwest_middleware::Error::Middleware`
-//! whose `anyhow::Error` is the [`TokenError`](crate::TokenError):
+//! whose `anyhow::Error` is the [`TokenError`]:
 //! `error.downcast_ref::<TokenError>()` on it recovers the kind and the
 //! source chain.
 //!
@@ -345,7 +345,10 @@ where
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let key = self.options.wants_token(&request).then(|| self.key_of(&request, extensions));
+        let key = self
+            .options
+            .wants_token(&request)
+            .then(|| self.key_of(&request, extensions));
         let Some(Some(key)) = key else {
             return next.run(request, extensions).await;
         };
@@ -362,11 +365,7 @@ where
     /// extensions (`RequestBuilder::with_extension`), else the key
     /// function's.
     fn key_of(&self, request: &Request, extensions: &Extensions) -> Option<K> {
-        let uri = request
-            .url()
-            .as_str()
-            .parse::<Uri>()
-            .unwrap_or_default();
+        let uri = request.url().as_str().parse::<Uri>().unwrap_or_default();
         let head = RequestHead::new(request.method(), &uri, request.headers());
         self.key.with(head, extensions, K::clone)
     }

@@ -149,7 +149,10 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
             cache.token(&key).await.unwrap();
         }
         let per_key = (LIVE.load(Ordering::SeqCst) - before) / 10_000;
-        println!("memory per key holding a {}-byte token: {per_key} bytes", TOKEN.len());
+        println!(
+            "memory per key holding a {}-byte token: {per_key} bytes",
+            TOKEN.len()
+        );
         drop(cache);
 
         let baseline = count(AddAuthorization::bearer(inner, TOKEN).as_sensitive(true)).await;

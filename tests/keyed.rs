@@ -220,7 +220,10 @@ async fn a_late_401_never_evicts_its_keys_successor() {
     assert!(cache.invalidate(&1, &first));
     assert_eq!(cache.token(&1).await.unwrap().secret(), "key-1-2");
     release.notify_one();
-    assert_eq!(late.await.unwrap().unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        late.await.unwrap().unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(cache.token(&1).await.unwrap().secret(), "key-1-2");
     assert_eq!(cache.stats(&1).unwrap().invalidations, 1);
     assert_eq!(fetches.of(1), 2);
@@ -422,8 +425,15 @@ async fn no_token_crosses_keys_under_races_evictions_and_401s() -> Result<(), Bo
             }
         }
     }
-    assert_eq!(backend.crossed(), 0, "a token reached another audience's API");
-    assert!(revoked.load(Ordering::Relaxed) && rejected > 0, "no 401 was exercised");
+    assert_eq!(
+        backend.crossed(),
+        0,
+        "a token reached another audience's API"
+    );
+    assert!(
+        revoked.load(Ordering::Relaxed) && rejected > 0,
+        "no 401 was exercised"
+    );
     assert!(ok > 1000, "{ok} requests succeeded");
     let stats = cache.total_stats();
     assert!(stats.invalidations > 0, "{stats:?}");

@@ -355,7 +355,10 @@ async fn a_keyed_cache_labels_its_spans_and_events_with_the_key_never_the_token(
         }))
         .service(unauthorized);
     for tenant in ["acme", "globex"] {
-        let request = Request::get("/").header("x-tenant", tenant).body(()).unwrap();
+        let request = Request::get("/")
+            .header("x-tenant", tenant)
+            .body(())
+            .unwrap();
         let response = client.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
@@ -367,7 +370,10 @@ async fn a_keyed_cache_labels_its_spans_and_events_with_the_key_never_the_token(
         .collect();
     assert_eq!(keys, ["tenant acme", "tenant globex"]);
     let invalidated = recorder.events("token invalidated after a 401");
-    let keys: Vec<_> = invalidated.iter().map(|e| e.field("key").unwrap()).collect();
+    let keys: Vec<_> = invalidated
+        .iter()
+        .map(|e| e.field("key").unwrap())
+        .collect();
     assert_eq!(keys, ["tenant acme", "tenant globex"]);
     recorder.assert_never_shows("secret-token");
     recorder.assert_never_shows("client-secret");

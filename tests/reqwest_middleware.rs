@@ -411,7 +411,10 @@ async fn a_keyed_middleware_sends_each_audience_its_own_token() -> Result<(), Bo
     for audience in ["orders", "billing", "orders"] {
         let response = get(audience).send().await?;
         assert_eq!(response.status(), StatusCode::OK);
-        assert!(response.text().await?.starts_with(&format!("hello {audience},")));
+        assert!(response
+            .text()
+            .await?
+            .starts_with(&format!("hello {audience},")));
     }
     assert_eq!(backend.fetch_count(), 2);
 
@@ -431,7 +434,10 @@ async fn a_keyed_middleware_sends_each_audience_its_own_token() -> Result<(), Bo
     // A revoked token is evicted from its own audience only.
     let billing = cache.token(&"billing".to_owned()).await?;
     backend.revoke_all();
-    assert_eq!(get("orders").send().await?.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get("orders").send().await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(get("orders").send().await?.status(), StatusCode::OK);
     assert_eq!(cache.stats(&"orders".to_owned()).unwrap().invalidations, 1);
     assert_eq!(cache.stats(&"billing".to_owned()).unwrap().invalidations, 0);

@@ -278,10 +278,9 @@ where
         let head = RequestHead::new(request.method(), request.uri(), request.headers());
         let found = self.key.with(head, request.extensions(), |key| {
             match map.fresh(key, epoch) {
-                Some(fresh) => Found::Fresh(
-                    fresh.header,
-                    Sent::new(fresh.cache_id, fresh.generation),
-                ),
+                Some(fresh) => {
+                    Found::Fresh(fresh.header, Sent::new(fresh.cache_id, fresh.generation))
+                }
                 None => Found::Other(key.clone()),
             }
         });

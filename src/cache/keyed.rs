@@ -470,7 +470,8 @@ where
             return slot.cache.clone();
         }
         let label: Arc<str> = (writer.label)(key).into();
-        let cache = TokenCache::from_parts((writer.factory)(key), writer.config.clone(), Some(label));
+        let cache =
+            TokenCache::from_parts((writer.factory)(key), writer.config.clone(), Some(label));
         // A 401 reaches the key's cache by its id.
         cache.shared().register();
         let slot = Arc::new(KeySlot {
@@ -697,7 +698,10 @@ mod tests {
         assert!(map.main.len() >= 5_000 - recent_cap(5_000));
         for key in 0..5_000u64 {
             let slot = map.get(&key).unwrap();
-            assert_eq!(slot.cache.token().await.unwrap().secret(), format!("key-{key}"));
+            assert_eq!(
+                slot.cache.token().await.unwrap().secret(),
+                format!("key-{key}")
+            );
         }
     }
 
@@ -715,7 +719,10 @@ mod tests {
         // A sixteenth (10 keys) made room at once.
         assert_eq!(cache.len(), 160 - 10 + 1);
         assert!((0..10).all(|key| cache.stats(&key).is_some()));
-        assert!((10..20).all(|key| cache.stats(&key).is_none()), "the oldest went");
+        assert!(
+            (10..20).all(|key| cache.stats(&key).is_none()),
+            "the oldest went"
+        );
         assert!((20..160).all(|key| cache.stats(&key).is_some()));
         assert_eq!(cache.total_stats().fetches, 161);
         // Churn: far more keys than room, never more than `max_keys` held.

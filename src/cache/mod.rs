@@ -86,7 +86,8 @@
 //!
 //! The header, what happens to a request that already has one, and which
 //! requests get a token are the middleware's settings: see
-//! [`crate::auth`].
+//! [`crate::auth`]. A token per key (audience, tenant, host), each key with
+//! a cache of its own: [`keyed`].
 //!
 //! # Failures
 //!
@@ -197,8 +198,8 @@ use std::time::Duration;
 pub(crate) use self::entry::Entry;
 #[cfg(test)]
 pub(crate) use self::entry::Phase;
-pub(crate) use self::refresh::invalidate_by_id;
 pub use self::keyed::KeyedTokenCache;
+pub(crate) use self::refresh::invalidate_by_id;
 use self::refresh::{Config, Shared};
 pub(crate) use self::refresh::{Current, Lookup};
 pub use self::stats::Stats;

@@ -212,11 +212,7 @@ impl Waiter {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        source: Arc<dyn DynSource>,
-        config: Config,
-        label: Option<Arc<str>>,
-    ) -> Self {
+    pub(crate) fn new(source: Arc<dyn DynSource>, config: Config, label: Option<Arc<str>>) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
