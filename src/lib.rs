@@ -199,5 +199,9 @@ mod tests {
         send_sync::<BearerAuthLayer>();
         send_sync::<BearerAuth<Inner>>();
         send::<auth::ResponseFuture<Inner, String>>();
+        send_sync::<KeyedTokenCache<String>>();
+        send_sync::<KeyedBearerAuthLayer<String>>();
+        send_sync::<KeyedBearerAuth<Inner, String>>();
+        send_sync::<TokenKey<String>>();
     }
 }

@@ -110,7 +110,7 @@ use tokio::time::Instant;
 use super::clock;
 use super::observe;
 use super::refresh::Config;
-use super::{Entry, Lookup, Stats, TokenCache};
+use super::{Current, Entry, Lookup, Stats, TokenCache};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 
@@ -176,10 +176,13 @@ pub(crate) struct KeyMap<K> {
     recent: Slots<K>,
 }
 
-/// One key's cache and its use stamp.
+/// One key's cache and its use stamp. The cache's current entry and id are
+/// copied in, one dependent load nearer to the map.
 pub(crate) struct KeySlot {
-    cache: TokenCache,
+    current: Current,
+    cache_id: u64,
     used: AtomicU64,
+    cache: TokenCache,
 }
 
 impl KeySlot {
@@ -222,11 +225,10 @@ impl<K: Hash + Eq> KeyMap<K> {
     pub(crate) fn fresh(&self, key: &K, epoch: u64) -> Option<Fresh> {
         let slot = self.get(key)?;
         slot.touch(epoch);
-        let shared = slot.cache.shared();
-        let entry = shared.current.load();
+        let entry = slot.current.load();
         entry.is_fresh().then(|| Fresh {
             header: entry.header.clone(),
-            cache_id: shared.id,
+            cache_id: slot.cache_id,
             generation: entry.generation,
         })
     }
@@ -475,8 +477,10 @@ where
         // A 401 reaches the key's cache by its id.
         cache.shared().register();
         let slot = Arc::new(KeySlot {
-            cache: cache.clone(),
+            current: cache.shared().current.clone(),
+            cache_id: cache.shared().id,
             used: AtomicU64::new(epoch),
+            cache: cache.clone(),
         });
         let idle = writer.idle_mark();
         let idle = idle.filter(|&idle| map.slots().any(|(_, slot)| slot.used() < idle));
