@@ -508,7 +508,9 @@ where
         };
         drop(map);
         self.map.store(Arc::new(next));
-        let start = writer.idle_timeout.is_some() && writer.sweeper.is_none();
+        // Again if the runtime of the last sweep is gone.
+        let start = writer.idle_timeout.is_some()
+            && writer.sweeper.as_ref().is_none_or(AbortHandle::is_finished);
         drop(writer);
         if start {
             self.start_sweeper();
