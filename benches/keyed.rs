@@ -178,5 +178,82 @@ fn churn(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, per_request, churn);
+/// The map alone: a random key's value (a `u64` behind an `Arc`, as a key's
+/// slot is), through the keyed cache's design (a `HashMap` behind arc-swap,
+/// read through a per-reader `arc_swap::Cache`) and through the concurrent
+/// maps of the ecosystem, at 100 and 10,000 keys, all with std's SipHash;
+/// on one thread, then on two reading the same map.
+fn map_read(c: &mut Criterion) {
+    use std::collections::HashMap;
+
+    use arc_swap::ArcSwap;
+
+    type Cow = Arc<ArcSwap<HashMap<u64, Arc<u64>>>>;
+
+    /// `read` is made once per thread, then called once per iteration.
+    fn case<R: FnMut(u64) -> u64>(
+        c: &mut Criterion,
+        name: &str,
+        keys: u64,
+        reader: impl Fn() -> R + Sync,
+    ) {
+        c.bench_function(
+            &format!("keyed/map read, {keys} keys: {name} / 1 thread"),
+            |b| {
+                let mut read = reader();
+                b.iter(|| black_box(read(random_key(keys))))
+            },
+        );
+        c.bench_function(
+            &format!("keyed/map read, {keys} keys: {name} / 2 threads"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let start = std::sync::Barrier::new(2);
+                    std::thread::scope(|scope| {
+                        let threads: Vec<_> = (0..2)
+                            .map(|_| {
+                                let (start, reader) = (&start, &reader);
+                                scope.spawn(move || {
+                                    let mut read = reader();
+                                    start.wait();
+                                    let begun = std::time::Instant::now();
+                                    for _ in 0..iters {
+                                        black_box(read(random_key(keys)));
+                                    }
+                                    begun.elapsed()
+                                })
+                            })
+                            .collect();
+                        threads
+                            .into_iter()
+                            .map(|t| t.join().unwrap())
+                            .max()
+                            .unwrap()
+                    })
+                })
+            },
+        );
+    }
+
+    for keys in [100u64, 10_000] {
+        let values = |k: u64| (k, Arc::new(k));
+        let cow: Cow = Arc::new(ArcSwap::from_pointee((0..keys).map(values).collect()));
+        case(c, "HashMap behind arc-swap, cached", keys, || {
+            let mut cached = arc_swap::Cache::new(Arc::clone(&cow));
+            move |key| **cached.load().get(&key).unwrap()
+        });
+        case(c, "HashMap behind arc-swap, load", keys, || {
+            let cow = Arc::clone(&cow);
+            move |key| **cow.load().get(&key).unwrap()
+        });
+        let papaya: papaya::HashMap<u64, Arc<u64>> = (0..keys).map(values).collect();
+        case(c, "papaya", keys, || {
+            |key| **papaya.pin().get(&key).unwrap()
+        });
+        let dashmap: dashmap::DashMap<u64, Arc<u64>> = (0..keys).map(values).collect();
+        case(c, "dashmap", keys, || |key| **dashmap.get(&key).unwrap());
+    }
+}
+
+criterion_group!(benches, per_request, churn, map_read);
 criterion_main!(benches);
