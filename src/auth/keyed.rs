@@ -194,6 +194,7 @@ impl<S, K> Layer<S> for KeyedBearerAuthLayer<K> {
             cache: self.cache.clone(),
             key: self.key.clone(),
             header: self.header.clone(),
+            authorization: self.header == AUTHORIZATION,
             keep_existing: self.keep_existing,
             scope: self.scope.clone(),
         }
@@ -222,6 +223,9 @@ pub struct KeyedBearerAuth<S, K> {
     local: arc_swap::Cache<Arc<ArcSwap<KeyMap<K>>>, Arc<KeyMap<K>>>,
     key: KeyOf<K>,
     header: HeaderName,
+    // Whether `header` is `Authorization`: then it is named as a constant,
+    // which saves cloning a `HeaderName` per request.
+    authorization: bool,
     keep_existing: bool,
     scope: Option<Scope>,
 }
@@ -269,6 +273,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if !self.wants_token(&request) {
             return ResponseFuture::calling(self.inner.call(request), Sent::NOTHING);
@@ -286,7 +291,11 @@ where
         });
         match found {
             Some(Found::Fresh(header, sent)) => {
-                request.headers_mut().insert(&self.header, header);
+                if self.authorization {
+                    request.headers_mut().insert(AUTHORIZATION, header);
+                } else {
+                    request.headers_mut().insert(&self.header, header);
+                }
                 ResponseFuture::calling(self.inner.call(request), sent)
             }
             Some(Found::Other(key)) => self.call_other(request, &key),
@@ -351,6 +360,7 @@ impl<S: Clone, K> Clone for KeyedBearerAuth<S, K> {
             local: self.local.clone(),
             key: self.key.clone(),
             header: self.header.clone(),
+            authorization: self.authorization,
             keep_existing: self.keep_existing,
             scope: self.scope.clone(),
         }
