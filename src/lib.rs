@@ -79,6 +79,11 @@
 //!   relative to redirects, retries, timeouts and buffers, and how to
 //!   migrate from tower-http's `AddAuthorization`.
 //!
+//! **One client, many tokens** (an audience, a tenant or a host each):
+//! [`KeyedTokenCache`] holds a cache per key and
+//! [`BearerAuthLayer::keyed`] gives each request its key's token (see
+//! [`cache::keyed`]).
+//!
 //! [`scope`] narrows which requests get the token (only `https`, only given
 //! hosts, or a predicate). [`TokenCache::stats`] and the `tracing` feature
 //! say what the cache did (see [the cache's
@@ -154,9 +159,11 @@ mod source;
 mod token;
 
 #[doc(inline)]
-pub use self::auth::{BearerAuth, BearerAuthLayer};
+pub use self::auth::{
+    BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey,
+};
 #[doc(inline)]
-pub use self::cache::{Stats, TokenCache};
+pub use self::cache::{KeyedTokenCache, Stats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]
@@ -164,7 +171,7 @@ pub use self::error::{BoxError, TokenError, TokenErrorKind};
 pub use self::file::FileToken;
 #[cfg(feature = "reqwest-middleware")]
 #[doc(inline)]
-pub use self::reqwest::BearerAuthMiddleware;
+pub use self::reqwest::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 #[cfg(feature = "retry")]
 #[doc(inline)]
 pub use self::retry::RetryOn401;
@@ -202,5 +209,9 @@ mod tests {
         send_sync::<BearerAuthLayer>();
         send_sync::<BearerAuth<Inner>>();
         send::<auth::ResponseFuture<Inner, String>>();
+        send_sync::<KeyedTokenCache<String>>();
+        send_sync::<KeyedBearerAuthLayer<String>>();
+        send_sync::<KeyedBearerAuth<Inner, String>>();
+        send_sync::<TokenKey<String>>();
     }
 }

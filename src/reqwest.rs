@@ -16,7 +16,7 @@
 //! [`scope`](BearerAuthMiddleware::scope).
 //!
 //! A failure to get a token is a `reqwest_middleware::Error::Middleware`
-//! whose `anyhow::Error` is the [`TokenError`](crate::TokenError):
+//! whose `anyhow::Error` is the [`TokenError`]:
 //! `error.downcast_ref::<TokenError>()` on it recovers the kind and the
 //! source chain.
 //!
@@ -85,14 +85,16 @@
 //! ```
 
 use std::fmt;
+use std::hash::Hash;
 
 use ::reqwest::{Request, Response, StatusCode};
 use http::header::{HeaderName, AUTHORIZATION};
 use http::{Extensions, Uri};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::scope::RequestHead;
-use crate::{Scope, TokenCache, TokenSource};
+use crate::auth::keyed::KeyOf;
+use crate::cache::Entry;
+use crate::{KeyedTokenCache, RequestHead, Scope, TokenCache, TokenError, TokenSource};
 
 /// Middleware for [reqwest-middleware](reqwest_middleware) clients that
 /// authorizes every request with a token from a [`TokenCache`].
@@ -102,9 +104,72 @@ use crate::{Scope, TokenCache, TokenSource};
 #[derive(Clone)]
 pub struct BearerAuthMiddleware {
     cache: TokenCache,
+    options: Options,
+}
+
+/// The settings both middlewares share: where the token goes and which
+/// requests get one.
+#[derive(Clone, Debug)]
+struct Options {
     header: HeaderName,
     keep_existing: bool,
     scope: Option<Scope>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            header: AUTHORIZATION,
+            keep_existing: false,
+            scope: None,
+        }
+    }
+}
+
+impl Options {
+    /// Whether `request` gets a token at all.
+    fn wants_token(&self, request: &Request) -> bool {
+        if self.keep_existing && request.headers().contains_key(&self.header) {
+            return false;
+        }
+        let Some(scope) = &self.scope else {
+            return true;
+        };
+        let url = request.url();
+        // Only a predicate needs the URL as an `http::Uri`.
+        let uri = scope
+            .has_predicate()
+            .then(|| url.as_str().parse::<Uri>().ok())
+            .flatten();
+        scope.matches_target(Some(url.scheme()), url.host_str(), || {
+            let uri = uri.as_ref()?;
+            Some(RequestHead::new(request.method(), uri, request.headers()))
+        })
+    }
+
+    /// Sends `request` with the token of `entry` (or fails with `entry`'s
+    /// error), and evicts the token from `cache` on a `401`.
+    async fn send(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        entry: Result<(TokenCache, std::sync::Arc<Entry>), TokenError>,
+    ) -> reqwest_middleware::Result<Response> {
+        let (cache, entry) =
+            entry.map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
+        request
+            .headers_mut()
+            .insert(&self.header, entry.header.clone());
+        let generation = entry.generation;
+        drop(entry);
+
+        let response = next.run(request, extensions).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            cache.shared().unauthorized(generation);
+        }
+        Ok(response)
+    }
 }
 
 impl BearerAuthMiddleware {
@@ -128,15 +193,51 @@ impl BearerAuthMiddleware {
     pub fn from_cache(cache: TokenCache) -> Self {
         Self {
             cache,
-            header: AUTHORIZATION,
-            keep_existing: false,
-            scope: None,
+            options: Options::default(),
+        }
+    }
+
+    /// A middleware that gives each request the token of its key, from
+    /// `cache`: as [`BearerAuthLayer::keyed`](crate::BearerAuthLayer::keyed)
+    /// for tower. The key is the [`TokenKey<K>`](crate::TokenKey) in the
+    /// request's middleware extensions
+    /// (`reqwest_middleware::RequestBuilder::with_extension`) if it has one,
+    /// or else `key(&head)`; `None` means no token.
+    ///
+    /// ```
+    /// use reqwest_middleware::ClientBuilder;
+    /// use tower_bearer::{BearerAuthMiddleware, KeyedTokenCache, Token};
+    ///
+    /// let cache = KeyedTokenCache::new(|host: &String| {
+    ///     let token = format!("token-for-{host}");
+    ///     move || {
+    ///         let token = token.clone();
+    ///         async move { Ok::<_, std::io::Error>(Token::new(token)) }
+    ///     }
+    /// });
+    /// let client = ClientBuilder::new(reqwest::Client::new())
+    ///     .with(BearerAuthMiddleware::keyed(cache, |head| {
+    ///         head.uri().host().map(str::to_owned)
+    ///     }))
+    ///     .build();
+    /// ```
+    pub fn keyed<K>(
+        cache: KeyedTokenCache<K>,
+        key: impl Fn(&RequestHead<'_>) -> Option<K> + Send + Sync + 'static,
+    ) -> KeyedBearerAuthMiddleware<K>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        KeyedBearerAuthMiddleware {
+            cache,
+            key: KeyOf::new(key),
+            options: Options::default(),
         }
     }
 
     /// The header that carries the token. Default: `Authorization`.
     pub fn header_name(mut self, header: HeaderName) -> Self {
-        self.header = header;
+        self.options.header = header;
         self
     }
 
@@ -144,14 +245,14 @@ impl BearerAuthMiddleware {
     /// without a token from the cache. Default: `false`, the header is
     /// overwritten.
     pub fn keep_existing(mut self, keep: bool) -> Self {
-        self.keep_existing = keep;
+        self.options.keep_existing = keep;
         self
     }
 
     /// Which requests get the token. Default: every request. See
     /// [`crate::scope`].
     pub fn scope(mut self, scope: Scope) -> Self {
-        self.scope = (!scope.is_everything()).then_some(scope);
+        self.options.scope = (!scope.is_everything()).then_some(scope);
         self
     }
 
@@ -159,55 +260,22 @@ impl BearerAuthMiddleware {
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }
-
-    /// Whether `request` gets a token at all.
-    fn wants_token(&self, request: &Request) -> bool {
-        if self.keep_existing && request.headers().contains_key(&self.header) {
-            return false;
-        }
-        let Some(scope) = &self.scope else {
-            return true;
-        };
-        let url = request.url();
-        // Only a predicate needs the URL as an `http::Uri`.
-        let uri = scope
-            .has_predicate()
-            .then(|| url.as_str().parse::<Uri>().ok())
-            .flatten();
-        scope.matches_target(Some(url.scheme()), url.host_str(), || {
-            let uri = uri.as_ref()?;
-            Some(RequestHead::new(request.method(), uri, request.headers()))
-        })
-    }
 }
 
 #[async_trait::async_trait]
 impl Middleware for BearerAuthMiddleware {
     async fn handle(
         &self,
-        mut request: Request,
+        request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        if !self.wants_token(&request) {
+        if !self.options.wants_token(&request) {
             return next.run(request, extensions).await;
         }
-        let entry = self
-            .cache
-            .entry()
-            .await
-            .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
-        request
-            .headers_mut()
-            .insert(&self.header, entry.header.clone());
-        let generation = entry.generation;
-        drop(entry);
-
-        let response = next.run(request, extensions).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            self.cache.shared().unauthorized(generation);
-        }
-        Ok(response)
+        let entry = self.cache.entry().await;
+        let entry = entry.map(|entry| (self.cache.clone(), entry));
+        self.options.send(request, extensions, next, entry).await
     }
 }
 
@@ -215,9 +283,102 @@ impl fmt::Debug for BearerAuthMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerAuthMiddleware")
             .field("cache", &self.cache)
-            .field("header", &self.header)
-            .field("keep_existing", &self.keep_existing)
-            .field("scope", &self.scope)
+            .field("header", &self.options.header)
+            .field("keep_existing", &self.options.keep_existing)
+            .field("scope", &self.options.scope)
+            .finish()
+    }
+}
+
+/// [`BearerAuthMiddleware`] with a token per key, from a
+/// [`KeyedTokenCache`]. Built by [`BearerAuthMiddleware::keyed`].
+pub struct KeyedBearerAuthMiddleware<K> {
+    cache: KeyedTokenCache<K>,
+    key: KeyOf<K>,
+    options: Options,
+}
+
+impl<K> KeyedBearerAuthMiddleware<K> {
+    /// As [`BearerAuthMiddleware::header_name`].
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.options.header = header;
+        self
+    }
+
+    /// As [`BearerAuthMiddleware::keep_existing`].
+    pub fn keep_existing(mut self, keep: bool) -> Self {
+        self.options.keep_existing = keep;
+        self
+    }
+
+    /// As [`BearerAuthMiddleware::scope`]: a request outside it gets no
+    /// token, whatever its key.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.options.scope = (!scope.is_everything()).then_some(scope);
+        self
+    }
+
+    /// The cache this middleware takes its tokens from.
+    pub fn cache(&self) -> &KeyedTokenCache<K> {
+        &self.cache
+    }
+}
+
+impl<K> Clone for KeyedBearerAuthMiddleware<K> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            key: self.key.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<K> Middleware for KeyedBearerAuthMiddleware<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let key = self
+            .options
+            .wants_token(&request)
+            .then(|| self.key_of(&request, extensions));
+        let Some(Some(key)) = key else {
+            return next.run(request, extensions).await;
+        };
+        let entry = self.cache.entry(&key).await;
+        self.options.send(request, extensions, next, entry).await
+    }
+}
+
+impl<K> KeyedBearerAuthMiddleware<K>
+where
+    K: Clone + Send + Sync + 'static,
+{
+    /// The request's key: a [`TokenKey`](crate::TokenKey) in the chain's
+    /// extensions (`RequestBuilder::with_extension`), else the key
+    /// function's.
+    fn key_of(&self, request: &Request, extensions: &Extensions) -> Option<K> {
+        let uri = request.url().as_str().parse::<Uri>().unwrap_or_default();
+        let head = RequestHead::new(request.method(), &uri, request.headers());
+        self.key.with(head, extensions, K::clone)
+    }
+}
+
+impl<K> fmt::Debug for KeyedBearerAuthMiddleware<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBearerAuthMiddleware")
+            .field("cache", &self.cache)
+            .field("key", &self.key)
+            .field("header", &self.options.header)
+            .field("keep_existing", &self.options.keep_existing)
+            .field("scope", &self.options.scope)
             .finish()
     }
 }

@@ -1,6 +1,8 @@
 //! Behaviour 2: with a fresh token, a request through `BearerAuth` allocates
 //! no more than one through tower-http's static headers: `AddAuthorization`
-//! and `SetRequestHeader` with a `'static` value.
+//! and `SetRequestHeader` with a `'static` value. The same holds for
+//! `KeyedBearerAuth` with a key that reads without allocating (a `u64` from
+//! a header), over 1 and 100 keys; and the memory a key holds is measured.
 //!
 //! This file is a test binary of its own with a counting global allocator, and
 //! holds exactly one test. It counts the allocations of the thread that sends
@@ -11,12 +13,13 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_bearer::{BearerAuthLayer, Token};
+use tower_bearer::{BearerAuthLayer, KeyedTokenCache, RequestHead, Token};
 use tower_http::auth::AddAuthorization;
 use tower_http::set_header::SetRequestHeader;
 
@@ -34,25 +37,32 @@ fn bump() {
 fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
 }
+/// Bytes allocated and not yet freed, by every thread.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every method forwards to `System` with the caller's arguments.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         bump();
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         System.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         bump();
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         System.alloc_zeroed(layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         bump();
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         System.realloc(ptr, layout, new_size)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         System.dealloc(ptr, layout)
     }
 }
@@ -64,16 +74,32 @@ const TOKEN: &str = "abcd1234-fresh-token";
 const WARM_UP: usize = 10;
 const REQUESTS: usize = 1000;
 
-/// Requests with room for one header, built before counting starts, so that
-/// what is counted is the middleware's own work and the inner service's.
+/// Requests with room for one more header, built before counting starts, so
+/// that what is counted is the middleware's own work and the inner
+/// service's. Each names a key in `x-key` (0 to 99), which only the keyed
+/// middleware reads.
 fn requests(n: usize) -> Vec<Request<()>> {
     (0..n)
-        .map(|_| {
+        .map(|i| {
             let mut request = Request::new(());
-            request.headers_mut().reserve(1);
+            request.headers_mut().reserve(2);
+            request
+                .headers_mut()
+                .insert("x-key", HeaderValue::from(i % 100));
             request
         })
         .collect()
+}
+
+/// A keyed cache of hour-long tokens, the same token for every key.
+fn keyed_cache() -> KeyedTokenCache<u64> {
+    KeyedTokenCache::new(|_: &u64| {
+        || async { Ok::<_, Infallible>(Token::new(TOKEN).expires_in(Duration::from_secs(3600))) }
+    })
+}
+
+fn key_of(head: &RequestHead<'_>) -> Option<u64> {
+    head.headers().get("x-key")?.to_str().ok()?.parse().ok()
 }
 
 /// Sends [`REQUESTS`] requests through `svc` after a warm-up, and returns the
@@ -116,11 +142,33 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
         )))
     });
 
-    let (bearer, baseline, floor, per_request) = runtime.block_on(async {
+    let (bearer, keyed, baseline, floor, per_request) = runtime.block_on(async {
         let layer = BearerAuthLayer::new(|| async {
             Ok::<_, Infallible>(Token::new(TOKEN).expires_in(Duration::from_secs(3600)))
         });
         let bearer = count(layer.layer(inner)).await;
+
+        // Keyed, over 1 key and over 100 (every key warmed first).
+        let one_key = BearerAuthLayer::keyed(keyed_cache(), |_| Some(7u64));
+        let keyed_1 = count(one_key.layer(inner)).await;
+        let cache = keyed_cache();
+        for key in 0..100 {
+            cache.token(&key).await.unwrap();
+        }
+        let keyed_100 = count(BearerAuthLayer::keyed(cache, key_of).layer(inner)).await;
+
+        // What a key holds: 10,000 keys, each with its cache and a token.
+        let cache = keyed_cache().max_keys(20_000);
+        let before = LIVE.load(Ordering::SeqCst);
+        for key in 0..10_000 {
+            cache.token(&key).await.unwrap();
+        }
+        let per_key = (LIVE.load(Ordering::SeqCst) - before) / 10_000;
+        println!(
+            "memory per key holding a {}-byte token: {per_key} bytes",
+            TOKEN.len()
+        );
+        drop(cache);
 
         let baseline = count(AddAuthorization::bearer(inner, TOKEN).as_sensitive(true)).await;
         let value = HeaderValue::from_static("Bearer abcd1234-fresh-token");
@@ -138,11 +186,13 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
         };
         let per_request = count(formatting).await;
 
-        (bearer, baseline, floor, per_request)
+        (bearer, (keyed_1, keyed_100), baseline, floor, per_request)
     });
 
     println!("allocations for {REQUESTS} requests with a fresh token:");
     println!("  BearerAuth:                  {bearer}");
+    println!("  KeyedBearerAuth, 1 key:      {}", keyed.0);
+    println!("  KeyedBearerAuth, 100 keys:   {}", keyed.1);
     println!("  AddAuthorization (baseline): {baseline}");
     println!("  SetRequestHeader, static:    {floor}");
     println!("  format! per request (check): {per_request}");
@@ -155,5 +205,9 @@ fn fresh_token_allocates_no_more_than_a_static_header() {
         bearer <= baseline && bearer <= floor,
         "BearerAuth allocated {bearer} times, AddAuthorization {baseline}, \
          SetRequestHeader {floor}"
+    );
+    assert!(
+        keyed.0 <= baseline && keyed.1 <= baseline,
+        "KeyedBearerAuth allocated {keyed:?} times, AddAuthorization {baseline}"
     );
 }

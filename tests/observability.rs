@@ -326,3 +326,55 @@ async fn oauth2_errors_in_events_never_show_the_secret_or_a_token() {
         assert!(!chain.contains(SECRET) && !chain.contains(TOKEN), "{chain}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_cache_labels_its_spans_and_events_with_the_key_never_the_token() {
+    use http::{Request, Response};
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+    use tower_bearer::{BearerAuthLayer, KeyedTokenCache, Token};
+
+    let (recorder, _guard) = record();
+    // The key holds a secret part that the label leaves out.
+    let cache = KeyedTokenCache::new(|key: &(String, String)| {
+        let token = format!("secret-token-of-{}", key.0);
+        move || {
+            let token = token.clone();
+            async move { Ok::<_, std::io::Error>(Token::new(token)) }
+        }
+    })
+    .label(|key: &(String, String)| format!("tenant {}", key.0));
+    let unauthorized = service_fn(|_: Request<()>| async {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::keyed(cache.clone(), |head| {
+            let tenant = head.headers().get("x-tenant")?.to_str().ok()?;
+            Some((tenant.to_owned(), "client-secret".to_owned()))
+        }))
+        .service(unauthorized);
+    for tenant in ["acme", "globex"] {
+        let request = Request::get("/")
+            .header("x-tenant", tenant)
+            .body(())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    let keys: Vec<_> = recorder
+        .fetch_spans()
+        .iter()
+        .map(|span| span.field("key").unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["tenant acme", "tenant globex"]);
+    let invalidated = recorder.events("token invalidated after a 401");
+    let keys: Vec<_> = invalidated
+        .iter()
+        .map(|e| e.field("key").unwrap())
+        .collect();
+    assert_eq!(keys, ["tenant acme", "tenant globex"]);
+    recorder.assert_never_shows("secret-token");
+    recorder.assert_never_shows("client-secret");
+}

@@ -383,3 +383,64 @@ async fn require_https_and_only_if_hold_through_reqwest() -> Result<(), BoxError
     assert_eq!(backend.fetch_count(), 1);
     Ok(())
 }
+
+/// `BearerAuthMiddleware::keyed`: a token per audience, the audience read
+/// from the URL or named by a `TokenKey` extension; a 401 evicts within its
+/// audience only.
+#[tokio::test]
+async fn a_keyed_middleware_sends_each_audience_its_own_token() -> Result<(), BoxError> {
+    use tower_bearer::{KeyedTokenCache, TokenKey};
+
+    let backend = Arc::new(Backend::start(Duration::from_secs(60)).await?);
+    let cache = KeyedTokenCache::new({
+        let backend = backend.clone();
+        move |audience: &String| {
+            let (http, url) = (support::client(), backend.token_url_for(audience));
+            move || support::fetch_token(http.clone(), url.clone())
+        }
+    });
+    let middleware = BearerAuthMiddleware::keyed(cache.clone(), |head| {
+        let path = head.uri().path().strip_prefix("/api/")?;
+        Some(path.split('/').next()?.to_owned())
+    });
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build();
+    let get = |audience: &str| client.get(backend.api_url(audience).to_string());
+
+    for audience in ["orders", "billing", "orders"] {
+        let response = get(audience).send().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response
+            .text()
+            .await?
+            .starts_with(&format!("hello {audience},")));
+    }
+    assert_eq!(backend.fetch_count(), 2);
+
+    // A key the URL cannot show: the extension names it.
+    let url = format!("{}/protected", backend.base_url());
+    let response = client
+        .get(url.clone())
+        .with_extension(TokenKey("orders".to_owned()))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    // No key: no token.
+    let response = client.get(url).send().await?;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(backend.fetch_count(), 2);
+
+    // A revoked token is evicted from its own audience only.
+    let billing = cache.token(&"billing".to_owned()).await?;
+    backend.revoke_all();
+    assert_eq!(
+        get("orders").send().await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get("orders").send().await?.status(), StatusCode::OK);
+    assert_eq!(cache.stats(&"orders".to_owned()).unwrap().invalidations, 1);
+    assert_eq!(cache.stats(&"billing".to_owned()).unwrap().invalidations, 0);
+    assert!(cache.invalidate(&"billing".to_owned(), &billing));
+    Ok(())
+}

@@ -7,6 +7,11 @@
 //! only to a `grant_type=client_credentials` POST that authenticates with
 //! HTTP Basic (`client_secret_basic`), and `401 invalid_client` otherwise. `GET /protected`
 //! answers 200 only with a known, unexpired bearer token and 401 otherwise.
+//!
+//! Audiences: `/token?audience=A` issues a token for audience `A` alone, and
+//! `GET /api/A/...` answers 200 only to a live token issued for `A` (a token
+//! for another audience is a 401 that the backend also counts, see
+//! [`Backend::crossed`]).
 
 // Each example and test compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -57,6 +62,8 @@ struct State {
     /// The `Authorization` value the token endpoint requires, if any.
     client: Mutex<Option<String>>,
     latency: Mutex<Duration>,
+    /// Each fetch waits a further random `[0, max]`, drawn from this seed.
+    jitter: Mutex<Option<(Duration, u64)>>,
     tokens: Mutex<Tokens>,
 }
 
@@ -64,11 +71,14 @@ struct State {
 struct Tokens {
     issued: u64,
     live: HashMap<String, Issued>,
+    /// Requests to an audience's API with another audience's token.
+    crossed: u64,
 }
 
 struct Issued {
     number: u64,
     expires_at: Instant,
+    audience: Option<String>,
 }
 
 impl Backend {
@@ -83,6 +93,7 @@ impl Backend {
             lifetime: token_lifetime,
             client: Mutex::new(None),
             latency: Mutex::new(Duration::ZERO),
+            jitter: Mutex::new(None),
             tokens: Mutex::new(Tokens::default()),
         });
         let server = tokio::spawn(serve(listener, state.clone()));
@@ -100,6 +111,34 @@ impl Backend {
     pub fn with_latency(self, latency: Duration) -> Self {
         *lock(&self.state.latency) = latency;
         self
+    }
+
+    /// Makes each fetch wait a further random delay in `[0, max]`, drawn
+    /// from `seed`, so that concurrent fetches finish in a shuffled order.
+    pub fn with_random_latency(self, max: Duration, seed: u64) -> Self {
+        *lock(&self.state.jitter) = Some((max, seed));
+        self
+    }
+
+    /// The token endpoint for `audience`.
+    pub fn token_url_for(&self, audience: &str) -> Uri {
+        format!("http://{}/token?audience={audience}", self.addr)
+            .parse()
+            .expect("an audience is a URL-safe word")
+    }
+
+    /// A resource of `audience`'s API, which accepts only that audience's
+    /// tokens.
+    pub fn api_url(&self, audience: &str) -> Uri {
+        format!("http://{}/api/{audience}/items", self.addr)
+            .parse()
+            .expect("an audience is a URL-safe word")
+    }
+
+    /// How many requests reached an audience's API with a token issued for
+    /// another audience.
+    pub fn crossed(&self) -> u64 {
+        lock(&self.state.tokens).crossed
     }
 
     /// Makes the token endpoint an OAuth2 client-credentials endpoint that
@@ -196,14 +235,23 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 }
 
 async fn route(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let audience = request
+        .uri()
+        .query()
+        .and_then(|query| query.strip_prefix("audience="))
+        .map(str::to_owned);
     match (request.method(), request.uri().path()) {
         (&Method::POST | &Method::GET, "/token") => {
             if let Some(rejection) = check_client(state, request).await {
                 return rejection;
             }
-            issue_token(state).await
+            issue_token(state, audience).await
         }
-        (&Method::GET, "/protected") => protected(state, &request),
+        (&Method::GET, "/protected") => protected(state, &request, None),
+        (&Method::GET, path) if path.starts_with("/api/") => {
+            let audience = path["/api/".len()..].split('/').next().unwrap_or("");
+            protected(state, &request, Some(audience))
+        }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -255,8 +303,13 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-async fn issue_token(state: &State) -> Response<Full<Bytes>> {
-    let latency = *lock(&state.latency);
+async fn issue_token(state: &State, audience: Option<String>) -> Response<Full<Bytes>> {
+    let mut latency = *lock(&state.latency);
+    if let Some((max, seed)) = lock(&state.jitter).as_mut() {
+        *seed = splitmix(*seed);
+        let nanos = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+        latency += Duration::from_nanos(*seed % nanos.saturating_add(1));
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -266,12 +319,16 @@ async fn issue_token(state: &State) -> Response<Full<Bytes>> {
     tokens.live.retain(|_, issued| issued.expires_at > now);
     tokens.issued += 1;
     let number = tokens.issued;
-    let access_token = format!("tok-{number}-{:016x}", random_u64(number));
+    let access_token = match &audience {
+        Some(audience) => format!("tok-{audience}-{number}-{:016x}", random_u64(number)),
+        None => format!("tok-{number}-{:016x}", random_u64(number)),
+    };
     tokens.live.insert(
         access_token.clone(),
         Issued {
             number,
             expires_at: now + state.lifetime,
+            audience,
         },
     );
     drop(tokens);
@@ -288,7 +345,12 @@ async fn issue_token(state: &State) -> Response<Full<Bytes>> {
     response
 }
 
-fn protected(state: &State, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// With `audience`, only a token issued for it is accepted.
+fn protected(
+    state: &State,
+    request: &Request<Incoming>,
+    audience: Option<&str>,
+) -> Response<Full<Bytes>> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -298,11 +360,21 @@ fn protected(state: &State, request: &Request<Incoming>) -> Response<Full<Bytes>
         return unauthorized("missing bearer token");
     };
 
-    let tokens = lock(&state.tokens);
-    match tokens.live.get(presented) {
-        Some(issued) if Instant::now() < issued.expires_at => {
-            text(StatusCode::OK, format!("hello, token #{}", issued.number))
+    let mut tokens = lock(&state.tokens);
+    if let (Some(wanted), Some(issued)) = (audience, tokens.live.get(presented)) {
+        if issued.audience.as_deref() != Some(wanted) {
+            tokens.crossed += 1;
+            return unauthorized("token for another audience");
         }
+    }
+    match tokens.live.get(presented) {
+        Some(issued) if Instant::now() < issued.expires_at => match audience {
+            Some(audience) => text(
+                StatusCode::OK,
+                format!("hello {audience}, token #{}", issued.number),
+            ),
+            None => text(StatusCode::OK, format!("hello, token #{}", issued.number)),
+        },
         Some(_) => unauthorized("token expired"),
         None => unauthorized("unknown token"),
     }
@@ -332,6 +404,13 @@ fn random_u64(seed: u64) -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(seed);
     hasher.finish()
+}
+
+fn splitmix(state: u64) -> u64 {
+    let mut z = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 // A handler that panicked cannot leave the maps half-updated in a way that

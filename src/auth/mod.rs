@@ -68,6 +68,13 @@
 //! phases, scheme, timeouts and backoff are the cache's settings: see
 //! [`crate::cache`].
 //!
+//! # A token per key
+//!
+//! One client that talks to several APIs, each with its own token (an
+//! audience, a tenant, a host): [`BearerAuthLayer::keyed`] takes the key from
+//! each request and its token from a
+//! [`KeyedTokenCache`](crate::KeyedTokenCache). See [`keyed`].
+//!
 //! # Another header or scheme
 //!
 //! ```
@@ -81,9 +88,11 @@
 //! ```
 
 mod future;
+pub mod keyed;
 mod layer;
 mod service;
 
 pub use self::future::ResponseFuture;
+pub use self::keyed::{KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey};
 pub use self::layer::BearerAuthLayer;
 pub use self::service::BearerAuth;

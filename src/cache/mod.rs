@@ -86,7 +86,8 @@
 //!
 //! The header, what happens to a request that already has one, and which
 //! requests get a token are the middleware's settings: see
-//! [`crate::auth`].
+//! [`crate::auth`]. A token per key (audience, tenant, host), each key with
+//! a cache of its own: [`keyed`].
 //!
 //! # Failures
 //!
@@ -182,6 +183,7 @@
 
 mod clock;
 mod entry;
+pub mod keyed;
 #[cfg(shuttle)]
 mod model;
 mod observe;
@@ -199,10 +201,12 @@ use std::time::Duration;
 pub(crate) use self::entry::Entry;
 #[cfg(test)]
 pub(crate) use self::entry::Phase;
+pub use self::keyed::KeyedTokenCache;
 pub(crate) use self::refresh::invalidate_by_id;
 use self::refresh::{Config, Shared};
 pub(crate) use self::refresh::{Current, Lookup};
 pub use self::stats::Stats;
+use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 
 /// A cached token, fetched from a [`TokenSource`] when it is due.
@@ -222,7 +226,19 @@ impl TokenCache {
     /// fetched until a token is needed.
     pub fn new(source: impl TokenSource) -> Self {
         Self {
-            shared: Arc::new(Shared::new(Arc::new(source), Config::default())),
+            shared: Arc::new(Shared::new(Arc::new(source), Config::default(), None)),
+        }
+    }
+
+    /// A cache of a [`KeyedTokenCache`]: its key's source, the options set
+    /// on the keyed cache, and the key's label for tracing.
+    pub(crate) fn from_parts(
+        source: Arc<dyn DynSource>,
+        config: Config,
+        label: Option<Arc<str>>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(source, config, label)),
         }
     }
 

@@ -29,16 +29,18 @@ pub(crate) struct FetchSpan {
 }
 
 impl FetchSpan {
-    /// `attempt` counts from 1, and from 1 again after a success.
+    /// `attempt` counts from 1, and from 1 again after a success; `key` is
+    /// the label of a keyed cache's key.
     #[inline]
-    pub(crate) fn new(attempt: u32) -> Self {
+    pub(crate) fn new(attempt: u32, key: Option<&str>) -> Self {
         #[cfg(not(feature = "tracing"))]
-        let _ = attempt;
+        let _ = (attempt, key);
         Self {
             #[cfg(feature = "tracing")]
             span: tracing::info_span!(
                 "token_fetch",
                 attempt,
+                key,
                 outcome = tracing::field::Empty,
                 latency = tracing::field::Empty,
                 lifetime = tracing::field::Empty,
@@ -115,22 +117,34 @@ impl FetchSpan {
     }
 }
 
-/// A token was evicted.
+/// A token was evicted; `key` is the label of a keyed cache's key.
 #[inline]
-pub(crate) fn invalidated(generation: u64, cause: Cause) {
+pub(crate) fn invalidated(generation: u64, cause: Cause, key: Option<&str>) {
     #[cfg(feature = "tracing")]
     match cause {
         Cause::Unauthorized => tracing::info!(
             generation,
+            key,
             "token invalidated after a 401; the next request waits for a new one"
         ),
         Cause::Invalidate => tracing::info!(
             generation,
+            key,
             "token invalidated by the caller; the next request waits for a new one"
         ),
     }
     #[cfg(not(feature = "tracing"))]
-    let _ = (generation, cause);
+    let _ = (generation, cause, key);
+}
+
+/// A keyed cache dropped a key: `reason` is `"max_keys"` or
+/// `"idle_timeout"`.
+#[inline]
+pub(crate) fn key_dropped(key: &str, reason: &'static str) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(key, reason, "keyed token cache dropped a key");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (key, reason);
 }
 
 /// An error and its sources, joined by `": "`.

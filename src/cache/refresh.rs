@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     retry_at: AtomicInstant,
     registered: AtomicBool,
     pub(crate) counters: Counters,
+    /// The key of a [`KeyedTokenCache`](crate::KeyedTokenCache)'s cache, as
+    /// its label function renders it, for tracing.
+    pub(crate) label: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -212,7 +215,7 @@ impl Waiter {
 }
 
 impl Shared {
-    pub(crate) fn new(source: Arc<dyn DynSource>, config: Config) -> Self {
+    pub(crate) fn new(source: Arc<dyn DynSource>, config: Config, label: Option<Arc<str>>) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -226,6 +229,7 @@ impl Shared {
             retry_at: AtomicInstant::none(),
             registered: AtomicBool::new(false),
             counters: Counters::default(),
+            label,
         }
     }
 
@@ -331,7 +335,7 @@ impl Shared {
         refresh.flights += 1;
         let id = refresh.flights;
         let (tx, _) = watch::channel(None);
-        let span = FetchSpan::new(refresh.failures.saturating_add(1));
+        let span = FetchSpan::new(refresh.failures.saturating_add(1), self.label.as_deref());
         let flight = Flight {
             shared: Arc::downgrade(self),
             id,
@@ -467,7 +471,7 @@ impl Shared {
             generation != 0 && current.generation == generation && current.expire(clock::now());
         if evicted {
             self.counters.invalidation();
-            observe::invalidated(generation, cause);
+            observe::invalidated(generation, cause, self.label.as_deref());
         }
         evicted
     }

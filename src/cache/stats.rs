@@ -45,6 +45,15 @@ pub struct Stats {
     pub invalidations: u64,
 }
 
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        self.fetches += other.fetches;
+        self.failures += other.failures;
+        self.waits += other.waits;
+        self.invalidations += other.invalidations;
+    }
+}
+
 /// The live counters behind [`Stats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
