@@ -4,7 +4,9 @@
 //! loop of N requests and one of 2N and takes the difference over N, so that
 //! start-up and the one fetch cancel out.
 //!
-//! `INSTRUCTIONS_CASE` is `bare`, `add-authorization` or `bearer`;
+//! `INSTRUCTIONS_CASE` is `bare`, `add-authorization`, `bearer` or
+//! `keyed-100` (`BearerAuthLayer::keyed`, the requests cycling over 100
+//! keys, each with a fresh token);
 //! `INSTRUCTIONS_N` the number of requests. Without them (as under `cargo
 //! bench`), it does nothing.
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower::{service_fn, Layer, Service};
-use tower_bearer::{BearerAuthLayer, Token, TokenCache};
+use tower_bearer::{BearerAuthLayer, KeyedTokenCache, Token, TokenCache};
 use tower_http::auth::AddAuthorizationLayer;
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
@@ -75,6 +77,23 @@ fn main() {
             });
             runtime.block_on(cache.token()).unwrap();
             run(BearerAuthLayer::from_cache(cache).layer(inner), n);
+        }
+        "keyed-100" => {
+            let cache = KeyedTokenCache::new(|_: &u64| {
+                || async {
+                    Ok::<_, Infallible>(Token::new(TOKEN).expires_in(Duration::from_secs(3600)))
+                }
+            });
+            for key in 0..100 {
+                runtime.block_on(cache.token(&key)).unwrap();
+            }
+            let next = std::sync::atomic::AtomicU64::new(0);
+            let layer = BearerAuthLayer::keyed(cache, move |_| {
+                let key = next.load(std::sync::atomic::Ordering::Relaxed);
+                next.store((key + 1) % 100, std::sync::atomic::Ordering::Relaxed);
+                Some(key)
+            });
+            run(layer.layer(inner), n);
         }
         other => panic!("unknown case {other:?}"),
     }
