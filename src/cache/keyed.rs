@@ -261,6 +261,11 @@ where
     ///
     /// The key is labelled in traces by its `Debug` form; see
     /// [`label`](Self::label) to change that.
+    ///
+    /// The factory runs while the keyed cache adds the key, under its write
+    /// lock: it should only build a source, and must not call back into the
+    /// same keyed cache (that would deadlock). Fetching happens later, on
+    /// the source, outside any lock.
     pub fn new<F, S>(factory: F) -> Self
     where
         F: Fn(&K) -> S + Send + Sync + 'static,
