@@ -13,16 +13,13 @@
 //! `prod/...` (see `docs/performance.md`).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use tower::filter::{AsyncFilter, AsyncPredicate};
 use tower::util::BoxCloneService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
@@ -32,6 +29,10 @@ use tower_http::set_header::SetRequestHeaderLayer;
 
 #[path = "../examples/support/mod.rs"]
 mod support;
+
+#[path = "per_request.rs"]
+mod per_request;
+use per_request::{inner, TOKEN};
 
 /// The name of a case in this build: `prod/` before it in the build without
 /// `test-util`, so that both builds' results sit side by side in
@@ -44,86 +45,13 @@ fn id(name: &str) -> String {
     }
 }
 
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
-
-fn inner() -> impl Service<
-    Request<()>,
-    Response = Response<()>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<()>, Infallible>>,
-> + Clone {
-    service_fn(|request: Request<()>| {
-        black_box(&request);
-        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-    })
-}
-
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Every case answers at once, without a runtime in the loop, except a lock
-/// held by the other thread: then spin until it is released.
-#[inline(always)]
-fn ready<F: Future>(future: F, cx: &mut Context<'_>) -> F::Output {
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return output;
-        }
-        std::hint::spin_loop();
-    }
-}
-
-/// One request: readiness, call, and the single poll of its future.
-#[inline(always)]
-fn request<S>(service: &mut S, cx: &mut Context<'_>)
-where
-    S: Service<Request<()>>,
-    S::Error: std::fmt::Debug,
-{
-    assert!(service.poll_ready(cx).is_ready());
-    let response = ready(service.call(Request::new(())), cx);
-    black_box(response.unwrap());
-}
-
-/// Each case on one thread, then on two threads, each with its own clone of
-/// the service (the time is per request on each thread).
-fn bench<S>(c: &mut Criterion, name: &str, mut service: S)
+/// Each case on one thread and on two, named for this build.
+fn bench<S>(c: &mut Criterion, name: &str, service: S)
 where
     S: Service<Request<()>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
 {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    c.bench_function(&id(&format!("{name} / 1 thread")), |b| {
-        b.iter(|| request(&mut service, &mut cx))
-    });
-    c.bench_function(&id(&format!("{name} / 2 threads")), |b| {
-        b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|scope| {
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        let (mut service, start) = (service.clone(), &start);
-                        scope.spawn(move || {
-                            let waker = Waker::from(Arc::new(Noop));
-                            let mut cx = Context::from_waker(&waker);
-                            start.wait();
-                            let begun = std::time::Instant::now();
-                            for _ in 0..iters {
-                                request(&mut service, &mut cx);
-                            }
-                            begun.elapsed()
-                        })
-                    })
-                    .collect();
-                let times = threads.into_iter().map(|t| t.join().unwrap());
-                times.max().unwrap()
-            })
-        })
-    });
+    per_request::bench(c, &id(""), name, service);
 }
 
 fn runtime() -> tokio::runtime::Runtime {

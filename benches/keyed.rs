@@ -8,90 +8,27 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
-use tower::{service_fn, Layer, Service};
+use http::Request;
+use tower::{Layer, Service};
 use tower_bearer::{BearerAuthLayer, KeyedTokenCache, Token, TokenCache};
 use tower_http::auth::AddAuthorizationLayer;
 
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
+#[path = "per_request.rs"]
+mod per_request;
+use per_request::{inner, TOKEN};
 
-fn inner() -> impl Service<
-    Request<()>,
-    Response = Response<()>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<()>, Infallible>>,
-> + Clone {
-    service_fn(|request: Request<()>| {
-        black_box(&request);
-        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-    })
-}
-
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-#[inline(always)]
-fn request<S>(service: &mut S, cx: &mut Context<'_>)
-where
-    S: Service<Request<()>>,
-    S::Error: std::fmt::Debug,
-{
-    assert!(service.poll_ready(cx).is_ready());
-    let mut future = pin!(service.call(Request::new(())));
-    let response = loop {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            break output;
-        }
-        std::hint::spin_loop();
-    };
-    black_box(response.unwrap());
-}
-
-/// Each case on one thread, then on two, each with its own clone.
-fn bench<S>(c: &mut Criterion, name: &str, mut service: S)
+/// Each case on one thread and on two.
+fn bench<S>(c: &mut Criterion, name: &str, service: S)
 where
     S: Service<Request<()>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
 {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    c.bench_function(&format!("keyed/{name} / 1 thread"), |b| {
-        b.iter(|| request(&mut service, &mut cx))
-    });
-    c.bench_function(&format!("keyed/{name} / 2 threads"), |b| {
-        b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|scope| {
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        let (mut service, start) = (service.clone(), &start);
-                        scope.spawn(move || {
-                            let waker = Waker::from(Arc::new(Noop));
-                            let mut cx = Context::from_waker(&waker);
-                            start.wait();
-                            let begun = std::time::Instant::now();
-                            for _ in 0..iters {
-                                request(&mut service, &mut cx);
-                            }
-                            begun.elapsed()
-                        })
-                    })
-                    .collect();
-                let times = threads.into_iter().map(|t| t.join().unwrap());
-                times.max().unwrap()
-            })
-        })
-    });
+    per_request::bench(c, "keyed/", name, service);
 }
 
 thread_local! {

@@ -17,12 +17,14 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::{Request, Response};
-use tower::{service_fn, Layer, Service};
+use http::Request;
+use tower::{Layer, Service};
 use tower_bearer::{BearerAuthLayer, KeyedTokenCache, Token, TokenCache};
 use tower_http::auth::AddAuthorizationLayer;
 
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.a-typical-access-token-of-some-length.signature";
+#[path = "../per_request.rs"]
+mod per_request;
+use per_request::{inner, TOKEN};
 
 #[inline(never)]
 fn run<S>(mut service: S, n: u64)
@@ -54,10 +56,7 @@ fn main() {
         return;
     };
     let n: u64 = n.parse().expect("INSTRUCTIONS_N is a number");
-    let inner = service_fn(|request: Request<()>| {
-        black_box(&request);
-        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-    });
+    let inner = inner();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
