@@ -143,6 +143,9 @@ pub mod error;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub mod file;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 #[cfg(any(feature = "oauth2", feature = "file"))]
 mod jwt;
 #[cfg(feature = "oauth2")]
@@ -169,6 +172,9 @@ pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]
 #[doc(inline)]
 pub use self::file::FileToken;
+#[cfg(feature = "grpc")]
+#[doc(inline)]
+pub use self::grpc::{GrpcAuth, GrpcAuthLayer};
 #[cfg(feature = "reqwest-middleware")]
 #[doc(inline)]
 pub use self::reqwest::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
