@@ -417,7 +417,9 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    type Pairs = &'static [(&'static str, &'static str)];
+
+    fn headers(pairs: Pairs) -> HeaderMap {
         pairs
             .iter()
             .map(|(name, value)| {
@@ -433,8 +435,8 @@ mod tests {
     /// `head` and a body of one message then `trailers`, if any.
     async fn call(
         cache: &TokenCache,
-        head: &'static [(&'static str, &'static str)],
-        trailers: Option<&'static [(&'static str, &'static str)]>,
+        head: Pairs,
+        trailers: Option<Pairs>,
     ) -> Response<ResponseBody<Frames>> {
         let server = service_fn(move |_: Request<()>| async move {
             let mut frames = VecDeque::from([Frame::data(Bytes::from_static(b"message"))]);
@@ -479,7 +481,7 @@ mod tests {
     async fn other_statuses_and_other_content_types_evict_nothing() {
         let cache = counting_cache();
         let token = cache.token().await.unwrap();
-        let cases: [(&'static [(&str, &str)], Option<&'static [(&str, &str)]>); 5] = [
+        let cases: [(Pairs, Option<Pairs>); 5] = [
             (&[GRPC], Some(&[("grpc-status", "0")])),
             (&[GRPC, ("grpc-status", "7")], None),
             (&[GRPC], None),

@@ -148,7 +148,10 @@ impl Drop for Backend {
 /// Holds the next `n` calls until all `n` have arrived, so that they were
 /// all sent with the same token.
 #[derive(Clone, Default)]
-struct Gate(Arc<Mutex<Option<(usize, Arc<Barrier>)>>>);
+struct Gate(Arc<Mutex<Option<Held>>>);
+
+/// How many calls are still to be held, and where they wait.
+type Held = (usize, Arc<Barrier>);
 
 impl Gate {
     fn hold(&self, n: usize) {
