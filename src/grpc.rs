@@ -92,7 +92,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
 
 use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use http::{Request, Response};
@@ -345,6 +348,330 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
+}
+
+// ===== the retry policy =====
+
+/// A `tower::retry::Policy` for gRPC: sends a call once more, with a fresh
+/// token, after `UNAUTHENTICATED` in the response headers (or an HTTP
+/// `401`). See [Retrying](crate::grpc#retrying).
+///
+/// It is [`RetryOn401`](crate::RetryOn401) with gRPC's rejection added: the
+/// same one retry, the same copy of the request.
+#[cfg(feature = "retry")]
+pub struct RetryOnUnauthenticated<B> {
+    once: crate::RetryOn401<B>,
+    can_replay: fn(&B) -> bool,
+}
+
+#[cfg(feature = "retry")]
+impl<B: Clone> RetryOnUnauthenticated<B> {
+    /// A policy for requests whose body is `Clone`.
+    pub fn new() -> Self {
+        Self::cloning_body_with(|body| Some(body.clone()))
+    }
+}
+
+#[cfg(feature = "retry")]
+impl<B: Clone> Default for RetryOnUnauthenticated<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "retry")]
+impl<B> RetryOnUnauthenticated<B> {
+    /// A policy that copies a request's body with `clone_body`; a request
+    /// whose body it cannot copy (`None`) is not retried. As
+    /// [`RetryOn401::cloning_body_with`](crate::RetryOn401::cloning_body_with).
+    pub fn cloning_body_with(clone_body: fn(&B) -> Option<B>) -> Self {
+        Self {
+            once: crate::RetryOn401::cloning_body_with(clone_body),
+            can_replay: |_| true,
+        }
+    }
+}
+
+#[cfg(feature = "retry")]
+impl<B> RetryOnUnauthenticated<ReplayBody<B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    /// A policy for requests whose body is a [`ReplayBody`], as tonic's
+    /// are once wrapped: a call is retried if its body was recorded whole
+    /// (within the body's limit).
+    pub fn replaying() -> Self {
+        Self {
+            once: crate::RetryOn401::cloning_body_with(ReplayBody::try_clone),
+            can_replay: ReplayBody::replayable,
+        }
+    }
+}
+
+#[cfg(feature = "retry")]
+impl<B, ResBody, E> tower::retry::Policy<Request<B>, Response<ResBody>, E>
+    for RetryOnUnauthenticated<B>
+{
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        request: &mut Request<B>,
+        result: &mut Result<Response<ResBody>, E>,
+    ) -> Option<Self::Future> {
+        let rejected = matches!(result, Ok(response) if rejected(response));
+        self.once
+            .once_if(rejected && (self.can_replay)(request.body()))
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        tower::retry::Policy::<Request<B>, Response<ResBody>, E>::clone_request(
+            &mut self.once,
+            request,
+        )
+    }
+}
+
+#[cfg(feature = "retry")]
+impl<B> Clone for RetryOnUnauthenticated<B> {
+    fn clone(&self) -> Self {
+        Self {
+            once: self.once.clone(),
+            can_replay: self.can_replay,
+        }
+    }
+}
+
+#[cfg(feature = "retry")]
+impl<B> fmt::Debug for RetryOnUnauthenticated<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryOnUnauthenticated")
+            .field("once", &self.once)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a response's own headers reject the call: HTTP `401`, or a
+/// trailers-only gRPC `UNAUTHENTICATED`.
+#[cfg(feature = "retry")]
+fn rejected<B>(response: &Response<B>) -> bool {
+    response.status() == http::StatusCode::UNAUTHORIZED
+        || (is_grpc(response.headers()) && is_unauthenticated(response.headers()))
+}
+
+// ===== the replayable body =====
+
+/// A request body that a retry can send again: tonic's bodies cannot be
+/// copied, so wrap them in this before [`RetryOnUnauthenticated::replaying`].
+///
+/// The first attempt reads the inner body and records what it reads, up to
+/// `max_bytes` of data. A copy ([`try_clone`](Self::try_clone)) replays the
+/// recording, then, if the first attempt stopped before the end, takes over
+/// reading the inner body where it stopped (the first attempt's body then
+/// fails if it is polled again: its call is over). A body larger than
+/// `max_bytes`, or one that failed, cannot be replayed: the policy does not
+/// retry it, and a copy made earlier fails with a [`ReplayError`].
+///
+/// Nothing is recorded beyond `max_bytes`, so a long client stream costs at
+/// most that much memory while its call lasts.
+pub struct ReplayBody<B> {
+    shared: Arc<Mutex<Recording<B>>>,
+    id: u64,
+    // Frames of the recording this handle has yielded.
+    position: usize,
+    trailers_sent: bool,
+}
+
+struct Recording<B> {
+    inner: Pin<Box<B>>,
+    frames: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    size: usize,
+    max: usize,
+    // The inner body ended: the recording is whole.
+    ended: bool,
+    // The recording is missing a part, for good: over `max`, or a failure.
+    lost: bool,
+    // The handle that reads the inner body, and the last handle made.
+    reader: u64,
+    handles: u64,
+}
+
+/// A [`ReplayBody`] could not be sent again: it was larger than its limit,
+/// it failed, or a later attempt took it over.
+#[derive(Debug)]
+pub struct ReplayError(&'static str);
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+impl<B> ReplayBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    /// Wraps `body`, recording up to `max_bytes` of its data for a replay.
+    pub fn new(body: B, max_bytes: usize) -> Self {
+        let recording = Recording {
+            inner: Box::pin(body),
+            frames: Vec::new(),
+            trailers: None,
+            size: 0,
+            max: max_bytes,
+            ended: false,
+            lost: false,
+            reader: 0,
+            handles: 1,
+        };
+        Self::handle(Arc::new(Mutex::new(recording)), 1)
+    }
+
+    fn handle(shared: Arc<Mutex<Recording<B>>>, id: u64) -> Self {
+        Self {
+            shared,
+            id,
+            position: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// A copy that sends the body again from its start; `None` if it can no
+    /// longer be replayed.
+    pub fn try_clone(&self) -> Option<Self> {
+        let mut recording = lock(&self.shared);
+        if recording.lost {
+            return None;
+        }
+        recording.handles += 1;
+        let id = recording.handles;
+        drop(recording);
+        Some(Self::handle(self.shared.clone(), id))
+    }
+
+    /// Whether the body can still be sent again from its start.
+    pub fn replayable(&self) -> bool {
+        !lock(&self.shared).lost
+    }
+
+    fn finish(&mut self, recording: &Recording<B>) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match &recording.trailers {
+            Some(trailers) if !self.trailers_sent => {
+                self.trailers_sent = true;
+                Some(Ok(Frame::trailers(trailers.clone())))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let shared = this.shared.clone();
+        let mut recording = lock(&shared);
+        if recording.reader != this.id {
+            if recording.reader > this.id {
+                return Poll::Ready(Some(Err(ReplayError("a retry took this body over").into())));
+            }
+            // Not read yet by this handle: the recording first.
+            if recording.lost {
+                return Poll::Ready(Some(Err(ReplayError("the body cannot be replayed").into())));
+            }
+            if let Some(data) = recording.frames.get(this.position) {
+                this.position += 1;
+                return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
+            }
+            if recording.ended {
+                return Poll::Ready(this.finish(&recording));
+            }
+            // The rest is still in the inner body: this handle reads it now.
+            recording.reader = this.id;
+        }
+        if recording.ended {
+            return Poll::Ready(this.finish(&recording));
+        }
+        let frame = match ready!(recording.inner.as_mut().poll_frame(cx)) {
+            None => {
+                recording.ended = true;
+                return Poll::Ready(this.finish(&recording));
+            }
+            Some(Err(error)) => {
+                recording.lost = true;
+                recording.frames = Vec::new();
+                return Poll::Ready(Some(Err(error.into())));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                recording.record(&data);
+                this.position = recording.frames.len();
+                Frame::data(data)
+            }
+            Err(frame) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    recording.trailers = Some(trailers.clone());
+                    this.trailers_sent = true;
+                }
+                frame
+            }
+        };
+        if recording.inner.is_end_stream() {
+            recording.ended = true;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let recording = lock(&self.shared);
+        recording.ended
+            && !recording.lost
+            && self.position >= recording.frames.len()
+            && (recording.trailers.is_none() || self.trailers_sent)
+    }
+}
+
+impl<B> Recording<B> {
+    fn record(&mut self, data: &Bytes) {
+        if self.lost {
+            return;
+        }
+        self.size = self.size.saturating_add(data.len());
+        if self.size > self.max {
+            self.lost = true;
+            self.frames = Vec::new();
+        } else {
+            self.frames.push(data.clone());
+        }
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayBody")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -115,6 +115,19 @@ impl<B> RetryOn401<B> {
     }
 }
 
+impl<B> RetryOn401<B> {
+    /// Retries once if `rejected`: the one-retry rule that
+    /// `grpc::RetryOnUnauthenticated` shares.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn once_if(&mut self, rejected: bool) -> Option<Ready<()>> {
+        if !rejected || self.retried {
+            return None;
+        }
+        self.retried = true;
+        Some(ready(()))
+    }
+}
+
 impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
     type Future = Ready<()>;
 

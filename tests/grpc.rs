@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Barrier};
 use tokio::task::{JoinHandle, JoinSet};
+use tonic::body::Body;
+use tonic::client::GrpcService;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -24,7 +26,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_bearer::grpc::GrpcAuth;
+use tower_bearer::grpc::{GrpcAuth, ReplayBody, ResponseBody, RetryOnUnauthenticated};
 use tower_bearer::{BearerAuth, BearerAuthLayer, TokenCache};
 
 use grpc::Issuer;
@@ -55,11 +57,17 @@ struct Revocable {
 
 #[tonic::async_trait]
 impl Health for Revocable {
+    /// `SERVING` for the whole server and for [`long_name`], so that a
+    /// retried call shows that its body was sent again whole.
     async fn check(
         &self,
-        _: tonic::Request<HealthCheckRequest>,
+        request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<HealthCheckResponse>, Status> {
-        Ok(tonic::Response::new(serving()))
+        let service = &request.get_ref().service;
+        if service.is_empty() || *service == long_name() {
+            return Ok(tonic::Response::new(serving()));
+        }
+        Err(Status::not_found(format!("unknown service {service:?}")))
     }
 
     type WatchStream = ReceiverStream<Result<HealthCheckResponse, Status>>;
@@ -78,6 +86,11 @@ impl Health for Revocable {
         });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// A service name of 700 bytes.
+fn long_name() -> String {
+    "orders.v1.Orders/".repeat(700 / 17) + "0123456"
 }
 
 fn serving() -> HealthCheckResponse {
@@ -348,5 +361,117 @@ async fn a_late_unauthenticated_never_evicts_the_successor() -> Result<(), BoxEr
     assert_eq!(check(&mut client).await?, ServingStatus::Serving);
     assert_eq!(backend.issuer.issued(), 2);
     assert!(cache.invalidate(&second), "the successor is still current");
+    Ok(())
+}
+
+// ===== the retry policy =====
+
+/// A client that retries a call once after `UNAUTHENTICATED` in the
+/// headers, its body recorded up to `max_bytes` for the replay.
+fn retrying(
+    channel: Channel,
+    cache: &TokenCache,
+    max_bytes: usize,
+) -> HealthClient<
+    impl GrpcService<Body, ResponseBody = ResponseBody<Body>, Error = BoxError, Future: Send>
+        + Clone
+        + Send,
+> {
+    HealthClient::new(
+        ServiceBuilder::new()
+            .map_request(move |request: http::Request<Body>| {
+                request.map(|body| ReplayBody::new(body, max_bytes))
+            })
+            .retry(RetryOnUnauthenticated::replaying())
+            .map_request(|request: http::Request<ReplayBody<Body>>| request.map(Body::new))
+            .layer(BearerAuthLayer::from_cache(cache.clone()).grpc())
+            .service(channel),
+    )
+}
+
+fn long_request() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: long_name(),
+    }
+}
+
+/// A call rejected in the headers is sent again, with its body, after the
+/// one refresh, and succeeds.
+#[tokio::test]
+async fn a_rejected_call_is_retried_with_a_new_token() -> Result<(), BoxError> {
+    let (backend, cache, _) = setup().await?;
+    let mut client = retrying(grpc::channel(backend.addr).await?, &cache, 64 * 1024);
+    backend.revoke();
+    let checked = backend.issuer.checked();
+    let response = client.check(long_request()).await?;
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(backend.issuer.checked() - checked, 2, "sent twice");
+    assert_eq!(backend.issuer.issued(), 2);
+    assert_eq!(cache.stats().invalidations, 1);
+    Ok(())
+}
+
+/// 50 calls in flight with the revoked token: one eviction, one refresh,
+/// and all 50 retried calls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_rejected_calls_are_retried_after_one_refresh() -> Result<(), BoxError> {
+    let (backend, cache, _) = setup().await?;
+    let client = retrying(grpc::channel(backend.addr).await?, &cache, 64 * 1024);
+    backend.revoke();
+    backend.gate.hold(50);
+    let checked = backend.issuer.checked();
+    let mut calls = JoinSet::new();
+    for _ in 0..50 {
+        let mut client = client.clone();
+        calls.spawn(async move { client.check(long_request()).await });
+    }
+    while let Some(joined) = calls.join_next().await {
+        assert_eq!(joined??.into_inner().status(), ServingStatus::Serving);
+    }
+    assert_eq!(backend.issuer.checked() - checked, 100, "each sent twice");
+    assert_eq!(backend.issuer.issued(), 2);
+    assert_eq!(cache.stats().invalidations, 1);
+    assert_eq!(cache.stats().fetches, 2);
+    Ok(())
+}
+
+/// A body larger than the replay limit is not sent again: the rejection
+/// reaches the caller, and the token is still evicted.
+#[tokio::test]
+async fn a_body_over_the_limit_is_not_retried() -> Result<(), BoxError> {
+    let (backend, cache, _) = setup().await?;
+    let mut client = retrying(grpc::channel(backend.addr).await?, &cache, 64);
+    backend.revoke();
+    let checked = backend.issuer.checked();
+    let status = client.check(long_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(backend.issuer.checked() - checked, 1);
+    assert_eq!(cache.stats().invalidations, 1);
+    // A small one fits: the next call goes out with a new token.
+    let response = client.check(HealthCheckRequest::default()).await?;
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(backend.issuer.issued(), 2);
+    Ok(())
+}
+
+/// `UNAUTHENTICATED` in the trailers arrives after the response was handed
+/// to the caller and its messages read: too late to retry. It is returned,
+/// and it evicts the token.
+#[tokio::test]
+async fn unauthenticated_in_the_trailers_is_evicted_not_retried() -> Result<(), BoxError> {
+    let (backend, cache, _) = setup().await?;
+    let mut client = retrying(grpc::channel(backend.addr).await?, &cache, 64 * 1024);
+    let mut stream = client
+        .watch(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert!(stream.message().await?.is_some());
+    backend.revoke();
+    assert_eq!(
+        stream.message().await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(cache.stats().invalidations, 1);
+    assert_eq!(backend.issuer.issued(), 1, "not retried");
     Ok(())
 }
