@@ -857,4 +857,114 @@ mod tests {
         assert!(!cache.invalidate(&token));
         assert_eq!(cache.stats().invalidations, 1);
     }
+    // ===== the retry policy and the replayable body =====
+
+    /// How many calls reached a server answering with `head`, through the
+    /// retry policy and `BearerAuthLayer::grpc`.
+    #[cfg(feature = "retry")]
+    async fn attempts(head: Pairs, status: http::StatusCode) -> usize {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let server = service_fn({
+            let calls = calls.clone();
+            move |_: Request<()>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut response = Response::new(Frames(VecDeque::new()));
+                    *response.headers_mut() = headers(head);
+                    *response.status_mut() = status;
+                    Ok::<_, Infallible>(response)
+                }
+            }
+        });
+        let client = tower::ServiceBuilder::new()
+            .retry(RetryOnUnauthenticated::new())
+            .layer(BearerAuthLayer::from_cache(counting_cache()).grpc())
+            .service(server);
+        client.oneshot(Request::new(())).await.unwrap();
+        calls.load(Ordering::SeqCst)
+    }
+
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn the_policy_retries_a_rejection_in_the_headers_once() {
+        use http::StatusCode;
+        assert_eq!(attempts(&[GRPC, UNAUTHENTICATED], StatusCode::OK).await, 2);
+        assert_eq!(attempts(&[], StatusCode::UNAUTHORIZED).await, 2);
+        assert_eq!(
+            attempts(&[GRPC, ("grpc-status", "7")], StatusCode::OK).await,
+            1
+        );
+        assert_eq!(attempts(&[GRPC], StatusCode::OK).await, 1);
+        // Not gRPC: its grpc-status means nothing.
+        assert_eq!(attempts(&[UNAUTHENTICATED], StatusCode::OK).await, 1);
+    }
+
+    #[cfg(feature = "retry")]
+    fn frames() -> Frames {
+        Frames(VecDeque::from([
+            Frame::data(Bytes::from_static(b"ab")),
+            Frame::data(Bytes::from_static(b"cd")),
+            Frame::trailers(headers(&[("x-checksum", "1")])),
+        ]))
+    }
+
+    /// Polls `body` once, which must be ready.
+    #[cfg(feature = "retry")]
+    fn next<B: Body + Unpin>(body: &mut B) -> Option<Result<Frame<B::Data>, B::Error>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => panic!("pending"),
+        }
+    }
+
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn a_copy_replays_the_data_and_the_trailers() {
+        let first = ReplayBody::new(frames(), 1024);
+        let copy = first.try_clone().unwrap();
+        let sent = first.collect().await.unwrap();
+        assert!(!copy.is_end_stream() && copy.replayable());
+        let again = copy.collect().await.unwrap();
+        assert_eq!(again.trailers(), sent.trailers());
+        assert_eq!(again.trailers().unwrap()["x-checksum"], "1");
+        assert_eq!(again.to_bytes(), "abcd");
+    }
+
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn a_copy_takes_over_where_the_first_attempt_stopped() {
+        let mut first = ReplayBody::new(frames(), 1024);
+        let copy = first.try_clone().unwrap();
+        let data = next(&mut first).unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, "ab");
+        let again = copy.collect().await.unwrap();
+        assert_eq!(again.trailers().unwrap()["x-checksum"], "1");
+        assert_eq!(again.to_bytes(), "abcd");
+        // The first attempt's body is over.
+        let error = next(&mut first).unwrap().unwrap_err();
+        assert_eq!(error.to_string(), "a retry took this body over");
+    }
+
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn a_body_over_its_limit_is_not_replayable() {
+        let first = ReplayBody::new(frames(), 3);
+        let copy = first.try_clone().unwrap();
+        let sent = first.collect().await.unwrap();
+        assert_eq!(sent.to_bytes(), "abcd", "the first attempt is whole");
+        assert!(!copy.replayable());
+        assert!(copy.try_clone().is_none());
+        let error = copy.collect().await.unwrap_err();
+        assert_eq!(error.to_string(), "the body cannot be replayed");
+    }
+
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn a_body_within_its_limit_is_replayable_to_the_byte() {
+        let first = ReplayBody::new(frames(), 4);
+        let copy = first.try_clone().unwrap();
+        first.collect().await.unwrap();
+        assert_eq!(copy.collect().await.unwrap().to_bytes(), "abcd");
+    }
 }
