@@ -1,7 +1,8 @@
 //! gRPC awareness: `UNAUTHENTICATED` evicts the rejected token as a `401`
 //! does.
 //!
-//! Behind the `grpc` feature (off by default).
+//! Behind the `grpc` feature (on by default; it adds no crate to the
+//! default build, and nothing to a request unless `.grpc()` is called).
 //!
 //! A gRPC server rejects a token with status `UNAUTHENTICATED` (code 16)
 //! inside an HTTP `200`, in one of two places:
@@ -69,18 +70,113 @@
 //! ```
 //!
 //! With tonic, wrap the `Channel` and hand the service to the generated
-//! client: `HealthClient::new(ServiceBuilder::new().layer(layer.grpc()).service(channel))`.
+//! client, as `tests/grpc.rs` and `examples/tonic_health.rs` do:
+//!
+//! ```text
+//! HealthClient::new(ServiceBuilder::new().layer(BearerAuthLayer::from_cache(cache).grpc()).service(channel))
+//! ```
+//!
+//! The client's type is then `HealthClient<GrpcAuth<BearerAuth<Channel>>>`,
+//! and its response body a [`ResponseBody`] around tonic's.
+//!
+//! # Retrying
+//!
+//! [`RetryOnUnauthenticated`] (with the `retry` feature) is a
+//! `tower::retry::Policy` that sends a call once more after
+//! `UNAUTHENTICATED`, with the fresh token: the rejection evicted the token
+//! before the policy saw it, so the second attempt waits for the single
+//! refresh. It is [`RetryOn401`](crate::RetryOn401)'s rule (one retry, a
+//! second rejection is returned as it is) with gRPC's rejection added, and
+//! it retries an HTTP `401` too. What it can and cannot retry:
+//!
+//! - **A rejection in the headers** (trailers-only), the way tonic's
+//!   interceptors and unary handlers answer: retried. A tower retry policy
+//!   sees the response before its body is read, and this is all it needs.
+//! - **A rejection in the trailers**, after the server streamed messages:
+//!   not retried, only evicted. By the time the trailers are read, the
+//!   response and its messages were handed to the caller; replaying the
+//!   call would deliver them twice. The next call gets the new token.
+//! - **Only a request it can copy.** tonic's request body
+//!   (`tonic::body::Body`) cannot be cloned, so wrap it in a [`ReplayBody`],
+//!   which records what the first attempt sends (up to a limit you choose)
+//!   and replays it; [`RetryOnUnauthenticated::replaying`] retries a call
+//!   only if its body was recorded whole. A body over the limit (a long
+//!   client stream, say) is not retried: its rejection reaches the caller,
+//!   and the token is evicted all the same. Bodies that are `Clone` need no
+//!   wrapper: [`RetryOnUnauthenticated::new`].
+//!
+//! Put the retry **outside** the bearer layer, so that each attempt reads
+//! the cache again. With tonic, the body goes into a [`ReplayBody`] before
+//! the retry and back into a `tonic::body::Body` after it:
+//!
+//! ```
+//! # #[cfg(feature = "retry")]
+//! # mod example {
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use http::{header::AUTHORIZATION, Request, Response};
+//! use tonic::body::Body;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_bearer::grpc::{ReplayBody, RetryOnUnauthenticated};
+//! use tower_bearer::{BearerAuthLayer, Token};
+//!
+//! # pub async fn main() -> Result<(), tower_bearer::BoxError> {
+//! let fetches = Arc::new(AtomicUsize::new(0));
+//! let source = move || {
+//!     let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+//!     async move { Ok::<_, Infallible>(Token::new(format!("token-{n}"))) }
+//! };
+//! // Stands in for a tonic `Channel` to a server that revoked the first token.
+//! let channel = service_fn(|request: Request<Body>| async move {
+//!     let revoked = request.headers()[AUTHORIZATION] == "Bearer token-1";
+//!     let status = if revoked { "16" } else { "0" };
+//!     let response = Response::builder()
+//!         .header("content-type", "application/grpc")
+//!         .header("grpc-status", status)
+//!         .body(())
+//!         .unwrap();
+//!     Ok::<_, Infallible>(response)
+//! });
+//!
+//! let client = ServiceBuilder::new()
+//!     // Record up to 64 KiB of each call's body, for the replay.
+//!     .map_request(|request: Request<Body>| request.map(|body| ReplayBody::new(body, 64 * 1024)))
+//!     .retry(RetryOnUnauthenticated::replaying())
+//!     .map_request(|request: Request<ReplayBody<Body>>| request.map(Body::new))
+//!     .layer(BearerAuthLayer::new(source).grpc())
+//!     .service(channel);
+//! // With tonic: `HealthClient::new(client)`.
+//!
+//! let response = client.oneshot(Request::new(Body::empty())).await?;
+//! assert_eq!(response.headers()["grpc-status"], "0");
+//! # Ok(())
+//! # }
+//! # }
+//! # #[cfg(feature = "retry")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(example::main()).unwrap();
+//! ```
 //!
 //! # What it costs, and whom
 //!
 //! Nothing for HTTP clients: [`BearerAuthLayer`] alone is unchanged, its
 //! response body is the inner service's own, and its response future never
-//! looks for a `grpc-status`. Handling gRPC is a choice made where the
-//! layer is built. With it, each response costs a look at `content-type`
-//! (and at `grpc-status` for a gRPC response), and each frame of the body a
-//! check whether it is the trailers. A response that is not gRPC (no
-//! `application/grpc` content type) is passed on untouched, and its
-//! trailers are not read.
+//! looks for a `grpc-status` (the instruction count of its hot path is the
+//! same, see `docs/performance.md`). Handling gRPC is a choice made where
+//! the layer is built, rather than a `content-type` check on every
+//! response of every client: the trailers need a body wrapper, which would
+//! change the response type of HTTP clients. With it, each response costs a
+//! look at `content-type` (and at `grpc-status` for a gRPC response), and
+//! each frame of the body a check whether it is the trailers. A response
+//! that is not gRPC (no `application/grpc` content type) is passed on
+//! untouched, and its trailers are not read.
+//!
+//! # Other clients
+//!
+//! - **Keyed caches**: [`KeyedBearerAuthLayer::grpc`] evicts the rejected
+//!   token from its own key only.
+//! - **reqwest** ([`BearerAuthMiddleware`](crate#integrations)) is an HTTP
+//!   client and does not speak gRPC: nothing changes there.
 //!
 //! # Limits
 //!
@@ -88,6 +184,10 @@
 //!   it is not looked at.
 //! - A `UNAUTHENTICATED` in the trailers is only seen if the caller reads the
 //!   body to its end, as tonic does for every call it completes.
+//! - Every `UNAUTHENTICATED` counts as a rejected token, as every `401`
+//!   does. A server that answers `UNAUTHENTICATED` for another reason (a
+//!   missing header of its own, say) causes a refresh per generation, not
+//!   per call: the generation check keeps it to one.
 
 use std::fmt;
 use std::future::Future;
