@@ -941,6 +941,58 @@ mod tests {
         assert_eq!(cache.stats().invalidations, 2);
     }
 
+    /// The keyed service shares the future: a rejection evicts the token of
+    /// the call's own key, and no other.
+    #[tokio::test]
+    async fn keyed_unauthenticated_evicts_its_own_key_only() {
+        let cache = crate::KeyedTokenCache::new(|key: &String| {
+            let key = key.clone();
+            move || {
+                let key = key.clone();
+                async move { Ok::<_, Infallible>(Token::new(key)) }
+            }
+        });
+        let (a, b) = (
+            cache.token(&"a".into()).await,
+            cache.token(&"b".into()).await,
+        );
+        let server = service_fn(|request: Request<()>| async move {
+            let mut response = Response::new(Frames(VecDeque::new()));
+            *response.headers_mut() = headers(&[GRPC]);
+            if request.uri().path() == "/a" {
+                response
+                    .headers_mut()
+                    .insert(GRPC_STATUS, HeaderValue::from_static("16"));
+            }
+            Ok::<_, Infallible>(response)
+        });
+        let client = BearerAuthLayer::keyed(cache.clone(), |head| {
+            Some(head.uri().path().trim_start_matches('/').to_owned())
+        })
+        .grpc()
+        .layer(server);
+        for path in ["/a", "/b"] {
+            let request = Request::get(path).body(()).unwrap();
+            client.clone().oneshot(request).await.unwrap();
+        }
+        assert!(!cache.invalidate(&"a".into(), &a.unwrap()), "evicted");
+        assert!(cache.invalidate(&"b".into(), &b.unwrap()), "untouched");
+    }
+
+    #[test]
+    fn the_middleware_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        type Inner = tower::util::ServiceFn<
+            fn(Request<String>) -> std::future::Ready<Result<Response<Frames>, Infallible>>,
+        >;
+        send_sync::<GrpcAuthLayer<BearerAuthLayer>>();
+        send_sync::<GrpcAuth<crate::BearerAuth<Inner>>>();
+        send::<ResponseFuture<Inner, String>>();
+        send_sync::<ResponseBody<Frames>>();
+        send_sync::<ReplayBody<Frames>>();
+    }
+
     #[tokio::test]
     async fn a_401_still_evicts() {
         let cache = counting_cache();
