@@ -658,16 +658,6 @@ where
     pub fn replayable(&self) -> bool {
         !lock(&self.shared).lost
     }
-
-    fn finish(&mut self, recording: &Recording<B>) -> Option<Result<Frame<Bytes>, BoxError>> {
-        match &recording.trailers {
-            Some(trailers) if !self.trailers_sent => {
-                self.trailers_sent = true;
-                Some(Ok(Frame::trailers(trailers.clone())))
-            }
-            _ => None,
-        }
-    }
 }
 
 impl<B> Body for ReplayBody<B>
@@ -682,34 +672,35 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let shared = this.shared.clone();
-        let mut recording = lock(&shared);
-        if recording.reader != this.id {
-            if recording.reader > this.id {
+        let Self {
+            shared,
+            id,
+            position,
+            trailers_sent,
+        } = self.get_mut();
+        let mut recording = lock(shared);
+        if recording.reader != *id {
+            if recording.reader > *id {
                 return Poll::Ready(Some(Err(ReplayError("a retry took this body over").into())));
             }
             // Not read yet by this handle: the recording first.
             if recording.lost {
                 return Poll::Ready(Some(Err(ReplayError("the body cannot be replayed").into())));
             }
-            if let Some(data) = recording.frames.get(this.position) {
-                this.position += 1;
+            if let Some(data) = recording.frames.get(*position) {
+                *position += 1;
                 return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
             }
-            if recording.ended {
-                return Poll::Ready(this.finish(&recording));
-            }
             // The rest is still in the inner body: this handle reads it now.
-            recording.reader = this.id;
+            recording.reader = *id;
         }
         if recording.ended {
-            return Poll::Ready(this.finish(&recording));
+            return Poll::Ready(recording.trailers_for(trailers_sent));
         }
         let frame = match ready!(recording.inner.as_mut().poll_frame(cx)) {
             None => {
                 recording.ended = true;
-                return Poll::Ready(this.finish(&recording));
+                return Poll::Ready(recording.trailers_for(trailers_sent));
             }
             Some(Err(error)) => {
                 recording.lost = true;
@@ -721,13 +712,13 @@ where
         let frame = match frame.into_data() {
             Ok(data) => {
                 recording.record(&data);
-                this.position = recording.frames.len();
+                *position = recording.frames.len();
                 Frame::data(data)
             }
             Err(frame) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     recording.trailers = Some(trailers.clone());
-                    this.trailers_sent = true;
+                    *trailers_sent = true;
                 }
                 frame
             }
@@ -748,6 +739,14 @@ where
 }
 
 impl<B> Recording<B> {
+    /// The end of the body for a handle that has yielded every frame: the
+    /// trailers, unless it already sent them.
+    fn trailers_for(&self, sent: &mut bool) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let trailers = self.trailers.as_ref().filter(|_| !*sent)?;
+        *sent = true;
+        Some(Ok(Frame::trailers(trailers.clone())))
+    }
+
     fn record(&mut self, data: &Bytes) {
         if self.lost {
             return;
