@@ -196,7 +196,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-
 use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
