@@ -116,9 +116,8 @@ impl<B> RetryOn401<B> {
 }
 
 impl<B> RetryOn401<B> {
-    /// Retries once if `rejected`: the one-retry rule that
-    /// `grpc::RetryOnUnauthenticated` shares.
-    #[cfg(feature = "grpc")]
+    /// Retries once if `rejected`: the one-retry rule, shared with
+    /// `grpc::RetryOnUnauthenticated`.
     pub(crate) fn once_if(&mut self, rejected: bool) -> Option<Ready<()>> {
         if !rejected || self.retried {
             return None;
@@ -136,13 +135,9 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
         _request: &mut Request<B>,
         result: &mut Result<Response<ResBody>, E>,
     ) -> Option<Self::Future> {
-        match result {
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !self.retried => {
-                self.retried = true;
-                Some(ready(()))
-            }
-            _ => None,
-        }
+        let rejected =
+            matches!(result, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
+        self.once_if(rejected)
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
