@@ -24,11 +24,11 @@ mod redis_server;
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tower::BoxError;
 
-use fleet::{Fleet, Member, Totals};
+use fleet::Member;
 use redis_server::RedisServer;
 use support::Backend;
 
@@ -74,14 +74,14 @@ fn main() -> Result<(), BoxError> {
     };
     let this_example = || Command::new(std::env::current_exe().expect("the example's path"));
     let store = Some((redis.url(), "fleet-example".to_owned()));
-    let mut shared = Fleet::spawn(processes, &member(&shared_backend, store), this_example)?;
-    let mut alone = Fleet::spawn(processes, &member(&alone_backend, None), this_example)?;
-    let started = Instant::now();
-    shared.go()?;
-    alone.go()?;
-    let shared = Totals::of(&shared.reports(seconds)?);
-    let alone = Totals::of(&alone.reports(seconds)?);
-    let elapsed = started.elapsed();
+    let (totals, elapsed) = fleet::run_side_by_side(
+        &[
+            (processes, &member(&shared_backend, store)),
+            (processes, &member(&alone_backend, None)),
+        ],
+        this_example,
+    )?;
+    let (shared, alone) = (&totals[0], &totals[1]);
 
     // A process refreshes at half the lifetime: one token a second here.
     let one_process = (elapsed.as_secs_f64() / (TOKEN_LIFETIME.as_secs_f64() / 2.0)).ceil() as u64;
@@ -91,8 +91,8 @@ fn main() -> Result<(), BoxError> {
         elapsed.as_secs_f64()
     );
     for (name, tokens, totals) in [
-        ("sharing through Redis", shared_tokens, &shared),
-        ("each on its own", alone_tokens, &alone),
+        ("sharing through Redis", shared_tokens, shared),
+        ("each on its own", alone_tokens, alone),
     ] {
         println!(
             "{name:>22}: {tokens:>3} tokens issued, {} requests ok, {} not ok, first token after {:.1} ms (median)",

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use tower::BoxError;
 
 mod common;
+use common::env_or;
 use common::idp::{MockIdp, CLIENT_ID, CLIENT_SECRET};
 
 #[path = "../examples/support/fleet.rs"]
@@ -64,15 +65,6 @@ fn member_command() -> Command {
     let mut command = Command::new(exe);
     command.args(["--exact", "fleet_member", "--nocapture", "--test-threads=1"]);
     command
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-        Err(_) => default,
-    }
 }
 
 /// A member of a fleet of `n` against `idp`, sharing through `store` if any.
@@ -122,14 +114,11 @@ fn a_fleet_sharing_through_redis_costs_one_process() -> Result<(), BoxError> {
     let (shared_idp, alone_idp) = (idp(), idp());
     let store = Some((redis.url(), "fleet-test".to_owned()));
 
-    let mut shared = Fleet::spawn(n, &member(&shared_idp, n, seconds, store), member_command)?;
-    let mut alone = Fleet::spawn(n, &member(&alone_idp, n, seconds, None), member_command)?;
-    let start = Instant::now();
-    shared.go()?;
-    alone.go()?;
-    let shared = Totals::of(&shared.reports(seconds)?);
-    let alone = Totals::of(&alone.reports(seconds)?);
-    let elapsed = start.elapsed();
+    let shared_member = member(&shared_idp, n, seconds, store);
+    let alone_member = member(&alone_idp, n, seconds, None);
+    let (totals, elapsed) =
+        fleet::run_side_by_side(&[(n, &shared_member), (n, &alone_member)], member_command)?;
+    let (shared, alone) = (&totals[0], &totals[1]);
 
     let runtime = runtime();
     let shared_stats = runtime.block_on(shared_idp.stats());
@@ -150,12 +139,11 @@ fn a_fleet_sharing_through_redis_costs_one_process() -> Result<(), BoxError> {
         alone.bad(),
     );
 
-    let pace = member(&alone_idp, n, seconds, None).pace;
-    let expected = (n as f64 * seconds / pace.as_secs_f64()) as u64;
+    let expected = (n as f64 * seconds / alone_member.pace.as_secs_f64()) as u64;
     let mut broken = Vec::new();
     for (name, totals, stats) in [
-        ("with the store", &shared, &shared_stats),
-        ("without it", &alone, &alone_stats),
+        ("with the store", shared, &shared_stats),
+        ("without it", alone, &alone_stats),
     ] {
         if totals.bad() > 0 {
             broken.push(format!(

@@ -404,6 +404,28 @@ impl Drop for Fleet {
     }
 }
 
+/// Runs fleets of `(processes, member)` side by side: starts them all, gives
+/// the go when every child is ready, and returns each fleet's totals and
+/// the time from the go to the last report.
+pub fn run_side_by_side(
+    fleets: &[(usize, &Member)],
+    command: impl Fn() -> Command,
+) -> Result<(Vec<Totals>, Duration), BoxError> {
+    let mut running = Vec::with_capacity(fleets.len());
+    for (processes, member) in fleets {
+        running.push((Fleet::spawn(*processes, member, &command)?, member.seconds));
+    }
+    let start = Instant::now();
+    for (fleet, _) in &mut running {
+        fleet.go()?;
+    }
+    let mut totals = Vec::with_capacity(running.len());
+    for (fleet, seconds) in running {
+        totals.push(Totals::of(&fleet.reports(seconds)?));
+    }
+    Ok((totals, start.elapsed()))
+}
+
 /// The reports of a fleet, added up.
 #[derive(Clone, Debug, Default)]
 pub struct Totals {
