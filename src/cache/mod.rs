@@ -51,7 +51,8 @@
 //! several paused runtimes sharing one cache each keep a clock of their own.
 //!
 //! **No request waits longer than the fetch timeout**, whichever runtime its
-//! fetch runs on. A fetch past its deadline (its start plus
+//! fetch runs on (with a fleet-wide store, twice that plus four store
+//! timeouts: the wait for another process's fetch, then its own). A fetch past its deadline (its start plus
 //! [`fetch_timeout`](TokenCache::fetch_timeout)) is ended as a
 //! [`Timeout`](crate::TokenErrorKind::Timeout) by the first request or
 //! waiter that sees it, on any runtime, exactly as its own timer would have

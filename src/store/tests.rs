@@ -33,7 +33,7 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -49,6 +49,8 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start on port {port}");
     }
 
@@ -313,36 +315,55 @@ async fn a_slow_redis_is_a_miss_after_the_op_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_holder_that_dies_mid_fetch_is_taken_over() {
     let redis = Redis::start();
-    // The first replica's source never answers; its lease outlives its
-    // fetch timeout by a second.
-    let hung = {
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let seen = fetches.clone();
-        let cache = TokenCache::new(move || {
-            seen.fetch_add(1, Ordering::SeqCst);
+    // The first replica's source never answers; its lease lasts its fetch
+    // timeout plus a second.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let dying = TokenCache::new({
+        let started = started.clone();
+        move || {
+            started.notify_one();
             std::future::pending::<Result<Token, std::io::Error>>()
-        })
-        .fetch_timeout(Duration::from_millis(300))
-        .store(store(&redis))
-        .store_identity(identity());
-        (cache, fetches)
-    };
-    let (dying, fetches) = hung;
+        }
+    })
+    .fetch_timeout(Duration::from_secs(1))
+    .store(store(&redis))
+    .store_identity(identity());
     let task = tokio::spawn({
         let dying = dying.clone();
         async move { dying.token().await }
     });
-    let lease = format!("{}:lease", token_key());
-    assert!(eventually(100, async || exists(&redis, &lease).await).await);
-    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    // The source is called after the lease is taken.
+    started.notified().await;
+    let asked = Instant::now();
+    let pttl: u64 = redis::cmd("PTTL")
+        .arg(format!("{}:lease", token_key()))
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    let lease_gone = asked + Duration::from_millis(pttl);
     // The process dies: its fetch is gone, its lease is not released.
     task.abort();
     drop(dying);
 
-    let idp = Idp::lifetime(Duration::from_secs(60));
-    let heir = idp.cache(store(&redis));
-    assert_eq!(heir.token().await.unwrap().secret(), "token-1");
-    assert_eq!(idp.fetches(), 1);
+    let fetched_at = Arc::new(std::sync::Mutex::new(None));
+    let heir = TokenCache::new({
+        let fetched_at = fetched_at.clone();
+        move || {
+            *fetched_at.lock().unwrap() = Some(Instant::now());
+            async {
+                Ok::<_, std::io::Error>(Token::new("heir").expires_in(Duration::from_secs(60)))
+            }
+        }
+    })
+    .fetch_timeout(Duration::from_secs(4))
+    .store(store(&redis))
+    .store_identity(identity());
+    assert_eq!(heir.token().await.unwrap().secret(), "heir");
+    let fetched_at = fetched_at.lock().unwrap().unwrap();
+    assert!(
+        fetched_at >= lease_gone,
+        "the heir waited for the lease to expire"
+    );
     assert!(stored_token_shows_up(&redis).await);
 }
 
