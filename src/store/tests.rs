@@ -603,3 +603,36 @@ mod sealed {
         assert!(eventually(100, async || !exists(&redis, &key).await).await);
     }
 }
+
+/// The replica whose token comes due fetches the successor: it does not
+/// read back the token it is refreshing (fresh for a reader that just
+/// started, but due by this replica's rules).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_token_is_refreshed_not_read_back() {
+    let redis = Redis::start();
+    // 3 s tokens: due at 1.5 s, expired at 2.7 s.
+    let idp = Idp::lifetime(Duration::from_secs(3));
+    let a = idp.cache(store(&redis));
+    let first = a.token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Served the due token, and the refresh starts.
+    assert_eq!(a.token().await.unwrap().secret(), first.secret());
+    let mut conn = redis.conn().await;
+    let key = token_key();
+    let successor = eventually(100, async || {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        value.is_some_and(|v| v.ends_with(b"token-2"))
+    })
+    .await;
+    assert!(successor);
+    assert!(
+        Instant::now() < first.expiry().unwrap(),
+        "before the old one expired"
+    );
+    assert_eq!(a.token().await.unwrap().secret(), "token-2");
+}
