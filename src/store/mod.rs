@@ -58,7 +58,7 @@
 //!
 //! A stored key is never a secret: it is the hex SHA-256 of what names the
 //! token (for OAuth2, the token URL, the client id, the scopes, audience and
-//! resources; see [`TokenSource::store_identity`]) and of the key of a
+//! resources; see [`TokenSource::store_identity`](crate::TokenSource::store_identity)) and of the key of a
 //! [`KeyedTokenCache`](crate::KeyedTokenCache) (as its
 //! [`label`](crate::KeyedTokenCache::label) renders it), under the store's
 //! prefix (`tower-bearer:` by default). A source without an identity, such as
