@@ -115,7 +115,30 @@ impl RedisStore {
 
     /// A store on your own redis-rs connection (a `ConnectionManager`, a
     /// `MultiplexedConnection`, a cluster connection: anything
-    /// `ConnectionLike + Clone`), cloned for each operation.
+    /// `ConnectionLike + Clone`), cloned for each operation. Its own
+    /// timeouts and reconnection apply; the cache still gives up on each
+    /// operation after [`op_timeout`](Self::op_timeout).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    /// use tower_bearer::store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> redis::RedisResult<()> {
+    /// let client = redis::Client::open("rediss://user:password@redis.internal:6380/")?;
+    /// // Retry quickly, so that a restarted Redis is seen within a second.
+    /// let config = ConnectionManagerConfig::new()
+    ///     .set_min_delay(Duration::from_millis(50))
+    ///     .set_max_delay(Duration::from_millis(500))
+    ///     .set_connection_timeout(Some(Duration::from_millis(250)))
+    ///     .set_response_timeout(Some(Duration::from_millis(250)));
+    /// let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// let store = RedisStore::from_connection(manager);
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_connection<C>(connection: C) -> Self
     where
         C: ConnectionLike + Clone + Send + Sync + 'static,

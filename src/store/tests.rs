@@ -636,3 +636,21 @@ async fn a_due_token_is_refreshed_not_read_back() {
     );
     assert_eq!(a.token().await.unwrap().secret(), "token-2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_their_own_connection_managers_share() {
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+    let redis = Redis::start();
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    let replica = || {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_millis(200));
+        let manager = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+        idp.cache(RedisStore::from_connection(manager))
+    };
+    let first = replica().token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    assert_eq!(replica().token().await.unwrap().secret(), first.secret());
+    assert_eq!(idp.fetches(), 1);
+}
