@@ -377,3 +377,66 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(all(test, feature = "oauth2"))]
+mod identity_tests {
+    use crate::oauth2::ClientCredentials;
+    use crate::TokenSource;
+
+    fn key(source: &ClientCredentials) -> String {
+        source.store_identity().expect("an identity").key(None)
+    }
+
+    #[test]
+    fn everything_but_the_secret_changes_the_stored_key() {
+        let base = || ClientCredentials::new("https://idp.example.com/token", "svc", "secret-1");
+        let same = key(&base());
+        assert_eq!(
+            key(&ClientCredentials::new(
+                "https://idp.example.com/token",
+                "svc",
+                "secret-2"
+            )),
+            same,
+            "a rotated secret keeps sharing"
+        );
+        let others = [
+            key(&ClientCredentials::new(
+                "https://idp.example.com/token",
+                "other",
+                "secret-1",
+            )),
+            key(&ClientCredentials::new(
+                "https://idp2.example.com/token",
+                "svc",
+                "secret-1",
+            )),
+            key(&base().scope("read")),
+            key(&base().scope("write")),
+            key(&base().audience("https://api.example.com")),
+            key(&base().resource("https://api.example.com")),
+            key(&base().param("tenant", "acme")),
+        ];
+        let mut all: Vec<_> = others.iter().chain([&same]).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), others.len() + 1, "every key differs");
+        assert_ne!(
+            base().store_identity().unwrap().key(Some("k")),
+            same,
+            "the cache key counts"
+        );
+        assert!(
+            !format!("{:?}", base().store_identity()).contains("svc"),
+            "Debug shows field names only"
+        );
+    }
+
+    #[test]
+    fn a_token_exchange_has_no_identity_of_its_own() {
+        let subject = || async { Ok::<_, std::io::Error>(crate::Token::new("subject")) };
+        let exchange =
+            crate::oauth2::TokenExchange::new("https://idp.example.com/token", "svc", "", subject);
+        assert!(exchange.store_identity().is_none());
+    }
+}
