@@ -106,7 +106,8 @@ impl RedisStore {
     /// A store on the Redis at `url`. Only parses the URL: it connects on
     /// first use, and needs no runtime until then.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(StoreError::new)?;
+        // The message of a bad URL does not quote it (it may hold a password).
+        let client = Client::open(url).map_err(error)?;
         Ok(Self::with(Connection::Lazy {
             client,
             current: Arc::default(),
@@ -206,7 +207,7 @@ impl RedisStore {
                         let conn = client
                             .get_multiplexed_async_connection_with_config(&config)
                             .await
-                            .map_err(StoreError::new)?;
+                            .map_err(error)?;
                         *current.lock().unwrap_or_else(PoisonError::into_inner) =
                             Some(conn.clone());
                         conn
@@ -225,8 +226,24 @@ impl RedisStore {
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
         }
-        result.map_err(StoreError::new)
+        result.map_err(error)
     }
+}
+
+/// A redis-rs error as a [`StoreError`], with no value in it: a type
+/// error's message quotes the response, which may hold a token.
+fn error(error: redis::RedisError) -> StoreError {
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+    {
+        return StoreError::new(error);
+    }
+    StoreError::new(match error.code() {
+        Some(code) => format!("redis error {code} ({:?})", error.kind()),
+        None => format!("redis error ({:?})", error.kind()),
+    })
 }
 
 /// The value and its remaining time to live, in one round trip.
