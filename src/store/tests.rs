@@ -723,3 +723,21 @@ async fn store_events_never_show_the_token() {
     assert!(seen.contains("no store identity"), "{seen}");
     assert!(!seen.contains("token-"), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_expiry_is_shared_without_a_ttl() {
+    let redis = Redis::start();
+    let idp = Idp::default();
+    let first = idp.cache(store(&redis)).token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(token_key())
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(pttl, -1);
+    let second = idp.cache(store(&redis)).token().await.unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(second.expiry(), None);
+    assert_eq!(idp.fetches(), 1);
+}
