@@ -68,7 +68,9 @@
 //! `warn` event), so that two unrelated sources never share a token.
 //!
 //! The token is never logged; store errors are reported at `debug` level in
-//! the fetch span, without any value.
+//! the fetch span, without any value. [`Stats::fetches`](crate::Stats)
+//! counts refreshes, including those the store answered; the identity
+//! provider's count is the one to watch for the fleet's cost.
 //!
 //! # Example
 //!
