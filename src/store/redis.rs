@@ -103,9 +103,11 @@ impl ConnectionLike for Boxed {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url`. Only parses the URL: it connects on
-    /// first use, and needs no runtime until then.
-    pub fn new(url: &str) -> Result<Self, StoreError> {
+    /// A store on the Redis at `url` (a `&str`, a `String`, or anything
+    /// else redis-rs takes as connection info). Only parses the URL: it
+    /// connects on first use, and needs no runtime until then. A URL that
+    /// does not parse is an error whose message does not quote it.
+    pub fn new(url: impl redis::IntoConnectionInfo) -> Result<Self, StoreError> {
         // The message of a bad URL does not quote it (it may hold a password).
         let client = Client::open(url).map_err(error)?;
         Ok(Self::with(Connection::Lazy {

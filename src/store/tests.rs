@@ -133,7 +133,7 @@ fn identity() -> StoreIdentity {
 }
 
 fn store(redis: &Redis) -> RedisStore {
-    RedisStore::new(&redis.url()).unwrap()
+    RedisStore::new(redis.url()).unwrap()
 }
 
 /// The stored key of `identity()`, with the default prefix.
@@ -236,7 +236,7 @@ async fn redis_down_at_start_then_sharing_resumes() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     // One store handle for the whole fleet's life, made while Redis is down.
-    let store = RedisStore::new(&url).unwrap();
+    let store = RedisStore::new(url).unwrap();
     let idp = Idp::lifetime(Duration::from_secs(60));
 
     let a = idp.cache(store.clone());
