@@ -58,7 +58,7 @@
 //!
 //! A stored key is never a secret: it is the hex SHA-256 of what names the
 //! token (for OAuth2, the token URL, the client id, the scopes, audience and
-//! resources; see [`TokenSource::store_identity`]) and of the key of a
+//! resources; see [`TokenSource::store_identity`](crate::TokenSource::store_identity)) and of the key of a
 //! [`KeyedTokenCache`](crate::KeyedTokenCache) (as its
 //! [`label`](crate::KeyedTokenCache::label) renders it), under the store's
 //! prefix (`tower-bearer:` by default). A source without an identity, such as
@@ -68,7 +68,9 @@
 //! `warn` event), so that two unrelated sources never share a token.
 //!
 //! The token is never logged; store errors are reported at `debug` level in
-//! the fetch span, without any value.
+//! the fetch span, without any value. [`Stats::fetches`](crate::Stats)
+//! counts refreshes, including those the store answered; the identity
+//! provider's count is the one to watch for the fleet's cost.
 //!
 //! # Example
 //!
@@ -376,4 +378,67 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
     out
+}
+
+#[cfg(all(test, feature = "oauth2"))]
+mod identity_tests {
+    use crate::oauth2::ClientCredentials;
+    use crate::TokenSource;
+
+    fn key(source: &ClientCredentials) -> String {
+        source.store_identity().expect("an identity").key(None)
+    }
+
+    #[test]
+    fn everything_but_the_secret_changes_the_stored_key() {
+        let base = || ClientCredentials::new("https://idp.example.com/token", "svc", "secret-1");
+        let same = key(&base());
+        assert_eq!(
+            key(&ClientCredentials::new(
+                "https://idp.example.com/token",
+                "svc",
+                "secret-2"
+            )),
+            same,
+            "a rotated secret keeps sharing"
+        );
+        let others = [
+            key(&ClientCredentials::new(
+                "https://idp.example.com/token",
+                "other",
+                "secret-1",
+            )),
+            key(&ClientCredentials::new(
+                "https://idp2.example.com/token",
+                "svc",
+                "secret-1",
+            )),
+            key(&base().scope("read")),
+            key(&base().scope("write")),
+            key(&base().audience("https://api.example.com")),
+            key(&base().resource("https://api.example.com")),
+            key(&base().param("tenant", "acme")),
+        ];
+        let mut all: Vec<_> = others.iter().chain([&same]).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), others.len() + 1, "every key differs");
+        assert_ne!(
+            base().store_identity().unwrap().key(Some("k")),
+            same,
+            "the cache key counts"
+        );
+        assert!(
+            !format!("{:?}", base().store_identity()).contains("svc"),
+            "Debug shows field names only"
+        );
+    }
+
+    #[test]
+    fn a_token_exchange_has_no_identity_of_its_own() {
+        let subject = || async { Ok::<_, std::io::Error>(crate::Token::new("subject")) };
+        let exchange =
+            crate::oauth2::TokenExchange::new("https://idp.example.com/token", "svc", "", subject);
+        assert!(exchange.store_identity().is_none());
+    }
 }

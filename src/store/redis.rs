@@ -103,10 +103,13 @@ impl ConnectionLike for Boxed {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url`. Only parses the URL: it connects on
-    /// first use, and needs no runtime until then.
-    pub fn new(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(StoreError::new)?;
+    /// A store on the Redis at `url` (a `&str`, a `String`, or anything
+    /// else redis-rs takes as connection info). Only parses the URL: it
+    /// connects on first use, and needs no runtime until then. A URL that
+    /// does not parse is an error whose message does not quote it.
+    pub fn new(url: impl redis::IntoConnectionInfo) -> Result<Self, StoreError> {
+        // The message of a bad URL does not quote it (it may hold a password).
+        let client = Client::open(url).map_err(error)?;
         Ok(Self::with(Connection::Lazy {
             client,
             current: Arc::default(),
@@ -115,7 +118,30 @@ impl RedisStore {
 
     /// A store on your own redis-rs connection (a `ConnectionManager`, a
     /// `MultiplexedConnection`, a cluster connection: anything
-    /// `ConnectionLike + Clone`), cloned for each operation.
+    /// `ConnectionLike + Clone`), cloned for each operation. Its own
+    /// timeouts and reconnection apply; the cache still gives up on each
+    /// operation after [`op_timeout`](Self::op_timeout).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    /// use tower_bearer::store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> redis::RedisResult<()> {
+    /// let client = redis::Client::open("rediss://user:password@redis.internal:6380/")?;
+    /// // Retry quickly, so that a restarted Redis is seen within a second.
+    /// let config = ConnectionManagerConfig::new()
+    ///     .set_min_delay(Duration::from_millis(50))
+    ///     .set_max_delay(Duration::from_millis(500))
+    ///     .set_connection_timeout(Some(Duration::from_millis(250)))
+    ///     .set_response_timeout(Some(Duration::from_millis(250)));
+    /// let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// let store = RedisStore::from_connection(manager);
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_connection<C>(connection: C) -> Self
     where
         C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -183,7 +209,7 @@ impl RedisStore {
                         let conn = client
                             .get_multiplexed_async_connection_with_config(&config)
                             .await
-                            .map_err(StoreError::new)?;
+                            .map_err(error)?;
                         *current.lock().unwrap_or_else(PoisonError::into_inner) =
                             Some(conn.clone());
                         conn
@@ -202,8 +228,24 @@ impl RedisStore {
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
         }
-        result.map_err(StoreError::new)
+        result.map_err(error)
     }
+}
+
+/// A redis-rs error as a [`StoreError`], with no value in it: a type
+/// error's message quotes the response, which may hold a token.
+fn error(error: redis::RedisError) -> StoreError {
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+    {
+        return StoreError::new(error);
+    }
+    StoreError::new(match error.code() {
+        Some(code) => format!("redis error {code} ({:?})", error.kind()),
+        None => format!("redis error ({:?})", error.kind()),
+    })
 }
 
 /// The value and its remaining time to live, in one round trip.

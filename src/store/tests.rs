@@ -133,7 +133,7 @@ fn identity() -> StoreIdentity {
 }
 
 fn store(redis: &Redis) -> RedisStore {
-    RedisStore::new(&redis.url()).unwrap()
+    RedisStore::new(redis.url()).unwrap()
 }
 
 /// The stored key of `identity()`, with the default prefix.
@@ -236,7 +236,7 @@ async fn redis_down_at_start_then_sharing_resumes() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     // One store handle for the whole fleet's life, made while Redis is down.
-    let store = RedisStore::new(&url).unwrap();
+    let store = RedisStore::new(url).unwrap();
     let idp = Idp::lifetime(Duration::from_secs(60));
 
     let a = idp.cache(store.clone());
@@ -635,4 +635,109 @@ async fn a_due_token_is_refreshed_not_read_back() {
         "before the old one expired"
     );
     assert_eq!(a.token().await.unwrap().secret(), "token-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_their_own_connection_managers_share() {
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+    let redis = Redis::start();
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    let replica = || {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_millis(200));
+        let manager = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+        idp.cache(RedisStore::from_connection(manager))
+    };
+    let first = replica().token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    assert_eq!(replica().token().await.unwrap().secret(), first.secret());
+    assert_eq!(idp.fetches(), 1);
+}
+
+/// Everything the cache tells `tracing` while it shares, fails over and
+/// deletes: never the token.
+#[cfg(feature = "tracing")]
+#[tokio::test]
+async fn store_events_never_show_the_token() {
+    use tracing::field::{Field, Visit};
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<String>>, Arc<AtomicUsize>);
+
+    impl Visit for Recorder {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push_str(&format!("{}={value:?}\n", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Recorder {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            span.record(&mut self.clone());
+            tracing::span::Id::from_u64(self.1.fetch_add(1, Ordering::SeqCst) as u64 + 1)
+        }
+        fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+            values.record(&mut self.clone());
+        }
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            event.record(&mut self.clone());
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    let shared = store(&redis);
+    let a = idp.cache(shared.clone());
+    let token = a.token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    let b = idp.cache(shared.clone());
+    b.token().await.unwrap();
+    assert!(a.invalidate(&token));
+    a.token().await.unwrap();
+    redis.kill();
+    idp.cache(shared.clone()).token().await.unwrap();
+    let _redis = Redis::start_on(port);
+    idp.cache(shared.clone()).token().await.unwrap();
+    // A closure without identity: the warning.
+    TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("token-x")) })
+        .store(shared)
+        .token()
+        .await
+        .unwrap();
+
+    let seen = recorder.0.lock().unwrap().clone();
+    assert!(
+        seen.contains("token store"),
+        "the failures were reported: {seen}"
+    );
+    assert!(seen.contains("no store identity"), "{seen}");
+    assert!(!seen.contains("token-"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_expiry_is_shared_without_a_ttl() {
+    let redis = Redis::start();
+    let idp = Idp::default();
+    let first = idp.cache(store(&redis)).token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(token_key())
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(pttl, -1);
+    let second = idp.cache(store(&redis)).token().await.unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(second.expiry(), None);
+    assert_eq!(idp.fetches(), 1);
 }
