@@ -46,8 +46,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long after its `seconds` a child may take to report.
 const REPORT_GRACE: Duration = Duration::from_secs(20);
 
-/// What one member of a fleet does: the child's whole configuration.
-#[derive(Clone, Debug)]
+/// What one member of a fleet does: the child's whole configuration. No
+/// `Debug`: it holds the client secret.
+#[derive(Clone)]
 pub struct Member {
     pub token_url: String,
     pub protected_url: String,
