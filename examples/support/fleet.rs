@@ -332,6 +332,9 @@ impl Fleet {
                 }
             });
         }
+        // Only the readers send: when every child has closed its stdout,
+        // waiting ends at once.
+        drop(sent);
         let mut ready = 0;
         let deadline = Instant::now() + READY_TIMEOUT;
         while ready < n {
