@@ -411,3 +411,33 @@ impl fmt::Debug for RedisStore {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neither_debug_nor_errors_show_the_url_or_its_password() {
+        let store = RedisStore::new("redis://user:hunter2@redis.internal:6379/").unwrap();
+        let debug = format!("{store:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("redis.internal"),
+            "{debug}"
+        );
+        let error = RedisStore::new("redis://user:hunter2@[bad/").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[cfg(feature = "seal")]
+    #[test]
+    fn a_sealed_store_redacts_its_key() {
+        let store = RedisStore::new("redis://127.0.0.1:1/").unwrap();
+        let sealed = super::super::Sealed::new(store, super::super::SealKey::new([42; 32]));
+        let debug = format!("{sealed:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("42"),
+            "{debug}"
+        );
+    }
+}
