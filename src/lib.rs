@@ -162,6 +162,9 @@ pub mod reqwest;
 pub mod retry;
 pub mod scope;
 mod source;
+#[cfg(feature = "store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+pub mod store;
 mod token;
 
 #[doc(inline)]

@@ -31,6 +31,10 @@ pub struct Token {
     // How much earlier than stated the token may expire: the unit its
     // lifetime was counted in by an issuer that rounds its clock down.
     granularity: Duration,
+    // A token that went through a fleet's store: when its fetch began (on
+    // this process's clock) and how to delete the shared copy on a 401.
+    #[cfg(feature = "store")]
+    pub(crate) origin: Option<Arc<crate::cache::Origin>>,
 }
 
 /// When a token stops being valid.
@@ -53,6 +57,8 @@ impl Token {
             expiry: Expiry::Never,
             generation: 0,
             granularity: Duration::ZERO,
+            #[cfg(feature = "store")]
+            origin: None,
         }
     }
 
@@ -132,6 +138,15 @@ impl Token {
 
     pub(crate) fn granularity(&self) -> Duration {
         self.granularity
+    }
+
+    /// When the fetch that got this token began, if it is not the start of
+    /// the local refresh (a token from a fleet's store).
+    pub(crate) fn fetch_started(&self) -> Option<Instant> {
+        #[cfg(feature = "store")]
+        return self.origin.as_ref().map(|origin| origin.started);
+        #[cfg(not(feature = "store"))]
+        None
     }
 
     /// Anchors a relative lifetime to `fetch_started`; one beyond what an

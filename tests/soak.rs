@@ -27,6 +27,7 @@ use tower::{BoxError, ServiceBuilder};
 use tower_bearer::{BearerAuthLayer, TokenError, TokenErrorKind};
 
 mod common;
+use common::env_or;
 use common::idp::{get, http_client, MockIdp};
 
 /// Seconds; the refresh is due at half of it.
@@ -119,15 +120,6 @@ impl Tally {
                 }
             },
         }
-    }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-        Err(_) => default,
     }
 }
 

@@ -63,6 +63,29 @@ impl Timing {
         granularity: Duration,
         rng: &mut Rng,
     ) -> Schedule {
+        self.schedule_drawn(started, expiry, granularity, |max| rng.below(max))
+    }
+
+    /// The earliest due point [`schedule`](Self::schedule) can draw: a token
+    /// fresh by it is fresh whatever the jitter.
+    #[cfg(feature = "store")]
+    pub(crate) fn earliest_due(
+        &self,
+        started: Instant,
+        expiry: Instant,
+        granularity: Duration,
+    ) -> Instant {
+        self.schedule_drawn(started, expiry, granularity, |max| max)
+            .due_at
+    }
+
+    fn schedule_drawn(
+        &self,
+        started: Instant,
+        expiry: Instant,
+        granularity: Duration,
+        draw: impl FnOnce(Duration) -> Duration,
+    ) -> Schedule {
         let lifetime = expiry.saturating_duration_since(started);
         let half = started.checked_add(lifetime / 2).unwrap_or(expiry);
         let margin = self.expiry_margin.min(lifetime / 10).max(granularity);
@@ -71,7 +94,7 @@ impl Timing {
             .checked_sub(self.refresh_before)
             .unwrap_or(half)
             .max(half);
-        let jitter = rng.below(self.jitter.min(lifetime / 20));
+        let jitter = draw(self.jitter.min(lifetime / 20));
         let due_at = due_at
             .checked_sub(jitter)
             .unwrap_or(half)

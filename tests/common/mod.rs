@@ -188,3 +188,14 @@ impl Service<Request<()>> for Echo {
         std::future::ready(Ok(Response::new(request.headers().clone())))
     }
 }
+
+/// The number in the environment variable `name`, or `default`; panics with
+/// the variable's name if it is not a number.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+        Err(_) => default,
+    }
+}
