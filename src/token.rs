@@ -82,9 +82,11 @@ impl Token {
     /// An issuer that counts in whole seconds rounds its own clock down (an
     /// `iat` is the current second, floored), so the token may expire up to a
     /// second before the fetch start plus `secs`. The cache therefore stops
-    /// serving it at least a second early, whatever its
-    /// [`expiry_margin`](crate::TokenCache::expiry_margin): a one-second
-    /// token is never served, a two-second token for one second.
+    /// serving it a second earlier than its
+    /// [`expiry_margin`](crate::TokenCache::expiry_margin) alone would, so
+    /// that the margin is still left for the request when the issuer's
+    /// rounding took the whole second: a one-second token is never served,
+    /// a two-second token for 0.8 s (its margin being 10% of the lifetime).
     ///
     /// ```
     /// use std::time::Duration;

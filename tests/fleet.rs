@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 use tower::BoxError;
 
 mod common;
-use common::env_or;
 use common::idp::{MockIdp, CLIENT_ID, CLIENT_SECRET};
+use common::{env_or, refresh_interval};
 
 #[path = "../examples/support/fleet.rs"]
 mod fleet;
@@ -38,7 +38,7 @@ mod redis_server;
 use fleet::{Fleet, Member, Totals};
 use redis_server::RedisServer;
 
-/// Seconds; the refresh is due at half of it.
+/// Seconds; served for 0.8 s of it (see `refresh_interval`).
 const TOKEN_LIFETIME: u64 = 2;
 /// Token requests allowed beyond one per refresh interval, for the cold
 /// start and the boundaries of the run (as in `tests/soak.rs`).
@@ -96,9 +96,10 @@ fn idp() -> MockIdp {
     MockIdp::start_with(TOKEN_LIFETIME, &[("EXP_ROUNDING", "floor".to_owned())])
 }
 
-/// One token request per refresh interval (half the lifetime), and the slack.
+/// One token request per refresh interval (0.8 s for 2 s tokens), and the
+/// slack.
 fn one_process_bound(elapsed: Duration) -> u64 {
-    (elapsed.as_secs_f64() / (TOKEN_LIFETIME as f64 / 2.0)).ceil() as u64 + SLACK
+    (elapsed.as_secs_f64() / refresh_interval(TOKEN_LIFETIME).as_secs_f64()).ceil() as u64 + SLACK
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -15,9 +15,11 @@
 //! `t0 + L`:
 //!
 //! - is **expired** `min(10 s, L/10)` before `t0 + L`
-//!   ([`expiry_margin`](TokenCache::expiry_margin)), and at least a second
-//!   before it when `L` was counted in whole seconds by an issuer that
-//!   rounds down ([`Token::expires_in_secs`], as OAuth2's `expires_in` is);
+//!   ([`expiry_margin`](TokenCache::expiry_margin)), and a second earlier
+//!   still when `L` was counted in whole seconds by an issuer that rounds
+//!   down ([`Token::expires_in_secs`], as OAuth2's `expires_in` is): the
+//!   rounding may already have taken that second, and the margin is left
+//!   for the request;
 //! - comes **due** `5 min` before `t0 + L` but not before `t0 + L/2`
 //!   ([`refresh_before`](TokenCache::refresh_before)), moved earlier by a
 //!   random jitter of up to `min(30 s, L/20)` so that a fleet does not

@@ -194,6 +194,10 @@ impl Fleet {
     /// at the earliest due point its jitter could draw, so that the entry
     /// made of it is fresh too, and a due token is refreshed, not read back.
     async fn read(&self, timing: &Timing) -> Result<Option<Token>, ()> {
+        // What is left (the TTL) was measured somewhere during the read:
+        // anchored at its start, the read's own latency is never credited
+        // to the token as lifetime.
+        let asked = clock::now();
         let Some(stored) = op(&*self.store, "read", self.store.read(&self.key)).await? else {
             return Ok(None);
         };
@@ -206,10 +210,10 @@ impl Fleet {
         let Some((record, secret)) = Record::decode(&value) else {
             return Ok(None);
         };
-        let now = clock::now();
-        let Some((started, expiry)) = record.anchor(now, self.store.now(), stored.ttl) else {
+        let Some((started, expiry)) = record.anchor(asked, self.store.now(), stored.ttl) else {
             return Ok(None);
         };
+        let now = clock::now();
         let granularity = Duration::from_millis(u64::from(record.granularity_ms));
         let mut token = Token::new(secret);
         if let Some(expiry) = expiry {
