@@ -1,10 +1,11 @@
 //! A local `redis-server` on a free port of 127.0.0.1, stopped on drop, for
-//! the fleet example and tests. Not part of the crate's API.
+//! the fleet example and tests, and the store's own tests (which kill and
+//! restart it on its port). Not part of the crate's API.
 //!
 //! It keeps nothing on disk (`--save ""`, no append-only file), so a
 //! restarted server starts empty.
 
-// The example and the test each use only part of it.
+// Each user takes only part of it.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -21,7 +22,7 @@ const ATTEMPTS: usize = 3;
 
 /// A running `redis-server`; dropping it kills the process.
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
 }
 
@@ -41,7 +42,15 @@ impl RedisServer {
 
     fn start_once() -> Result<Self, BoxError> {
         // Free now; a race with another process is retried by `start`.
+        // (The listener is dropped at the end of this statement, so the
+        // port is free again before the server binds it.)
         let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        Self::start_on(port)
+    }
+
+    /// Starts `redis-server` on `port` (a killed server's, to restart it
+    /// empty) and waits until it answers `PING`.
+    pub fn start_on(port: u16) -> Result<Self, BoxError> {
         let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
         let child = Command::new(&program)
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -56,13 +65,22 @@ impl RedisServer {
                     "cannot run `{program}` ({e}): install it, e.g. `apt-get install redis-server`"
                 )
             })?;
-        let mut server = Self { child, port };
+        let mut server = Self {
+            child: Some(child),
+            port,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if server.ping() {
                 return Ok(server);
             }
-            if let Some(status) = server.child.try_wait()? {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .map(Child::try_wait)
+                .transpose()?
+                .flatten()
+            {
                 return Err(format!("redis-server on port {port} exited: {status}").into());
             }
             if Instant::now() > deadline {
@@ -72,6 +90,19 @@ impl RedisServer {
                 .into());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (at once, as a crash would); it keeps nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -96,7 +127,6 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -6,8 +6,7 @@
 //! small, and no assertion depends on how long anything took beyond what
 //! the test itself arranged (a token's lifetime, a paused server).
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,52 +16,38 @@ use tokio::time::Instant;
 use super::{RedisStore, StoreIdentity, TokenStore};
 use crate::{Token, TokenCache};
 
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("its address").port()
 }
 
+// The fleet's helper, shared; its `pub`s are for the examples and tests.
+#[allow(unreachable_pub)]
+#[path = "../../examples/support/redis_server.rs"]
+mod redis_server;
+
+/// A real `redis-server`, and what the tests ask of it beyond the fleet's.
+struct Redis(redis_server::RedisServer);
+
 impl Redis {
     fn start() -> Self {
-        Self::start_on(free_port())
+        Self(redis_server::RedisServer::start().expect("redis-server"))
     }
 
     fn start_on(port: u16) -> Self {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        for _ in 0..500 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self {
-                    port,
-                    child: Some(child),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not start on port {port}");
+        Self(redis_server::RedisServer::start_on(port).expect("redis-server"))
+    }
+
+    fn port(&self) -> u16 {
+        self.0.port()
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.0.url()
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill();
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -79,12 +64,6 @@ impl Redis {
             .query_async(&mut self.conn().await)
             .await
             .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -261,7 +240,7 @@ async fn redis_down_at_start_then_sharing_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_and_restarted_empty() {
     let mut redis = Redis::start();
-    let port = redis.port;
+    let port = redis.port();
     let store = store(&redis);
     let idp = Idp::lifetime(Duration::from_secs(60));
 
@@ -694,7 +673,7 @@ async fn store_events_never_show_the_token() {
     let recorder = Recorder::default();
     let _guard = tracing::subscriber::set_default(recorder.clone());
     let mut redis = Redis::start();
-    let port = redis.port;
+    let port = redis.port();
     let idp = Idp::lifetime(Duration::from_secs(60));
     let shared = store(&redis);
     let a = idp.cache(shared.clone());
