@@ -8,6 +8,7 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::present::{self, Proof};
 use crate::cache::{invalidate_by_id, Entry};
 use crate::{BoxError, TokenError};
 
@@ -43,6 +44,12 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
+        },
+        // A request with a DPoP proof: its response is read for nonces.
+        Proving {
+            #[pin]
+            future: S::Future,
+            proof: Proof,
         },
     }
 }
@@ -92,6 +99,21 @@ where
         }
     }
 
+    /// Sends `request` with the token of `entry`, through the one seam
+    /// ([`present`]) that decides what a request carries for its token.
+    pub(super) fn authorized(
+        inner: &mut S,
+        request: Request<B>,
+        header: &HeaderName,
+        entry: &Entry,
+        sent: Sent,
+    ) -> Self {
+        match authorize(inner, request, header, entry) {
+            Ok(state) => Self { state, sent },
+            Err(error) => Self::failed(error),
+        }
+    }
+
     pub(super) fn waiting(token: Wait, pending: Pending<S, B>, cache: u64) -> Self {
         Self {
             state: State::Waiting {
@@ -127,7 +149,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let future = match this.state.as_mut().project() {
+            let next = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() == StatusCode::UNAUTHORIZED {
@@ -135,12 +157,19 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
+                StateProj::Proving { future, proof } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if present::rejects(proof, response.status(), response.headers()) {
+                        this.sent.unauthorized();
+                    }
+                    return Poll::Ready(Ok(response));
+                }
                 StateProj::Waiting { token, pending } => match ready!(token.as_mut().poll(cx)) {
-                    Ok(entry) => send(pending, &entry, this.sent),
+                    Ok(entry) => send(pending, &entry, this.sent)?,
                     Err(error) => return Poll::Ready(Err(error.into())),
                 },
             };
-            this.state.set(State::Calling { future });
+            this.state.set(next);
         }
     }
 }
@@ -149,16 +178,41 @@ where
 /// of a request with a fresh token stays small.
 #[cold]
 #[inline(never)]
-fn send<S, B>(pending: &mut Option<Box<Pending<S, B>>>, entry: &Entry, sent: &mut Sent) -> S::Future
+fn send<S, B>(
+    pending: &mut Option<Box<Pending<S, B>>>,
+    entry: &Entry,
+    sent: &mut Sent,
+) -> Result<State<S, B>, TokenError>
 where
     S: Service<Request<B>>,
 {
     let Pending {
         mut inner,
-        mut request,
+        request,
         header,
     } = *pending.take().expect("polled after completion");
-    request.headers_mut().insert(header, entry.header.clone());
+    let state = authorize(&mut inner, request, &header, entry)?;
     sent.generation = entry.generation;
-    inner.call(request)
+    Ok(state)
+}
+
+/// Puts the token on `request` and calls `inner` with it, unless the token
+/// cannot be presented (then nothing is sent).
+#[inline]
+fn authorize<S, B>(
+    inner: &mut S,
+    request: Request<B>,
+    header: &HeaderName,
+    entry: &Entry,
+) -> Result<State<S, B>, TokenError>
+where
+    S: Service<Request<B>>,
+{
+    let (mut parts, body) = request.into_parts();
+    let proof = present::present(&mut parts.headers, header, entry, &parts.method, &parts.uri)?;
+    let future = inner.call(Request::from_parts(parts, body));
+    Ok(match proof {
+        None => State::Calling { future },
+        Some(proof) => State::Proving { future, proof },
+    })
 }

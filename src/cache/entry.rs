@@ -104,6 +104,15 @@ impl Entry {
         if token.secret().is_empty() {
             return Err(TokenError::empty_token());
         }
+        // A DPoP-bound token goes out as `DPoP <token>`, beside a proof made
+        // per request: never on the hot path, which only clones the header.
+        #[cfg(feature = "dpop")]
+        let (scheme, bound) = match token.bound() {
+            Some(_) => (Some("DPoP"), true),
+            None => (scheme, false),
+        };
+        #[cfg(not(feature = "dpop"))]
+        let bound = false;
         let mut header = HeaderValue::try_from(header_bytes(scheme, token.secret()))
             .map_err(TokenError::invalid_token)?;
         header.set_sensitive(true);
@@ -120,6 +129,9 @@ impl Entry {
         let (state, fresh_until) = match (phase_at(schedule, now), schedule) {
             (Phase::Expired, _) => return Err(TokenError::expired()),
             (Phase::Due, _) => (STALE, 0),
+            // Stale for the hot path from the start: its requests take the
+            // slow path, which asks `present` for a proof.
+            (Phase::Fresh, _) if bound => (STALE, 0),
             (Phase::Fresh, None) => (FRESH, Coarse::MAX),
             (Phase::Fresh, Some(s)) => (
                 FRESH,

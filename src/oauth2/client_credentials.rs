@@ -58,6 +58,9 @@ pub struct ClientCredentials {
     default_lifetime: Duration,
     allow_insecure_http: bool,
     client: Client,
+    /// The DPoP key and the token endpoint's nonce.
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::Binding>,
 }
 
 #[derive(Clone)]
@@ -74,6 +77,8 @@ struct Prepared {
     client: Arc<dyn HttpClient>,
     request: Request<Full<Bytes>>,
     masked: Vec<Zeroizing<String>>,
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::Binding>,
 }
 
 /// Which grant a request asks for.
@@ -124,6 +129,8 @@ impl ClientCredentials {
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
             client: Client::Default(Arc::default()),
+            #[cfg(feature = "dpop")]
+            dpop: None,
         }
     }
 
@@ -204,6 +211,45 @@ impl ClientCredentials {
     pub fn private_key_jwt(mut self, key: PrivateKey) -> Self {
         self.credentials.key = Some(key);
         self.auth = ClientAuth::PrivateKeyJwt;
+        self
+    }
+
+    /// Asks for DPoP-bound tokens (RFC 9449), proving possession of `key`.
+    ///
+    /// Each token request carries a `DPoP` proof: `htm` `POST`, `htu` the
+    /// token URL without query or fragment, `iat`, a random `jti`, and the
+    /// token endpoint's last nonce. A response with `token_type` `DPoP` (in
+    /// any case) gives a token bound to `key`, which the layer and the
+    /// reqwest middleware then send as `Authorization: DPoP` with a proof
+    /// per request; a server that answers `Bearer` instead (it does not do
+    /// DPoP) gives a plain bearer token.
+    ///
+    /// The token endpoint's nonce challenge (a `400` whose `error` is
+    /// `use_dpop_nonce`, with a `DPoP-Nonce` header) is answered at once,
+    /// within the same fetch, by one more request with the nonce; a nonce on
+    /// any response of the token endpoint is remembered for its next
+    /// request. That nonce is kept apart from the resources' nonces.
+    ///
+    /// The token URL must be spelled as the server names its token endpoint
+    /// (its `token_endpoint` metadata): `htu` is compared with it, so that
+    /// `localhost` against `127.0.0.1`, or a proxy's URL, fails with an htu
+    /// mismatch. See [`crate::dpop`].
+    ///
+    /// ```
+    /// use tower_bearer::dpop::ProofKey;
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_bearer::dpop::Error> {
+    /// let source = ClientCredentials::new("https://idp.example.com/token", "my-client", "s3cret")
+    ///     .dpop(ProofKey::generate()?);
+    /// # let _ = source;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop(mut self, key: crate::dpop::ProofKey) -> Self {
+        self.dpop = Some(crate::dpop::Binding::new(key));
         self
     }
 
@@ -324,6 +370,8 @@ impl ClientCredentials {
             client,
             request,
             masked,
+            #[cfg(feature = "dpop")]
+            dpop: self.dpop.clone(),
         })
     }
 
@@ -356,12 +404,16 @@ impl ClientCredentials {
         for (name, value) in &self.params {
             form.pair(name, value);
         }
-        let mut request = Request::post(uri)
+        let mut request = Request::post(uri.clone())
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )
             .header(ACCEPT, HeaderValue::from_static("application/json"));
+        #[cfg(feature = "dpop")]
+        if let Some(binding) = &self.dpop {
+            request = request.header(crate::dpop::DPOP, token_request_proof(binding, &uri)?);
+        }
         if let Some(header) = self.credentials.authenticate(
             self.auth,
             &self.client_id,
@@ -445,10 +497,12 @@ async fn send(
         client,
         request,
         masked,
+        #[cfg(feature = "dpop")]
+        dpop,
     } = prepared?;
-    let response = client.send(request).await.map_err(Error::transport)?;
-    let (parts, body) = response.into_parts();
-    let body = read_body(body).await?;
+    #[cfg(feature = "dpop")]
+    let retry = dpop.as_ref().map(|_| copy(&request));
+    let (parts, body) = exchange(&*client, request).await?;
     let context = Context {
         started,
         started_wall,
@@ -456,8 +510,56 @@ async fn send(
         client_id: &client_id,
         secret: &secret,
         masked: &masked,
+        #[cfg(feature = "dpop")]
+        binding: dpop.as_ref(),
     };
+    #[cfg(feature = "dpop")]
+    if let (Some(binding), Some(mut retry)) = (&dpop, retry) {
+        // The nonce challenge (RFC 9449 §8): a 400 `use_dpop_nonce` with a
+        // `DPoP-Nonce`, answered once, with a new proof.
+        let nonce = binding.token_endpoint_nonce(&parts.headers);
+        let result = response::token(parts.status, &parts.headers, &body, &context);
+        let challenged = matches!(&result, Err(error) if nonce
+            && parts.status == http::StatusCode::BAD_REQUEST
+            && error.response().is_some_and(|r| r.error() == "use_dpop_nonce"));
+        if !challenged {
+            return result;
+        }
+        let proof = token_request_proof(binding, retry.uri())?;
+        retry.headers_mut().insert(crate::dpop::DPOP, proof);
+        let (parts, body) = exchange(&*client, retry).await?;
+        binding.token_endpoint_nonce(&parts.headers);
+        return response::token(parts.status, &parts.headers, &body, &context);
+    }
     response::token(parts.status, &parts.headers, &body, &context)
+}
+
+/// Sends one request and reads the whole answer.
+async fn exchange(
+    client: &dyn HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Result<(http::response::Parts, Bytes), Error> {
+    let response = client.send(request).await.map_err(Error::transport)?;
+    let (parts, body) = response.into_parts();
+    Ok((parts, read_body(body).await?))
+}
+
+/// A token request's proof; failing to make one is a configuration error.
+#[cfg(feature = "dpop")]
+fn token_request_proof(binding: &crate::dpop::Binding, uri: &Uri) -> Result<HeaderValue, Error> {
+    binding
+        .token_request_proof(uri)
+        .map_err(|error| Error::config(format!("cannot make the DPoP proof: {error}")))
+}
+
+/// A copy of a token request, to answer a nonce challenge with.
+#[cfg(feature = "dpop")]
+fn copy(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// The whole body, up to [`MAX_BODY`]: a bigger one is refused as soon as
