@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::present::{self, Proof};
+use super::present::{self, Call};
 use crate::cache::{invalidate_by_id, Entry};
 use crate::{BoxError, TokenError};
 
@@ -47,9 +47,7 @@ pin_project! {
         },
         // A request with a DPoP proof: its response is read for nonces.
         Proving {
-            #[pin]
-            future: S::Future,
-            proof: Proof,
+            call: Call<S::Future>,
         },
     }
 }
@@ -149,7 +147,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let next = match this.state.as_mut().project() {
+            let (pending, entry) = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() == StatusCode::UNAUTHORIZED {
@@ -157,32 +155,34 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Proving { future, proof } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if present::rejects(proof, response.status(), response.headers()) {
+                StateProj::Proving { call } => {
+                    let (response, rejects) =
+                        ready!(present::poll(call, cx)).map_err(Into::into)?;
+                    if rejects {
                         this.sent.unauthorized();
                     }
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Waiting { token, pending } => match ready!(token.as_mut().poll(cx)) {
-                    Ok(entry) => send(pending, &entry, this.sent)?,
+                    Ok(entry) => (pending.take(), entry),
                     Err(error) => return Poll::Ready(Err(error.into())),
                 },
             };
-            this.state.set(next);
+            send(this.state.as_mut(), pending, &entry, this.sent)?;
         }
     }
 }
 
-/// Sends a request that waited for its token. Out of line, so that the poll
-/// of a request with a fresh token stays small.
+/// Sends a request that waited for its token, and moves `state` on. Out of
+/// line, so that the poll of a request with a fresh token stays small.
 #[cold]
 #[inline(never)]
 fn send<S, B>(
-    pending: &mut Option<Box<Pending<S, B>>>,
+    mut state: Pin<&mut State<S, B>>,
+    pending: Option<Box<Pending<S, B>>>,
     entry: &Entry,
     sent: &mut Sent,
-) -> Result<State<S, B>, TokenError>
+) -> Result<(), TokenError>
 where
     S: Service<Request<B>>,
 {
@@ -190,10 +190,10 @@ where
         mut inner,
         request,
         header,
-    } = *pending.take().expect("polled after completion");
-    let state = authorize(&mut inner, request, &header, entry)?;
+    } = *pending.expect("polled after completion");
     sent.generation = entry.generation;
-    Ok(state)
+    state.set(authorize(&mut inner, request, &header, entry)?);
+    Ok(())
 }
 
 /// Puts the token on `request` and calls `inner` with it, unless the token
@@ -213,6 +213,8 @@ where
     let future = inner.call(Request::from_parts(parts, body));
     Ok(match proof {
         None => State::Calling { future },
-        Some(proof) => State::Proving { future, proof },
+        Some(proof) => State::Proving {
+            call: present::call(future, proof),
+        },
     })
 }
