@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::present::{self, Call};
+use super::present::{self, Proof};
 use crate::cache::{invalidate_by_id, Entry};
 use crate::{BoxError, TokenError};
 
@@ -26,6 +26,9 @@ pin_project! {
         #[pin]
         state: State<S, B>,
         sent: Sent,
+        // Set for a request sent with a DPoP proof; of size zero without
+        // the `dpop` feature.
+        proof: Option<Proof>,
     }
 }
 
@@ -44,10 +47,6 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-        },
-        // A request with a DPoP proof: its response is read for nonces.
-        Proving {
-            call: Call<S::Future>,
         },
     }
 }
@@ -94,11 +93,13 @@ where
         Self {
             state: State::Calling { future },
             sent,
+            proof: None,
         }
     }
 
     /// Sends `request` with the token of `entry`, through the one seam
-    /// ([`present`]) that decides what a request carries for its token.
+    /// ([`present`](present::present)) that decides what a request carries
+    /// for its token.
     pub(super) fn authorized(
         inner: &mut S,
         request: Request<B>,
@@ -107,7 +108,11 @@ where
         sent: Sent,
     ) -> Self {
         match authorize(inner, request, header, entry) {
-            Ok(state) => Self { state, sent },
+            Ok((future, proof)) => Self {
+                state: State::Calling { future },
+                sent,
+                proof,
+            },
             Err(error) => Self::failed(error),
         }
     }
@@ -119,6 +124,7 @@ where
                 pending: Some(Box::new(pending)),
             },
             sent: Sent::new(cache, 0),
+            proof: None,
         }
     }
 
@@ -132,6 +138,7 @@ where
                 pending: None,
             },
             sent: Sent::NOTHING,
+            proof: None,
         }
     }
 }
@@ -147,42 +154,38 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let (pending, entry) = match this.state.as_mut().project() {
+            let future = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        this.sent.unauthorized();
-                    }
-                    return Poll::Ready(Ok(response));
-                }
-                StateProj::Proving { call } => {
-                    let (response, rejects) =
-                        ready!(present::poll(call, cx)).map_err(Into::into)?;
-                    if rejects {
+                    let rejected = match this.proof {
+                        None => response.status() == StatusCode::UNAUTHORIZED,
+                        Some(proof) => present::rejects(proof, &response),
+                    };
+                    if rejected {
                         this.sent.unauthorized();
                     }
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Waiting { token, pending } => match ready!(token.as_mut().poll(cx)) {
-                    Ok(entry) => (pending.take(), entry),
+                    Ok(entry) => send(pending, &entry, this.sent, this.proof)?,
                     Err(error) => return Poll::Ready(Err(error.into())),
                 },
             };
-            send(this.state.as_mut(), pending, &entry, this.sent)?;
+            this.state.set(State::Calling { future });
         }
     }
 }
 
-/// Sends a request that waited for its token, and moves `state` on. Out of
-/// line, so that the poll of a request with a fresh token stays small.
+/// Sends a request that waited for its token. Out of line, so that the poll
+/// of a request with a fresh token stays small.
 #[cold]
 #[inline(never)]
 fn send<S, B>(
-    mut state: Pin<&mut State<S, B>>,
-    pending: Option<Box<Pending<S, B>>>,
+    pending: &mut Option<Box<Pending<S, B>>>,
     entry: &Entry,
     sent: &mut Sent,
-) -> Result<(), TokenError>
+    proof: &mut Option<Proof>,
+) -> Result<S::Future, TokenError>
 where
     S: Service<Request<B>>,
 {
@@ -190,10 +193,11 @@ where
         mut inner,
         request,
         header,
-    } = *pending.expect("polled after completion");
+    } = *pending.take().expect("polled after completion");
+    let future;
+    (future, *proof) = authorize(&mut inner, request, &header, entry)?;
     sent.generation = entry.generation;
-    state.set(authorize(&mut inner, request, &header, entry)?);
-    Ok(())
+    Ok(future)
 }
 
 /// Puts the token on `request` and calls `inner` with it, unless the token
@@ -204,17 +208,11 @@ fn authorize<S, B>(
     request: Request<B>,
     header: &HeaderName,
     entry: &Entry,
-) -> Result<State<S, B>, TokenError>
+) -> Result<(S::Future, Option<Proof>), TokenError>
 where
     S: Service<Request<B>>,
 {
     let (mut parts, body) = request.into_parts();
     let proof = present::present(&mut parts.headers, header, entry, &parts.method, &parts.uri)?;
-    let future = inner.call(Request::from_parts(parts, body));
-    Ok(match proof {
-        None => State::Calling { future },
-        Some(proof) => State::Proving {
-            call: present::call(future, proof),
-        },
-    })
+    Ok((inner.call(Request::from_parts(parts, body)), proof))
 }
