@@ -359,3 +359,63 @@ async fn a_request_uri_that_is_not_absolute_is_a_typed_error_and_is_not_sent() {
     assert_eq!(source.kind(), tower_bearer::dpop::ErrorKind::Target);
     assert_eq!(recorded.len(), 0, "nothing was sent");
 }
+
+#[tokio::test]
+async fn a_rejected_bound_token_is_evicted_and_retried_with_a_fresh_one() {
+    use tower_bearer::dpop::Binding;
+    use tower_bearer::{Token, TokenSource};
+    let provider = Provider::start(&[]);
+    let real = provider.source(ProofKey::generate().unwrap());
+    let fetches = Arc::new(AtomicUsize::new(0));
+    // The first token is bound but unknown to the server (as if revoked).
+    let source = {
+        let fetches = fetches.clone();
+        move || {
+            let first = fetches.fetch_add(1, Ordering::SeqCst) == 0;
+            let real = real.clone();
+            async move {
+                if first {
+                    let binding = Binding::new(ProofKey::generate().unwrap());
+                    return Ok(Token::new("revoked").bind(&binding));
+                }
+                real.fetch().await
+            }
+        }
+    };
+    let cache = TokenCache::new(source);
+    let mut client = ServiceBuilder::new()
+        .retry(RetryOn401::new())
+        .layer(BearerAuthLayer::from_cache(cache.clone()))
+        .service(http_client());
+    let (status, _, body) = send(&mut client, get(&provider.resource_url)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "the 401 evicted the first token"
+    );
+}
+
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test]
+async fn the_reqwest_middleware_sends_proofs_and_keeps_the_token_on_a_nonce_challenge() {
+    use tower_bearer::BearerAuthMiddleware;
+    let provider = Provider::start(&[("RESOURCE_NONCE", "1")]);
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let cache =
+        TokenCache::new(provider.counted_source(ProofKey::generate().unwrap(), fetches.clone()));
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(BearerAuthMiddleware::from_cache(cache.clone()))
+        .build();
+    let response = client.get(&provider.resource_url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key("dpop-nonce"));
+    // The nonce was remembered, and the token kept.
+    for _ in 0..2 {
+        let response = client.get(&provider.resource_url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(body["scheme"], "DPoP");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}

@@ -159,7 +159,9 @@ where
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let rejected = match this.proof {
                         None => response.status() == StatusCode::UNAUTHORIZED,
-                        Some(proof) => present::rejects(proof, &response),
+                        Some(proof) => {
+                            present::rejects(proof, response.status(), response.headers())
+                        }
                     };
                     if rejected {
                         this.sent.unauthorized();
@@ -205,14 +207,14 @@ where
 #[inline]
 fn authorize<S, B>(
     inner: &mut S,
-    request: Request<B>,
+    mut request: Request<B>,
     header: &HeaderName,
     entry: &Entry,
 ) -> Result<(S::Future, Option<Proof>), TokenError>
 where
     S: Service<Request<B>>,
 {
-    let (mut parts, body) = request.into_parts();
-    let proof = present::present(&mut parts.headers, header, entry, &parts.method, &parts.uri)?;
-    Ok((inner.call(Request::from_parts(parts, body)), proof))
+    let presented = present::present(entry, request.method(), || Some(request.uri().clone()))?;
+    let proof = presented.insert(request.headers_mut(), header);
+    Ok((inner.call(request), proof))
 }

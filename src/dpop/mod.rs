@@ -262,6 +262,10 @@ impl Error {
         }
     }
 
+    pub(crate) fn invalid_uri() -> Self {
+        Self::target("the request URL is not a valid URI")
+    }
+
     fn target(message: &'static str) -> Self {
         Self {
             kind: ErrorKind::Target,
