@@ -240,7 +240,7 @@ mod tests {
         let mut policy = RetryOn401::<()>::new();
         let mut request = Request::new(());
         policy.retry(&mut request, &mut unauthorized(NONCE));
-        let mut clone = |policy: &mut RetryOn401<()>| {
+        let clone = |policy: &mut RetryOn401<()>| {
             Policy::<_, Response<()>, std::convert::Infallible>::clone_request(policy, &request)
         };
         assert!(clone(&mut policy).is_some());
