@@ -15,6 +15,11 @@
 //! [`keep_existing`](BearerAuthMiddleware::keep_existing) and
 //! [`scope`](BearerAuthMiddleware::scope).
 //!
+//! A DPoP-bound token (the `dpop` feature, see [`crate::dpop`]) is sent as
+//! the tower layer sends it, through the same code: `Authorization: DPoP`
+//! with a proof for the request's URL, the origin's nonce remembered from
+//! each response, and a nonce challenge that does not evict the token.
+//!
 //! A failure to get a token is a `reqwest_middleware::Error::Middleware`
 //! whose `anyhow::Error` is the [`TokenError`]:
 //! `error.downcast_ref::<TokenError>()` on it recovers the kind and the

@@ -419,3 +419,21 @@ async fn the_reqwest_middleware_sends_proofs_and_keeps_the_token_on_a_nonce_chal
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_keyed_layer_sends_proofs_for_bound_tokens_too() {
+    use tower_bearer::KeyedTokenCache;
+    let provider = Provider::start(&[]);
+    let source = provider.source(ProofKey::generate().unwrap());
+    let cache = KeyedTokenCache::new(move |_tenant: &String| source.clone());
+    let mut client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::keyed(cache, |_| {
+            Some("tenant-a".to_owned())
+        }))
+        .service(http_client());
+    for _ in 0..2 {
+        let (status, _, body) = send(&mut client, get(&provider.resource_url)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["scheme"], "DPoP");
+    }
+}
