@@ -16,7 +16,6 @@
 mod idp;
 
 use std::error::Error;
-use std::path::Path;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -32,16 +31,13 @@ type BoxError = Box<dyn Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oidc-provider");
     let env = [
         ("DPOP_REQUIRE_NONCE", "1".to_owned()),
         ("RESOURCE_NONCE", "1".to_owned()),
     ];
-    let (mut server, urls) = idp::start_node(&fixture, &env);
-    let result = run(&urls).await;
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    let (server, urls) = idp::start_node(&idp::oidc_provider_dir(), &env);
+    let _server = idp::Running(server);
+    run(&urls).await
 }
 
 async fn run(urls: &Value) -> Result<(), BoxError> {

@@ -6,8 +6,6 @@
 //! why not userinfo).
 #![cfg(feature = "dpop")]
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,11 +20,11 @@ use tower_bearer::oauth2::{Algorithm, ClientCredentials};
 use tower_bearer::{BearerAuthLayer, BoxError, RetryOn401, TokenCache};
 
 mod common;
-use common::idp::{http_client, start_node};
+use common::idp::{http_client, oidc_provider_dir, start_node, Running};
 
 /// oidc-provider, stopped on drop.
 struct Provider {
-    child: Child,
+    _server: Running,
     token_url: String,
     resource_url: String,
     rotate_url: String,
@@ -35,13 +33,13 @@ struct Provider {
 impl Provider {
     fn start(env: &[(&str, &str)]) -> Self {
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let (child, urls) = start_node(&fixture_dir(), &env);
+        let (child, urls) = start_node(&oidc_provider_dir(), &env);
         let url = |name: &str| urls[name].as_str().expect("a URL").to_owned();
         Self {
             token_url: url("token_url"),
             resource_url: url("resource_url"),
             rotate_url: url("rotate_url"),
-            child,
+            _server: Running(child),
         }
     }
 
@@ -65,17 +63,6 @@ impl Provider {
         let response = http_client().request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oidc-provider")
 }
 
 /// A request's status, headers and JSON body (`Null` when it has none).

@@ -138,3 +138,81 @@ impl fmt::Debug for ProofKey {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dpop::ErrorKind;
+
+    const RSA: &str = include_str!("../../tests/fixtures/oidc-provider/keys/rsa.pem");
+    const EC: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ec.pem");
+    const ED25519: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ed25519.pem");
+
+    #[test]
+    fn keys_load_from_pkcs8_pem_and_show_no_secret() {
+        for (algorithm, pem) in [
+            (Algorithm::ES256, EC),
+            (Algorithm::EdDSA, ED25519),
+            (Algorithm::RS256, RSA),
+        ] {
+            let key = ProofKey::from_pkcs8_pem(algorithm, pem).unwrap();
+            assert_eq!(key.algorithm(), algorithm);
+            let debug = format!("{key:?} {key:#?}");
+            assert!(debug.contains("<redacted>"), "{debug}");
+            assert!(!debug.contains("MII") && !debug.contains("MC4"), "{debug}");
+            // The same key, the same thumbprint; another key, another.
+            let again = ProofKey::from_pkcs8_pem(algorithm, pem).unwrap();
+            assert_eq!(key.thumbprint(), again.thumbprint());
+        }
+        let generated = ProofKey::generate().unwrap();
+        assert_eq!(generated.algorithm(), Algorithm::ES256);
+        assert_ne!(
+            generated.thumbprint(),
+            ProofKey::generate().unwrap().thumbprint()
+        );
+    }
+
+    #[test]
+    fn the_jwk_holds_the_thumbprint_members_only_in_order() {
+        // RFC 7638 §3.2: the required members, lexicographically; what the
+        // server's thumbprint of the proof's `jwk` is checked against is in
+        // tests/dpop.rs (`jkt` equals `thumbprint()`).
+        for (algorithm, pem, members) in [
+            (Algorithm::RS256, RSA, &["e", "kty", "n"][..]),
+            (Algorithm::ES256, EC, &["crv", "kty", "x", "y"]),
+            (Algorithm::EdDSA, ED25519, &["crv", "kty", "x"]),
+        ] {
+            let key = ProofKey::from_pkcs8_pem(algorithm, pem).unwrap();
+            let jwk = key.private().public_jwk();
+            let names: Vec<&str> = jwk.keys().map(String::as_str).collect();
+            assert_eq!(names, members);
+        }
+    }
+
+    #[test]
+    fn bad_keys_are_typed_errors_that_never_quote_the_key() {
+        let cases = [
+            (Algorithm::ES256, "not a key at all"),
+            (
+                Algorithm::ES256,
+                "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----",
+            ),
+            (Algorithm::ES256, RSA),
+            (Algorithm::EdDSA, EC),
+            (Algorithm::PS256, RSA),
+        ];
+        for (algorithm, pem) in cases {
+            let error = ProofKey::from_pkcs8_pem(algorithm, pem).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Key);
+            let mut shown = format!("{error} {error:?}");
+            if let Some(source) = std::error::Error::source(&error) {
+                shown.push_str(&source.to_string());
+            }
+            assert!(!shown.contains("MII"), "{shown}");
+        }
+        let error = ProofKey::generate_with(Algorithm::RS256).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Key);
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert!(source.contains("cannot be generated"), "{source}");
+    }
+}

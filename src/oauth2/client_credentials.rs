@@ -797,4 +797,128 @@ mod tests {
             RetryHint::NotBefore(Duration::from_secs(7))
         );
     }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_dpop_token_request_carries_a_proof_for_the_token_url() {
+        let dpop = source()
+            .dpop(crate::dpop::ProofKey::generate().unwrap())
+            .auth_method(ClientAuth::Post);
+        let uri: Uri = "https://IdP.example.com:443/token?tenant=1"
+            .parse()
+            .unwrap();
+        let request = dpop.request(uri, None, None, &mut Vec::new()).unwrap();
+        let proof = request.headers()[crate::dpop::DPOP].to_str().unwrap();
+        let payload = proof.split('.').nth(1).unwrap();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], "https://idp.example.com/token");
+        assert!(claims.get("ath").is_none() && claims.get("nonce").is_none());
+        // Without `dpop`, none.
+        let plain = source()
+            .request(
+                "https://idp.example.com/token".parse().unwrap(),
+                None,
+                None,
+                &mut Vec::new(),
+            )
+            .unwrap();
+        assert!(plain.headers().get(crate::dpop::DPOP).is_none());
+    }
+
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn a_dpop_token_type_binds_the_token_in_any_case_and_bearer_does_not() {
+        use crate::TokenSource as _;
+        for (token_type, bound) in [("DPoP", true), ("dpop", true), ("Bearer", false)] {
+            let body = format!(r#"{{"access_token":"abc","token_type":"{token_type}"}}"#);
+            let idp = tower::service_fn(move |_: Request<Full<Bytes>>| {
+                let body = body.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                }
+            });
+            let source = source()
+                .dpop(crate::dpop::ProofKey::generate().unwrap())
+                .with_client(idp);
+            let token = source.fetch().await.unwrap();
+            assert_eq!(token.binding().is_some(), bound, "{token_type}");
+        }
+    }
+
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn the_token_endpoints_nonce_challenge_is_answered_once_with_the_nonce() {
+        use std::sync::Mutex;
+
+        use crate::TokenSource as _;
+        // Challenges every proof without the nonce `n-1`, twice at most.
+        let nonces = Arc::new(Mutex::new(Vec::new()));
+        let idp = {
+            let nonces = nonces.clone();
+            tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let proof = request.headers()[crate::dpop::DPOP]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let payload = proof.split('.').nth(1).unwrap().to_owned();
+                let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .unwrap();
+                let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                let nonce = claims["nonce"].as_str().map(str::to_owned);
+                nonces.lock().unwrap().push(nonce.clone());
+                let response = if nonce.as_deref() == Some("n-1") {
+                    Response::new(Full::new(Bytes::from(
+                        r#"{"access_token":"abc","token_type":"DPoP"}"#,
+                    )))
+                } else {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(r#"{"error":"use_dpop_nonce"}"#)));
+                    *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                    response
+                        .headers_mut()
+                        .insert("dpop-nonce", HeaderValue::from_static("n-1"));
+                    response
+                };
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            })
+        };
+        let source = source()
+            .dpop(crate::dpop::ProofKey::generate().unwrap())
+            .with_client(idp);
+        assert!(source.fetch().await.unwrap().binding().is_some());
+        assert_eq!(*nonces.lock().unwrap(), [None, Some("n-1".to_owned())]);
+        // Remembered: the next fetch sends it at once.
+        source.fetch().await.unwrap();
+        assert_eq!(nonces.lock().unwrap().len(), 3);
+    }
+
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn a_second_nonce_challenge_is_an_error_not_a_loop() {
+        use crate::TokenSource as _;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let idp = {
+            let calls = calls.clone();
+            tower::service_fn(move |_: Request<Full<Bytes>>| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut response =
+                    Response::new(Full::new(Bytes::from(r#"{"error":"use_dpop_nonce"}"#)));
+                *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                let nonce = HeaderValue::from_str(&format!("n-{n}")).unwrap();
+                response.headers_mut().insert("dpop-nonce", nonce);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            })
+        };
+        let source = source()
+            .dpop(crate::dpop::ProofKey::generate().unwrap())
+            .with_client(idp);
+        let error = source.fetch().await.unwrap_err();
+        assert_eq!(error.response().unwrap().error(), "use_dpop_nonce");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }
