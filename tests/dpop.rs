@@ -213,13 +213,20 @@ async fn a_proof_for_another_url_or_method_is_rejected() {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error_description"], error);
     }
-    // The query and fragment are not part of htu: accepted.
+    // The query is not part of htu.
+    let recorded = Recorded::default();
     let mut client = ServiceBuilder::new()
         .layer(BearerAuthLayer::from_cache(cache.clone()))
-        .service(http_client());
+        .service(recording_client(recorded.clone(), |_| {}));
     let url = format!("{}/orders?id=7", provider.resource_url);
     let (status, _, body) = send(&mut client, get(&url)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, headers) = recorded.last();
+    let htu = format!("{}/orders", provider.resource_url);
+    assert_eq!(
+        payload(headers[DPOP].to_str().unwrap())["htu"],
+        htu.as_str()
+    );
 }
 
 #[tokio::test]
