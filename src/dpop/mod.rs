@@ -54,10 +54,12 @@
 //!
 //! The token endpoint compares `htu` with its own URL for itself. Give
 //! `ClientCredentials` the token URL exactly as the server names it (its
-//! discovery document's `token_endpoint`): `http://localhost:8080/token`
-//! against a server that calls itself `http://127.0.0.1:8080/token`, or a
-//! URL through a proxy that the server does not know about, is refused with
-//! an htu mismatch (which oidc-provider reports as `invalid_dpop_proof`).
+//! discovery document's `token_endpoint`). A server that compares with a
+//! configured base URL refuses `http://localhost:8080/token` when it calls
+//! itself `http://127.0.0.1:8080/token`, and any server refuses a URL that a
+//! proxy rewrites on the way: an htu mismatch, which oidc-provider reports
+//! as `invalid_dpop_proof` (it derives its own URL from the `Host` header,
+//! so it takes either spelling of loopback, but not the proxy's path).
 
 mod key;
 mod nonce;

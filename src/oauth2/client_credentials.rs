@@ -231,9 +231,9 @@ impl ClientCredentials {
     /// request. That nonce is kept apart from the resources' nonces.
     ///
     /// The token URL must be spelled as the server names its token endpoint
-    /// (its `token_endpoint` metadata): `htu` is compared with it, so that
-    /// `localhost` against `127.0.0.1`, or a proxy's URL, fails with an htu
-    /// mismatch. See [`crate::dpop`].
+    /// (its `token_endpoint` metadata): `htu` is compared with it, so that a
+    /// URL a proxy rewrites, or `localhost` at a server that calls itself
+    /// `127.0.0.1`, fails with an htu mismatch. See [`crate::dpop`].
     ///
     /// ```
     /// use tower_bearer::dpop::ProofKey;
