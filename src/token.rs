@@ -238,4 +238,18 @@ mod tests {
     fn never_expiring_by_default() {
         assert_eq!(Token::new("t").expiry_kind(), Expiry::Never);
     }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_bound_tokens_debug_shows_the_key_redacted_and_not_the_token() {
+        let binding = crate::dpop::Binding::new(crate::dpop::ProofKey::generate().unwrap());
+        let token = Token::new("s3cr3t-value").bind(&binding);
+        let debug = format!("{token:?} {token:#?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(
+            debug.contains("ES256") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+        assert!(Token::new("t").binding().is_none());
+    }
 }

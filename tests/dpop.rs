@@ -431,3 +431,31 @@ async fn a_keyed_layer_sends_proofs_for_bound_tokens_too() {
         assert_eq!(body["scheme"], "DPoP");
     }
 }
+
+#[tokio::test]
+async fn the_token_endpoints_nonce_is_kept_apart_from_the_resources_on_one_origin() {
+    let provider = Provider::start(&[("DPOP_REQUIRE_NONCE", "1"), ("RESOURCE_NONCE", "1")]);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let cache =
+        TokenCache::new(provider.counted_source(ProofKey::generate().unwrap(), requests.clone()));
+    let mut client = ServiceBuilder::new()
+        .retry(RetryOn401::new())
+        .layer(BearerAuthLayer::from_cache(cache.clone()))
+        .service(http_client());
+    let (status, _, _) = send(&mut client, get(&provider.resource_url)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "one challenge at the token endpoint"
+    );
+
+    // The resource's nonce, on the same origin, is not sent to the token
+    // endpoint: the next fetch carries the token endpoint's own, and is not
+    // challenged.
+    let token = cache.token().await.unwrap();
+    assert!(cache.invalidate(&token));
+    let (status, _, _) = send(&mut client, get(&provider.resource_url)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+}

@@ -425,4 +425,26 @@ mod tests {
             assert_eq!(rejected(token, None).kind(), crate::TokenErrorKind::Expired);
         }
     }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_bound_token_goes_out_as_dpop_and_never_by_the_hot_path() {
+        let binding = crate::dpop::Binding::new(crate::dpop::ProofKey::generate().unwrap());
+        let token = Token::new("t")
+            .expires_in(Duration::from_secs(10))
+            .bind(&binding);
+        let entry = Entry::new(
+            token,
+            Some("Bearer"),
+            Instant::now(),
+            &Timing::default(),
+            &mut Rng::new(),
+        )
+        .unwrap();
+        assert_eq!(entry.header, "DPoP t");
+        assert!(entry.header.is_sensitive());
+        // The slow path, which makes the proof, serves it as fresh.
+        assert!(!entry.is_fresh());
+        assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
+    }
 }
