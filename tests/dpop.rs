@@ -459,3 +459,37 @@ async fn the_token_endpoints_nonce_is_kept_apart_from_the_resources_on_one_origi
     assert_eq!(status, StatusCode::OK);
     assert_eq!(requests.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_replayed_token_request_proof_is_rejected_by_the_token_endpoint() {
+    let provider = Provider::start(&[]);
+    let sent: Arc<Mutex<Option<Request<Full<Bytes>>>>> = Arc::default();
+    let client = {
+        let sent = sent.clone();
+        let client = http_client();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let mut copy = Request::new(request.body().clone());
+            *copy.method_mut() = request.method().clone();
+            *copy.uri_mut() = request.uri().clone();
+            *copy.headers_mut() = request.headers().clone();
+            *sent.lock().unwrap() = Some(copy);
+            client.clone().oneshot(request)
+        })
+    };
+    let source = provider
+        .source(ProofKey::generate().unwrap())
+        .with_client(client);
+    assert!(TokenCache::new(source).token().await.is_ok());
+
+    // The same token request, proof and all, once more.
+    let replay = sent.lock().unwrap().take().unwrap();
+    let (status, _, body) = send(&mut http_client(), replay).await;
+    // oidc-provider says only `invalid_grant` (its "DPoP proof JWT Replay
+    // detected" stays in its logs), which the crate treats as permanent:
+    // hence the jti tests.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    // Only the replay differs: a fresh proof from the same client is taken.
+    let fresh = provider.source(ProofKey::generate().unwrap());
+    assert!(TokenCache::new(fresh).token().await.is_ok());
+}
