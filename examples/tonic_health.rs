@@ -1,6 +1,8 @@
 //! A tonic gRPC client whose `Channel` is wrapped in `BearerAuthLayer`,
 //! calling a local `grpc.health.v1.Health` server that checks the
-//! `authorization` metadata. Tokens live 2 seconds.
+//! `authorization` metadata. Tokens live 2 seconds. Midway, the server
+//! revokes every token: the call it rejects with `UNAUTHENTICATED` evicts
+//! the token and is sent once more with a new one.
 //!
 //! ```text
 //! cargo run --example tonic_health
@@ -13,9 +15,11 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tonic::body::Body;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::{BoxError, ServiceBuilder};
+use tower_bearer::grpc::{ReplayBody, RetryOnUnauthenticated};
 use tower_bearer::{BearerAuthLayer, TokenCache};
 
 use grpc::Issuer;
@@ -31,9 +35,17 @@ async fn main() -> Result<(), BoxError> {
     // layer around the Channel can.
     let cache = TokenCache::new(issuer.source());
     let channel = grpc::channel(addr).await?;
+    // `.grpc()`: UNAUTHENTICATED evicts the token, as a 401 does. The retry
+    // sends a rejected call once more with a new token; tonic's request
+    // body is recorded (up to 64 KiB) so that it can be sent again.
     let client = HealthClient::new(
         ServiceBuilder::new()
-            .layer(BearerAuthLayer::from_cache(cache.clone()))
+            .map_request(|request: http::Request<Body>| {
+                request.map(|body| ReplayBody::new(body, 64 * 1024))
+            })
+            .retry(RetryOnUnauthenticated::replaying())
+            .map_request(|request: http::Request<ReplayBody<Body>>| request.map(Body::new))
+            .layer(BearerAuthLayer::from_cache(cache.clone()).grpc())
             .service(channel),
     );
 
@@ -66,6 +78,19 @@ async fn main() -> Result<(), BoxError> {
             issuer.issued()
         );
     }
+
+    // The server revokes every token. The next call is rejected with
+    // UNAUTHENTICATED, which evicts the token, and is retried with a new one.
+    issuer.revoke_all();
+    let issued = issuer.issued();
+    let status = client.check(HealthCheckRequest::default()).await?;
+    println!(
+        "[{:4.1}s] after a revocation: {:?}, {} new token, {} eviction(s)",
+        start.elapsed().as_secs_f64(),
+        status.into_inner().status(),
+        issuer.issued() - issued,
+        cache.stats().invalidations
+    );
 
     // When the identity provider is down, the call fails with a Status.
     issuer.set_failing(true);

@@ -21,7 +21,7 @@ count() { # case, requests
   rm -f "$out"
 }
 printf '| case | instructions per request |\n|---|---|\n'
-for case in bare add-authorization bearer keyed-100; do
+for case in bare add-authorization bearer bearer-grpc keyed-100; do
   one=$(count "$case" "$n")
   two=$(count "$case" $((2 * n)))
   printf '| %s | %s |\n' "$case" "$(( (two - one) / n ))"

@@ -31,6 +31,7 @@
 //! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 |
 //! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything |
 //! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) |
+//! | `grpc` | on | `BearerAuthLayer::grpc()`: gRPC's `UNAUTHENTICATED`, in the headers or the trailers, evicts the token as a 401 does; with `retry`, `grpc::RetryOnUnauthenticated` retries the call once |
 //! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest through reqwest-middleware |
 //!
 //! Without them the crate is the cache and the middleware alone.
@@ -110,10 +111,12 @@
 //!   backing off after a failure"`, ...), and the `TokenError` as its
 //!   `source()`.
 //! - **A rejected token.** A gRPC server rejects a token with
-//!   `UNAUTHENTICATED` in an HTTP `200` response, so the layer, which evicts
-//!   on HTTP `401`, does not evict it. On `Code::Unauthenticated`, call
-//!   `cache.invalidate(&cache.token().await?)` on a cache shared with the
-//!   layer ([`BearerAuthLayer::from_cache`]).
+//!   `UNAUTHENTICATED` inside an HTTP `200`, in the headers or in the
+//!   trailers. With the `grpc` feature, `BearerAuthLayer::grpc()` evicts
+//!   the rejected token in both cases, as a `401` does, and
+//!   `grpc::RetryOnUnauthenticated` sends the call once more with a fresh
+//!   token: see the `grpc` module. The plain layer evicts on HTTP `401`
+//!   only, so that HTTP clients pay nothing for gRPC.
 //! - **Scope.** tonic's generated clients send a path only unless built
 //!   `with_origin`; see [`scope`] before narrowing by host.
 //!
@@ -146,6 +149,9 @@ pub mod error;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub mod file;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 #[cfg(any(feature = "oauth2", feature = "file"))]
 mod jwt;
 #[cfg(feature = "oauth2")]
@@ -159,6 +165,9 @@ pub mod reqwest;
 pub mod retry;
 pub mod scope;
 mod source;
+#[cfg(feature = "store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+pub mod store;
 mod token;
 
 #[doc(inline)]
@@ -172,6 +181,9 @@ pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]
 #[doc(inline)]
 pub use self::file::FileToken;
+#[cfg(feature = "grpc")]
+#[doc(inline)]
+pub use self::grpc::{GrpcAuth, GrpcAuthLayer};
 #[cfg(feature = "reqwest-middleware")]
 #[doc(inline)]
 pub use self::reqwest::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};

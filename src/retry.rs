@@ -125,6 +125,18 @@ impl<B> RetryOn401<B> {
     }
 }
 
+impl<B> RetryOn401<B> {
+    /// Retries once if `rejected`: the one-retry rule, shared with
+    /// `grpc::RetryOnUnauthenticated`.
+    pub(crate) fn once_if(&mut self, rejected: bool) -> Option<Ready<()>> {
+        if !rejected || self.retried {
+            return None;
+        }
+        self.retried = true;
+        Some(ready(()))
+    }
+}
+
 impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
     type Future = Ready<()>;
 
@@ -133,10 +145,10 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
         _request: &mut Request<B>,
         result: &mut Result<Response<ResBody>, E>,
     ) -> Option<Self::Future> {
-        let response = match result {
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => response,
-            _ => return None,
-        };
+        let Ok(response) = result else { return None };
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return None;
+        }
         #[cfg(feature = "dpop")]
         if crate::dpop::is_nonce_challenge(response.headers()) {
             if self.nonce_retried {
@@ -145,12 +157,7 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
             self.nonce_retried = true;
             return Some(ready(()));
         }
-        let _ = response;
-        if self.retried {
-            return None;
-        }
-        self.retried = true;
-        Some(ready(()))
+        self.once_if(true)
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {

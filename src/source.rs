@@ -104,6 +104,17 @@ pub trait TokenSource: Send + Sync + 'static {
         let _ = error;
         RetryHint::Backoff
     }
+
+    /// What names this source's tokens across a fleet's processes, without
+    /// any secret, for a cache with a [store](crate::store). `None` (the
+    /// default) keeps its tokens out of the store unless the cache names
+    /// them ([`TokenCache::store_identity`](crate::TokenCache::store_identity)),
+    /// so that unrelated sources never share a token.
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
+        None
+    }
 }
 
 /// What a failed fetch tells the cache about trying again; see
@@ -157,6 +168,8 @@ pub(crate) type BoxFetch = Pin<Box<dyn Future<Output = Result<Token, FetchError>
 pub(crate) trait DynSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFetch;
     fn type_name(&self) -> &'static str;
+    #[cfg(feature = "store")]
+    fn store_identity(&self) -> Option<crate::store::StoreIdentity>;
 }
 
 impl<T: TokenSource> DynSource for T {
@@ -173,5 +186,10 @@ impl<T: TokenSource> DynSource for T {
 
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
+    }
+
+    #[cfg(feature = "store")]
+    fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
+        TokenSource::store_identity(self)
     }
 }

@@ -34,6 +34,10 @@ pub struct Token {
     // The DPoP key this token is bound to, with its `ath`.
     #[cfg(feature = "dpop")]
     bound: Option<crate::dpop::Bound>,
+    // A token that went through a fleet's store: when its fetch began (on
+    // this process's clock) and how to delete the shared copy on a 401.
+    #[cfg(feature = "store")]
+    pub(crate) origin: Option<Arc<crate::cache::Origin>>,
 }
 
 /// When a token stops being valid.
@@ -58,6 +62,8 @@ impl Token {
             granularity: Duration::ZERO,
             #[cfg(feature = "dpop")]
             bound: None,
+            #[cfg(feature = "store")]
+            origin: None,
         }
     }
 
@@ -107,9 +113,11 @@ impl Token {
     /// An issuer that counts in whole seconds rounds its own clock down (an
     /// `iat` is the current second, floored), so the token may expire up to a
     /// second before the fetch start plus `secs`. The cache therefore stops
-    /// serving it at least a second early, whatever its
-    /// [`expiry_margin`](crate::TokenCache::expiry_margin): a one-second
-    /// token is never served, a two-second token for one second.
+    /// serving it a second earlier than its
+    /// [`expiry_margin`](crate::TokenCache::expiry_margin) alone would, so
+    /// that the margin is still left for the request when the issuer's
+    /// rounding took the whole second: a one-second token is never served,
+    /// a two-second token for 0.8 s (its margin being 10% of the lifetime).
     ///
     /// ```
     /// use std::time::Duration;
@@ -163,6 +171,15 @@ impl Token {
 
     pub(crate) fn granularity(&self) -> Duration {
         self.granularity
+    }
+
+    /// When the fetch that got this token began, if it is not the start of
+    /// the local refresh (a token from a fleet's store).
+    pub(crate) fn fetch_started(&self) -> Option<Instant> {
+        #[cfg(feature = "store")]
+        return self.origin.as_ref().map(|origin| origin.started);
+        #[cfg(not(feature = "store"))]
+        None
     }
 
     /// Anchors a relative lifetime to `fetch_started`; one beyond what an

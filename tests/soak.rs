@@ -28,8 +28,9 @@ use tower_bearer::{BearerAuthLayer, TokenError, TokenErrorKind};
 
 mod common;
 use common::idp::{get, http_client, MockIdp};
+use common::{env_or, refresh_interval};
 
-/// Seconds; the refresh is due at half of it.
+/// Seconds; served for 0.8 s of it (see `refresh_interval`).
 const TOKEN_LIFETIME: u64 = 2;
 const TOKEN_FAILURE_RATE: f64 = 0.15;
 const REVOKE_RATE: f64 = 0.1;
@@ -122,15 +123,6 @@ impl Tally {
     }
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_short_tokens_and_injected_faults() {
     let seconds: u64 = env_or("SOAK_SECONDS", 20);
@@ -181,9 +173,10 @@ async fn soak_with_short_tokens_and_injected_faults() {
     let token_requests = count("token_requests");
     let failures = count("token_failures_injected");
     let revocations = count("revocations_injected");
-    // One token request per refresh interval (the due point, half the
-    // lifetime), one more for each injected fault.
-    let intervals = (elapsed.as_secs_f64() / (TOKEN_LIFETIME as f64 / 2.0)).ceil() as u64;
+    // One token request per refresh interval, one more for each injected
+    // fault.
+    let intervals =
+        (elapsed.as_secs_f64() / refresh_interval(TOKEN_LIFETIME).as_secs_f64()).ceil() as u64;
     let bound = intervals + failures + revocations + SLACK;
     println!(
         "soak: {:.1} s, seed {seed}, exp rounding {rounding}, {} requests ({} ok, {} injected 401, token errors {:?}, \

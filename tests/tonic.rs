@@ -130,8 +130,9 @@ async fn an_expired_token_is_refreshed() -> Result<(), BoxError> {
 }
 
 /// A gRPC server rejects a call with `UNAUTHENTICATED` in an HTTP 200
-/// response, so the layer, which evicts on HTTP 401, keeps the token: the
-/// caller evicts it with `TokenCache::invalidate`.
+/// response, so the plain layer, which evicts on HTTP 401 only, keeps the
+/// token; a caller without `BearerAuthLayer::grpc()` (`tests/grpc.rs`) can
+/// evict it with `TokenCache::invalidate`.
 #[tokio::test]
 async fn a_rejected_call_is_unauthenticated_and_the_caller_evicts() -> Result<(), BoxError> {
     let issuer = Issuer::new(Duration::from_secs(3600), Duration::ZERO);

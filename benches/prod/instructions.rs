@@ -4,9 +4,10 @@
 //! loop of N requests and one of 2N and takes the difference over N, so that
 //! start-up and the one fetch cancel out.
 //!
-//! `INSTRUCTIONS_CASE` is `bare`, `add-authorization`, `bearer` or
-//! `keyed-100` (`BearerAuthLayer::keyed`, the requests cycling over 100
-//! keys, each with a fresh token);
+//! `INSTRUCTIONS_CASE` is `bare`, `add-authorization`, `bearer`,
+//! `bearer-grpc` (`BearerAuthLayer::grpc()`) or `keyed-100`
+//! (`BearerAuthLayer::keyed`, the requests cycling over 100 keys, each with
+//! a fresh token);
 //! `INSTRUCTIONS_N` the number of requests. Without them (as under `cargo
 //! bench`), it does nothing.
 
@@ -76,6 +77,15 @@ fn main() {
             });
             runtime.block_on(cache.token()).unwrap();
             run(BearerAuthLayer::from_cache(cache).layer(inner), n);
+        }
+        "bearer-grpc" => {
+            // `BearerAuthLayer::grpc()`: what handling gRPC costs a request
+            // whose response is not gRPC (no content type to match).
+            let cache = TokenCache::new(|| async {
+                Ok::<_, Infallible>(Token::new(TOKEN).expires_in(Duration::from_secs(3600)))
+            });
+            runtime.block_on(cache.token()).unwrap();
+            run(BearerAuthLayer::from_cache(cache).grpc().layer(inner), n);
         }
         "keyed-100" => {
             let cache = KeyedTokenCache::new(|_: &u64| {

@@ -91,7 +91,7 @@ impl Issuer {
     }
 
     /// The server side: the `authorization` metadata must be a live token.
-    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
         self.state.checked.fetch_add(1, Ordering::SeqCst);
         let presented = request
             .metadata()

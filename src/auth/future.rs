@@ -61,13 +61,13 @@ pub(super) struct Pending<S, B> {
 /// Which token a request carried: enough to invalidate it on a 401 without
 /// holding a handle to the cache.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Sent {
+pub(crate) struct Sent {
     cache: u64,
     generation: u64,
 }
 
 impl Sent {
-    pub(super) const NOTHING: Sent = Sent {
+    pub(crate) const NOTHING: Sent = Sent {
         cache: 0,
         generation: 0,
     };
@@ -78,7 +78,7 @@ impl Sent {
 
     /// The server rejected the token: evict it, if it is still current.
     #[cold]
-    fn unauthorized(&self) {
+    pub(crate) fn unauthorized(&self) {
         if self.generation != 0 {
             invalidate_by_id(self.cache, self.generation);
         }
@@ -126,6 +126,13 @@ where
             sent: Sent::new(cache, 0),
             proof: None,
         }
+    }
+
+    /// The token the request carried, once this future is ready: the seam
+    /// through which `crate::grpc` sees it.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn sent(self: Pin<&mut Self>) -> Sent {
+        *self.project().sent
     }
 
     /// A request that fails without being sent. Shaped like a wait that

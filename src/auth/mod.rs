@@ -94,6 +94,8 @@ pub(crate) mod present;
 mod service;
 
 pub use self::future::ResponseFuture;
+#[cfg(feature = "grpc")]
+pub(crate) use self::future::Sent;
 pub use self::keyed::{KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey};
 pub use self::layer::BearerAuthLayer;
 pub use self::service::BearerAuth;

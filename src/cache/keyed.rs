@@ -335,6 +335,25 @@ where
         self
     }
 
+    /// As [`TokenCache::store`], for every key: the key, as its
+    /// [`label`](Self::label) renders it, is part of the stored key, so a
+    /// label must tell keys apart (the default `Debug` form does) and be the
+    /// same in every process.
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn store(self, store: impl crate::store::TokenStore) -> Self {
+        let store: Arc<dyn crate::store::TokenStore> = Arc::new(store);
+        self.configure(|c| c.store.set_store(Arc::clone(&store)))
+    }
+
+    /// As [`TokenCache::store_identity`], for every key (each key's stored
+    /// key adds the key to it).
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn store_identity(self, identity: crate::store::StoreIdentity) -> Self {
+        self.configure(|c| c.store.set_identity(identity.clone()))
+    }
+
     /// As [`TokenCache::refresh_before`], for every key.
     pub fn refresh_before(self, before: Duration) -> Self {
         self.configure(|c| c.timing.refresh_before = before)
@@ -480,8 +499,13 @@ where
             return slot.cache.clone();
         }
         let label: Arc<str> = (writer.label)(key).into();
-        let cache =
-            TokenCache::from_parts((writer.factory)(key), writer.config.clone(), Some(label));
+        #[allow(unused_mut)]
+        let mut config = writer.config.clone();
+        #[cfg(feature = "store")]
+        {
+            config.store = config.store.for_key(&label);
+        }
+        let cache = TokenCache::from_parts((writer.factory)(key), config, Some(label));
         // A 401 reaches the key's cache by its id.
         cache.shared().register();
         let slot = Arc::new(KeySlot {

@@ -15,9 +15,11 @@
 //! `t0 + L`:
 //!
 //! - is **expired** `min(10 s, L/10)` before `t0 + L`
-//!   ([`expiry_margin`](TokenCache::expiry_margin)), and at least a second
-//!   before it when `L` was counted in whole seconds by an issuer that
-//!   rounds down ([`Token::expires_in_secs`], as OAuth2's `expires_in` is);
+//!   ([`expiry_margin`](TokenCache::expiry_margin)), and a second earlier
+//!   still when `L` was counted in whole seconds by an issuer that rounds
+//!   down ([`Token::expires_in_secs`], as OAuth2's `expires_in` is): the
+//!   rounding may already have taken that second, and the margin is left
+//!   for the request;
 //! - comes **due** `5 min` before `t0 + L` but not before `t0 + L/2`
 //!   ([`refresh_before`](TokenCache::refresh_before)), moved earlier by a
 //!   random jitter of up to `min(30 s, L/20)` so that a fleet does not
@@ -51,7 +53,8 @@
 //! several paused runtimes sharing one cache each keep a clock of their own.
 //!
 //! **No request waits longer than the fetch timeout**, whichever runtime its
-//! fetch runs on. A fetch past its deadline (its start plus
+//! fetch runs on (with a fleet-wide store, twice that plus four store
+//! timeouts: the wait for another process's fetch, then its own). A fetch past its deadline (its start plus
 //! [`fetch_timeout`](TokenCache::fetch_timeout)) is ended as a
 //! [`Timeout`](crate::TokenErrorKind::Timeout) by the first request or
 //! waiter that sees it, on any runtime, exactly as its own timer would have
@@ -191,6 +194,8 @@ mod refresh;
 #[cfg(test)]
 mod runtime_tests;
 mod stats;
+#[cfg(feature = "store")]
+mod store;
 mod sync;
 mod timing;
 
@@ -206,6 +211,8 @@ pub(crate) use self::refresh::invalidate_by_id;
 use self::refresh::{Config, Shared};
 pub(crate) use self::refresh::{Current, Lookup};
 pub use self::stats::Stats;
+#[cfg(feature = "store")]
+pub(crate) use self::store::{Binding, Origin};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 
@@ -297,6 +304,43 @@ impl TokenCache {
     /// `X-Api-Key: <token>`).
     pub fn no_scheme(self) -> Self {
         self.configure(|c| c.set_scheme(None))
+    }
+
+    /// Shares tokens with every other process that uses the same `store`
+    /// and token identity: the single local refresh reads the store first,
+    /// and fetches (under the fleet's lease) only when the store holds no
+    /// token that is fresh by this cache's rules. Requests with a fresh
+    /// token never touch the store. See [`crate::store`].
+    ///
+    /// ```no_run
+    /// # use tower_bearer::{oauth2::ClientCredentials, store::RedisStore, TokenCache};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = TokenCache::new(ClientCredentials::new(
+    ///     "https://idp.example.com/oauth2/token",
+    ///     "my-service",
+    ///     "client-secret",
+    /// ))
+    /// .store(RedisStore::new("redis://127.0.0.1:6379/")?);
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn store(self, store: impl crate::store::TokenStore) -> Self {
+        let store: Arc<dyn crate::store::TokenStore> = Arc::new(store);
+        self.configure(|c| c.store.set_store(store))
+    }
+
+    /// Names this cache's tokens in the [store](Self::store), overriding
+    /// the source's own [identity](TokenSource::store_identity). Needed for
+    /// a source without one (a closure): its tokens are not shared until it
+    /// is named. Caches with the same identity share one token; never put a
+    /// secret in it.
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn store_identity(self, identity: crate::store::StoreIdentity) -> Self {
+        self.configure(|c| c.store.set_identity(identity))
     }
 
     /// A valid token: the cached one, or a new one from the single refresh.

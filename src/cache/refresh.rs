@@ -12,6 +12,8 @@
 //!   and its waiters start a new fetch on their own runtime.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
@@ -39,9 +41,20 @@ pub(crate) struct Config {
     pub(crate) scheme: Option<String>,
     /// Set when the scheme is not a valid header value: every fetch fails.
     pub(crate) scheme_error: Option<TokenError>,
+    #[cfg(feature = "store")]
+    pub(crate) store: super::Binding,
 }
 
 impl Config {
+    /// How long one refresh may take before it ends as a timeout: the
+    /// fetch timeout, and with a store the wait for another replica too.
+    fn flight_timeout(&self) -> Duration {
+        #[cfg(feature = "store")]
+        return self.store.flight_timeout(self.timing.fetch_timeout);
+        #[cfg(not(feature = "store"))]
+        self.timing.fetch_timeout
+    }
+
     pub(crate) fn set_scheme(&mut self, scheme: Option<String>) {
         self.scheme_error = scheme
             .as_deref()
@@ -57,6 +70,8 @@ impl Default for Config {
             timing: Timing::default(),
             scheme: Some("Bearer".to_owned()),
             scheme_error: None,
+            #[cfg(feature = "store")]
+            store: super::Binding::default(),
         }
     }
 }
@@ -315,7 +330,7 @@ impl Shared {
 
     fn waiter(self: &Arc<Self>, refresh: &Refresh, watch: Watch, now: Instant) -> Lookup {
         self.counters.wait();
-        let timeout = refresh.config.timing.fetch_timeout;
+        let timeout = refresh.config.flight_timeout();
         Lookup::Wait(Waiter {
             shared: Arc::clone(self),
             watch,
@@ -331,7 +346,7 @@ impl Shared {
             return Err(error.clone());
         }
         let runtime = Handle::try_current().map_err(|_| TokenError::no_runtime())?;
-        let timeout = refresh.config.timing.fetch_timeout;
+        let timeout = refresh.config.flight_timeout();
         refresh.flights += 1;
         let id = refresh.flights;
         let (tx, _) = watch::channel(None);
@@ -416,6 +431,7 @@ impl Shared {
     ) -> Outcome {
         let Refresh { config, rng, .. } = refresh;
         let entry = result.and_then(|token| {
+            let started = token.fetch_started().unwrap_or(started);
             Entry::new(
                 token,
                 config.scheme.as_deref(),
@@ -470,6 +486,10 @@ impl Shared {
         let evicted =
             generation != 0 && current.generation == generation && current.expire(clock::now());
         if evicted {
+            #[cfg(feature = "store")]
+            if let Some(origin) = &current.token.origin {
+                origin.rejected();
+            }
             self.counters.invalidation();
             observe::invalidated(generation, cause, self.label.as_deref());
         }
@@ -500,6 +520,27 @@ impl Shared {
         flight
             .span
             .settled(outcome, flight.started, retry_in, serving);
+    }
+
+    /// One fetch from the source, or through the store when the cache has
+    /// one: what a flight runs.
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send>> {
+        #[cfg(feature = "store")]
+        {
+            let (binding, timing) = {
+                let refresh = self.lock();
+                (refresh.config.store.clone(), refresh.config.timing.clone())
+            };
+            if let Some(fleet) = binding.fleet(&*self.source) {
+                return Box::pin(fleet.fetch(Arc::clone(&self.source), timing));
+            }
+        }
+        let fetch = self.source.fetch_boxed();
+        Box::pin(async move {
+            fetch
+                .await
+                .map_err(|(error, hint)| TokenError::fetch(error, hint))
+        })
     }
 
     /// Makes this cache reachable by [`invalidate_by_id`].
@@ -542,16 +583,11 @@ struct Flight {
 impl Flight {
     async fn run(mut self, timeout: Duration) {
         self.polled = true;
-        let Some(fetch) = self
-            .shared
-            .upgrade()
-            .map(|shared| shared.source.fetch_boxed())
-        else {
+        let Some(fetch) = self.shared.upgrade().map(|shared| shared.fetch()) else {
             return;
         };
         let result = match sync::timeout(timeout, self.span.instrument(fetch)).await {
-            Ok(Ok(token)) => Ok(token),
-            Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
+            Ok(result) => result,
             Err(_elapsed) => Err(TokenError::timeout(timeout)),
         };
         self.settle(result, true, TokenError::abandoned());
@@ -599,6 +635,20 @@ impl Drop for Flight {
         } else {
             self.settle(Err(TokenError::abandoned()), false, TokenError::abandoned());
         }
+    }
+}
+
+/// One fetch from `source`, bounded by `timeout`: for a refresh through a
+/// store, which runs the source inside a longer flight.
+#[cfg(feature = "store")]
+pub(crate) async fn fetch_once(
+    source: &dyn DynSource,
+    timeout: Duration,
+) -> Result<Token, TokenError> {
+    match sync::timeout(timeout, source.fetch_boxed()).await {
+        Ok(Ok(token)) => Ok(token),
+        Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
+        Err(_elapsed) => Err(TokenError::timeout(timeout)),
     }
 }
 

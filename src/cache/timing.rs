@@ -47,7 +47,7 @@ impl Timing {
     /// `expiry`, give or take `granularity` (see [`Token::expires_in_secs`]).
     ///
     /// - expired: `expiry_margin` before `expiry`, but at most 10% of the
-    ///   lifetime early, and at least `granularity` early;
+    ///   lifetime early, and `granularity` earlier still;
     /// - due: `refresh_before` before `expiry`, minus a random jitter of at
     ///   most `jitter` and 5% of the lifetime, never before half the lifetime
     ///   and never after the expiry point.
@@ -63,15 +63,46 @@ impl Timing {
         granularity: Duration,
         rng: &mut Rng,
     ) -> Schedule {
+        self.schedule_drawn(started, expiry, granularity, |max| rng.below(max))
+    }
+
+    /// The earliest due point [`schedule`](Self::schedule) can draw: a token
+    /// fresh by it is fresh whatever the jitter.
+    #[cfg(feature = "store")]
+    pub(crate) fn earliest_due(
+        &self,
+        started: Instant,
+        expiry: Instant,
+        granularity: Duration,
+    ) -> Instant {
+        self.schedule_drawn(started, expiry, granularity, |max| max)
+            .due_at
+    }
+
+    fn schedule_drawn(
+        &self,
+        started: Instant,
+        expiry: Instant,
+        granularity: Duration,
+        draw: impl FnOnce(Duration) -> Duration,
+    ) -> Schedule {
         let lifetime = expiry.saturating_duration_since(started);
         let half = started.checked_add(lifetime / 2).unwrap_or(expiry);
-        let margin = self.expiry_margin.min(lifetime / 10).max(granularity);
-        let expires_at = expiry.checked_sub(margin).unwrap_or(started).min(expiry);
+        // The granularity is what the issuer's rounding may already have
+        // taken; the margin is for the request itself, on top of it.
+        let margin = self
+            .expiry_margin
+            .min(lifetime / 10)
+            .saturating_add(granularity);
+        let expires_at = expiry
+            .checked_sub(margin)
+            .map_or(started, |at| at.max(started))
+            .min(expiry);
         let due_at = expiry
             .checked_sub(self.refresh_before)
             .unwrap_or(half)
             .max(half);
-        let jitter = rng.below(self.jitter.min(lifetime / 20));
+        let jitter = draw(self.jitter.min(lifetime / 20));
         let due_at = due_at
             .checked_sub(jitter)
             .unwrap_or(half)
@@ -354,9 +385,12 @@ pub(crate) mod tests {
                 } else {
                     prop_assert!(s.expires_at <= started, "not immediately expired");
                 }
-                // the margin covers the lifetime's granularity
-                if let Some(latest) = expiry.checked_sub(granularity) {
-                    prop_assert!(s.expires_at <= latest);
+                // the margin comes on top of the lifetime's granularity: the
+                // token is served until then, or never
+                let margin = timing.expiry_margin.min(lifetime / 10).saturating_add(granularity);
+                match expiry.checked_sub(margin) {
+                    Some(latest) if latest >= started => prop_assert!(s.expires_at <= latest),
+                    _ => prop_assert!(s.expires_at <= started, "served after its margin"),
                 }
             }
 

@@ -482,6 +482,37 @@ impl TokenSource for ClientCredentials {
             RetryHint::Backoff
         }
     }
+
+    /// The token URL, client id, scopes, audience, resources and extra
+    /// parameters: every input of the request but the client's credentials.
+    /// A token exchange has none: its subject token, which changes the
+    /// token, differs from one process to the next, so only the user can
+    /// say which processes may share (`TokenCache::store_identity`). Nor
+    /// has a DPoP source: its tokens are bound to this process's key.
+    #[cfg(feature = "store")]
+    fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
+        if !matches!(self.grant, Grant::ClientCredentials) {
+            return None;
+        }
+        #[cfg(feature = "dpop")]
+        if self.dpop.is_some() {
+            return None;
+        }
+        let mut identity = crate::store::StoreIdentity::new("oauth2/client_credentials")
+            .with("token_url", &self.token_url)
+            .with("client_id", &self.client_id)
+            .with("scope", self.scopes.join(" "));
+        if let Some(audience) = &self.audience {
+            identity = identity.with("audience", audience);
+        }
+        for resource in &self.resources {
+            identity = identity.with("resource", resource);
+        }
+        for (name, value) in &self.params {
+            identity = identity.with(name, value);
+        }
+        Some(identity)
+    }
 }
 
 /// One token request, from sending it to reading the token.

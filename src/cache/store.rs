@@ -1,0 +1,477 @@
+//! The cache's side of a [`TokenStore`]: what the single local refresh does
+//! when the cache has a store (see [`crate::store`] for the protocol and its
+//! failure modes). Nothing here runs on the hot path.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::clock::{self, Limit};
+use super::refresh::fetch_once;
+use super::sync;
+use super::timing::Timing;
+use crate::source::DynSource;
+use crate::store::{fingerprint, Fingerprint, StoreFuture, StoreIdentity, TokenStore};
+use crate::token::Expiry;
+use crate::{Token, TokenError};
+
+/// The first pause of a replica that waits for another's fetch; it doubles
+/// up to [`LAST_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const LAST_POLL: Duration = Duration::from_millis(200);
+/// How much longer than the fetch timeout a lease lasts: a winner's write
+/// and release come after its fetch.
+const LEASE_SLACK: Duration = Duration::from_secs(1);
+
+/// A cache's store settings; shared by its clones through the config.
+#[derive(Clone, Default)]
+pub(crate) struct Binding {
+    store: Option<Arc<dyn TokenStore>>,
+    identity: Option<StoreIdentity>,
+    cache_key: Option<Arc<str>>,
+    /// The fingerprint of the last token a server rejected: never taken back
+    /// from the store, whether or not the background delete has landed.
+    rejected: Rejected,
+    warned: Arc<AtomicBool>,
+}
+
+type Rejected = Arc<Mutex<Option<Fingerprint>>>;
+
+impl Binding {
+    pub(crate) fn set_store(&mut self, store: Arc<dyn TokenStore>) {
+        self.store = Some(store);
+    }
+
+    pub(crate) fn set_identity(&mut self, identity: StoreIdentity) {
+        self.identity = Some(identity);
+    }
+
+    /// The binding of one key of a keyed cache: the key is part of the
+    /// stored key, and rejections are the key's own.
+    pub(crate) fn for_key(&self, key: &Arc<str>) -> Self {
+        Self {
+            store: self.store.clone(),
+            identity: self.identity.clone(),
+            cache_key: Some(Arc::clone(key)),
+            rejected: Rejected::default(),
+            warned: Arc::default(),
+        }
+    }
+
+    /// How long one refresh may take: the wait for another replica's fetch,
+    /// then a fetch of its own, and the store operations around them.
+    pub(crate) fn flight_timeout(&self, fetch_timeout: Duration) -> Duration {
+        match &self.store {
+            None => fetch_timeout,
+            Some(store) => fetch_timeout
+                .saturating_mul(2)
+                .saturating_add(store.op_timeout().saturating_mul(4)),
+        }
+    }
+
+    /// The store and stored key for a fetch from `source`, if the cache has
+    /// a store and the source an identity.
+    pub(crate) fn fleet(&self, source: &dyn DynSource) -> Option<Fleet> {
+        let store = self.store.clone()?;
+        let identity = self.identity.clone().or_else(|| source.store_identity());
+        let Some(identity) = identity else {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    source = source.type_name(),
+                    "the token source has no store identity: not sharing its tokens (see TokenCache::store_identity)"
+                );
+            }
+            return None;
+        };
+        Some(Fleet {
+            store,
+            key: identity.key(self.cache_key.as_deref()).into(),
+            rejected: Arc::clone(&self.rejected),
+        })
+    }
+}
+
+impl fmt::Debug for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("store", &self.store.is_some())
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+/// One refresh through the store.
+pub(crate) struct Fleet {
+    store: Arc<dyn TokenStore>,
+    key: Arc<str>,
+    rejected: Rejected,
+}
+
+/// Where a token from a refresh through the store came from: the start of
+/// the fetch that got it (on this replica's clock), and how to delete the
+/// shared copy if a server rejects it.
+pub(crate) struct Origin {
+    pub(crate) started: Instant,
+    store: Arc<dyn TokenStore>,
+    key: Arc<str>,
+    fingerprint: Fingerprint,
+    rejected: Rejected,
+}
+
+impl Origin {
+    /// A server rejected this token: never take it from the store again,
+    /// and delete it there, in the background, if it is still the one
+    /// stored.
+    pub(crate) fn rejected(&self) {
+        *self.rejected.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.fingerprint);
+        let Ok(runtime) = sync::Handle::try_current() else {
+            return;
+        };
+        let (store, key, fingerprint) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.key),
+            self.fingerprint,
+        );
+        runtime.spawn(async move {
+            let _ = op(&*store, "delete", store.delete_if(&key, &fingerprint)).await;
+        });
+    }
+}
+
+impl Fleet {
+    pub(crate) async fn fetch(
+        self,
+        source: Arc<dyn DynSource>,
+        timing: Timing,
+    ) -> Result<Token, TokenError> {
+        let give_up = Limit::after(clock::now(), timing.fetch_timeout);
+        match self.read(&timing).await {
+            Ok(Some(token)) => return Ok(token),
+            Ok(None) => {}
+            Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
+        }
+        let owner = lease_owner();
+        let lease = timing.fetch_timeout.saturating_add(LEASE_SLACK);
+        let mut pause = FIRST_POLL;
+        loop {
+            match op(
+                &*self.store,
+                "lease",
+                self.store.lease(&self.key, &owner, lease),
+            )
+            .await
+            {
+                Ok(true) => return self.fetch_and_share(&*source, &timing, Some(owner)).await,
+                Ok(false) => {}
+                // A lease that timed out here may still land: never wait on it.
+                Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
+            }
+            let now = clock::now();
+            let left = match give_up {
+                Limit::At(at) if now >= at => {
+                    return self.fetch_and_share(&*source, &timing, None).await
+                }
+                Limit::At(at) => at - now,
+                Limit::Never => pause,
+            };
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(LAST_POLL);
+            match self.read(&timing).await {
+                Ok(Some(token)) => return Ok(token),
+                Ok(None) => {}
+                Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
+            }
+        }
+    }
+
+    /// The stored token, if it is fresh by this cache's rules: fresh even
+    /// at the earliest due point its jitter could draw, so that the entry
+    /// made of it is fresh too, and a due token is refreshed, not read back.
+    async fn read(&self, timing: &Timing) -> Result<Option<Token>, ()> {
+        // What is left (the TTL) was measured somewhere during the read:
+        // anchored at its start, the read's own latency is never credited
+        // to the token as lifetime.
+        let asked = clock::now();
+        let Some(stored) = op(&*self.store, "read", self.store.read(&self.key)).await? else {
+            return Ok(None);
+        };
+        let value = Zeroizing::new(stored.value);
+        let fingerprint = fingerprint(&value);
+        let rejected = *self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
+        if rejected == Some(fingerprint) {
+            return Ok(None);
+        }
+        let Some((record, secret)) = Record::decode(&value) else {
+            return Ok(None);
+        };
+        let Some((started, expiry)) = record.anchor(asked, self.store.now(), stored.ttl) else {
+            return Ok(None);
+        };
+        let now = clock::now();
+        let granularity = Duration::from_millis(u64::from(record.granularity_ms));
+        let mut token = Token::new(secret);
+        if let Some(expiry) = expiry {
+            if timing.earliest_due(started, expiry, granularity) <= now {
+                return Ok(None);
+            }
+            token = token.expires_at(expiry).counted_in(granularity);
+        }
+        token.origin = Some(self.origin(started, fingerprint));
+        Ok(Some(token))
+    }
+
+    /// Fetches from the source, then writes the token to the store and
+    /// releases the lease `owner` holds, in the background.
+    async fn fetch_and_share(
+        &self,
+        source: &dyn DynSource,
+        timing: &Timing,
+        owner: Option<String>,
+    ) -> Result<Token, TokenError> {
+        let started = clock::now();
+        let issued = self.store.now();
+        let fetched = fetch_once(source, timing.fetch_timeout).await;
+        let mut value = None;
+        if let Ok(token) = &fetched {
+            value = Record::of(token, started, issued, clock::now());
+        }
+        let fingerprint = value.as_ref().map(|(value, _)| fingerprint(value));
+        let (store, key) = (Arc::clone(&self.store), Arc::clone(&self.key));
+        if let Ok(runtime) = sync::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some((value, expires_at)) = value {
+                    let _ = op(&*store, "write", store.write(&key, &value, expires_at)).await;
+                }
+                if let Some(owner) = owner {
+                    let _ = op(&*store, "release", store.release(&key, &owner)).await;
+                }
+            });
+        }
+        let mut token = fetched?;
+        if let Some(fingerprint) = fingerprint {
+            token.origin = Some(self.origin(started, fingerprint));
+        }
+        Ok(token)
+    }
+
+    fn origin(&self, started: Instant, fingerprint: Fingerprint) -> Arc<Origin> {
+        Arc::new(Origin {
+            started,
+            store: Arc::clone(&self.store),
+            key: Arc::clone(&self.key),
+            fingerprint,
+            rejected: Arc::clone(&self.rejected),
+        })
+    }
+}
+
+/// One store operation, bounded by the store's timeout; a failure is
+/// reported (never with a value) and counts as a miss.
+async fn op<T>(
+    store: &dyn TokenStore,
+    what: &'static str,
+    op: StoreFuture<'_, T>,
+) -> Result<T, ()> {
+    let timeout = store.op_timeout();
+    let outcome = tokio::time::timeout(timeout, op).await;
+    #[cfg(not(feature = "tracing"))]
+    let _ = what;
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_error)) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(operation = what, error = %_error, "token store failed; going on without it");
+            Err(())
+        }
+        Err(_elapsed) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(
+                operation = what,
+                ?timeout,
+                "token store timed out; going on without it"
+            );
+            Err(())
+        }
+    }
+}
+
+/// A random lease owner, unique across the fleet.
+fn lease_owner() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No OS randomness: still unique within this host.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_be_bytes();
+    }
+    crate::store::hex(&bytes)
+}
+
+/// What is stored besides the token: when its fetch began and when it
+/// expires, in Unix milliseconds, and the unit its lifetime was counted in.
+///
+/// Layout: `1` (version), issued (u64), expires (u64, `u64::MAX` for
+/// never), granularity in ms (u32), all big-endian, then the token.
+#[derive(Debug, PartialEq, Eq)]
+struct Record {
+    issued_ms: u64,
+    expires_ms: Option<u64>,
+    granularity_ms: u32,
+}
+
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 8 + 8 + 4;
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1))
+}
+
+impl Record {
+    /// The value to store for `token`, fetched from `started` (`issued` in
+    /// Unix time), and its absolute expiry; `None` for a token not worth
+    /// sharing (not a valid header value, or no lifetime left at `now`), or
+    /// not usable by another process (bound by DPoP to this one's key).
+    fn of(
+        token: &Token,
+        started: Instant,
+        issued: SystemTime,
+        now: Instant,
+    ) -> Option<(Zeroizing<Vec<u8>>, Option<SystemTime>)> {
+        let secret = token.secret();
+        if secret.is_empty() || HeaderValue::from_str(secret).is_err() {
+            return None;
+        }
+        #[cfg(feature = "dpop")]
+        if token.bound().is_some() {
+            return None;
+        }
+        let expiry = match token.expiry_kind() {
+            Expiry::Never => None,
+            Expiry::In(lifetime) => Some(started.checked_add(lifetime)),
+            Expiry::At(at) => Some(Some(at)),
+        };
+        let expires_at = match expiry {
+            None | Some(None) => None,
+            Some(Some(at)) if at <= now => return None,
+            Some(Some(at)) => Some(issued.checked_add(at - started)?),
+        };
+        let record = Record {
+            issued_ms: unix_ms(issued),
+            expires_ms: expires_at.map(unix_ms),
+            granularity_ms: u32::try_from(token.granularity().as_millis()).unwrap_or(u32::MAX),
+        };
+        Some((record.encode(secret), expires_at))
+    }
+
+    fn encode(&self, secret: &str) -> Zeroizing<Vec<u8>> {
+        let mut value = Zeroizing::new(Vec::with_capacity(HEADER + secret.len()));
+        value.push(VERSION);
+        value.extend_from_slice(&self.issued_ms.to_be_bytes());
+        value.extend_from_slice(&self.expires_ms.unwrap_or(u64::MAX).to_be_bytes());
+        value.extend_from_slice(&self.granularity_ms.to_be_bytes());
+        value.extend_from_slice(secret.as_bytes());
+        value
+    }
+
+    /// The record and token in `value`, if it is one this version wrote
+    /// and the token a valid header value.
+    fn decode(value: &[u8]) -> Option<(Self, String)> {
+        let (header, secret) = value.split_at_checked(HEADER)?;
+        let (version, rest) = header.split_first()?;
+        if *version != VERSION {
+            return None;
+        }
+        let (issued, rest) = rest.split_at(8);
+        let (expires, granularity) = rest.split_at(8);
+        let secret = std::str::from_utf8(secret).ok()?;
+        if secret.is_empty() || HeaderValue::from_str(secret).is_err() {
+            return None;
+        }
+        let expires_ms = u64::from_be_bytes(expires.try_into().ok()?);
+        let record = Record {
+            issued_ms: u64::from_be_bytes(issued.try_into().ok()?),
+            expires_ms: (expires_ms != u64::MAX).then_some(expires_ms),
+            granularity_ms: u32::from_be_bytes(granularity.try_into().ok()?),
+        };
+        Some((record, secret.to_owned()))
+    }
+
+    /// The fetch start and expiry on this replica's clock, `now` being
+    /// `unix_now` in Unix time. What is left is measured by the store's
+    /// clock (`ttl`) when it has one, else by ours: so replicas whose clocks
+    /// disagree still agree on how much of a token is left.
+    fn anchor(
+        &self,
+        now: Instant,
+        unix_now: SystemTime,
+        ttl: Option<Duration>,
+    ) -> Option<(Instant, Option<Instant>)> {
+        let Some(expires_ms) = self.expires_ms else {
+            return Some((now, None));
+        };
+        let lifetime = Duration::from_millis(expires_ms.saturating_sub(self.issued_ms));
+        let remaining = match ttl {
+            Some(ttl) => ttl,
+            None => (UNIX_EPOCH + Duration::from_millis(expires_ms))
+                .duration_since(unix_now)
+                .ok()?,
+        };
+        let expiry = now.checked_add(remaining.min(lifetime))?;
+        let started = expiry.checked_sub(lifetime).unwrap_or(now).min(now);
+        Some((started, Some(expiry)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_rejects_garbage() {
+        let record = Record {
+            issued_ms: 1_700_000_000_000,
+            expires_ms: Some(1_700_000_003_600),
+            granularity_ms: 1000,
+        };
+        let value = record.encode("abc.def");
+        assert_eq!(Record::decode(&value), Some((record, "abc.def".to_owned())));
+        assert_eq!(Record::decode(&value[..HEADER]), None, "no token");
+        assert_eq!(Record::decode(&value[..5]), None);
+        let mut other = value.to_vec();
+        other[0] = 2;
+        assert_eq!(Record::decode(&other), None, "another version");
+        let mut bad = value.to_vec();
+        bad.push(b'\n');
+        assert_eq!(Record::decode(&bad), None, "not a header value");
+    }
+
+    #[test]
+    fn the_store_clock_measures_what_is_left() {
+        let record = Record {
+            issued_ms: 10_000,
+            expires_ms: Some(12_000),
+            granularity_ms: 0,
+        };
+        let now = Instant::now();
+        // Our clock says 5 s past expiry (we are ahead); the store says 1.5 s left.
+        let unix = UNIX_EPOCH + Duration::from_secs(17);
+        let (started, expiry) = record
+            .anchor(now, unix, Some(Duration::from_millis(1500)))
+            .unwrap();
+        assert_eq!(expiry, Some(now + Duration::from_millis(1500)));
+        assert_eq!(started, now - Duration::from_millis(500));
+        // Without the store's clock, ours decides.
+        assert_eq!(record.anchor(now, unix, None), None);
+        let unix = UNIX_EPOCH + Duration::from_secs(11);
+        let (_, expiry) = record.anchor(now, unix, None).unwrap();
+        assert_eq!(expiry, Some(now + Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,444 @@
+//! One token for a whole fleet: a [`TokenStore`] shared by every replica
+//! (Redis: [`RedisStore`]), so that N processes cost the identity provider
+//! what one process costs.
+//!
+//! Every replica keeps its own [`TokenCache`](crate::TokenCache) as the first
+//! level, and a request with a fresh token never touches the store: the hot
+//! path is the same instructions with or without one. The store is consulted
+//! only by the single local refresh, when the token is due or missing:
+//!
+//! 1. **Read.** A stored token that is fresh *by this cache's own rules* is
+//!    used, with no call to the identity provider. The record holds the
+//!    token, its issue time (the start of the fetch that got it) and its
+//!    absolute expiry in Unix time, and the store's own remaining time to
+//!    live (Redis `PTTL`) gives how much of it is left: so each replica
+//!    applies its own margin, refresh point and jitter to the same lifetime,
+//!    and a replica whose clock is off by seconds still agrees with the
+//!    others (one clock, the store's, measures what is left).
+//! 2. **Lease.** Otherwise the replica takes the fleet's fetch lease
+//!    (`SET NX PX` with a random owner, lasting the fetch timeout plus a
+//!    second), fetches from the source, writes the token with a time to live
+//!    equal to its remaining lifetime, and releases the lease by
+//!    compare-and-delete. The write and the release run in the background:
+//!    the local requests get the token as soon as it arrives.
+//! 3. **Wait.** A replica that loses the lease polls the store (backing off
+//!    from 10 ms to 200 ms) for the winner's token, for at most the fetch
+//!    timeout, taking the lease itself if it falls free (a winner that failed
+//!    or died); then it fetches on its own.
+//!
+//! A request that waits for a token (a cold cache, an expired token) waits
+//! for this whole refresh: with a store, at most twice the
+//! [`fetch_timeout`](crate::TokenCache::fetch_timeout) (the wait for another
+//! replica, then its own fetch) plus four store timeouts.
+//!
+//! # Failures
+//!
+//! - **Every store operation is bounded** by the store's
+//!   [`op_timeout`](TokenStore::op_timeout) (250 ms for [`RedisStore`]): a
+//!   store that is down, slow or gone counts as a miss, and the refresh
+//!   fetches from the source at once, alone, as a cache without a store
+//!   would (single flight within the process). Nothing ever waits on the
+//!   store longer than one timeout per step, and a lease that timed out on
+//!   the client (it may still land late on a slow server) is never waited
+//!   on by this replica; its own time to live bounds it for the others.
+//! - **Sharing resumes by itself**: each refresh tries the store again.
+//!   [`RedisStore::new`] connects on first use and again after any
+//!   connection error, with no backoff of its own, so a Redis that comes
+//!   back is used from the next refresh on.
+//! - **A `401`** evicts the token locally as always, and deletes the shared
+//!   copy in the background, only if the store still holds that very token
+//!   (compared by a SHA-256 fingerprint of the stored value): a late `401`
+//!   for an old token never evicts its successor. The replica also never
+//!   takes the rejected token back from the store.
+//! - A value that cannot be read (garbage, another version, a
+//!   [sealed](Sealed) value that fails to open) is a miss, and is replaced
+//!   by the next write.
+//!
+//! # Stored keys and identities
+//!
+//! A stored key is never a secret: it is the hex SHA-256 of what names the
+//! token (for OAuth2, the token URL, the client id, the scopes, audience and
+//! resources; see [`TokenSource::store_identity`](crate::TokenSource::store_identity)) and of the key of a
+//! [`KeyedTokenCache`](crate::KeyedTokenCache) (as its
+//! [`label`](crate::KeyedTokenCache::label) renders it), under the store's
+//! prefix (`tower-bearer:` by default). A source without an identity, such as
+//! a closure, must be named with
+//! [`TokenCache::store_identity`](crate::TokenCache::store_identity): until
+//! it is, its cache does not use the store at all (and says so once in a
+//! `warn` event), so that two unrelated sources never share a token.
+//!
+//! The token is never logged; store errors are reported at `debug` level in
+//! the fetch span, without any value. [`Stats::fetches`](crate::Stats)
+//! counts refreshes, including those the store answered; the identity
+//! provider's count is the one to watch for the fleet's cost.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_bearer::oauth2::ClientCredentials;
+//! use tower_bearer::store::RedisStore;
+//! use tower_bearer::TokenCache;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // No connection yet: the fleet may start before its Redis.
+//! let redis = RedisStore::new("redis://127.0.0.1:6379/")?
+//!     .prefix("billing:")
+//!     .op_timeout(Duration::from_millis(250));
+//! let cache = TokenCache::new(ClientCredentials::new(
+//!     "https://idp.example.com/oauth2/token",
+//!     "billing-service",
+//!     "client-secret",
+//! ))
+//! .store(redis);
+//! # let _ = cache;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A closure source names its identity:
+//!
+//! ```
+//! # #[cfg(feature = "redis")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_bearer::store::{RedisStore, StoreIdentity};
+//! use tower_bearer::{Token, TokenCache};
+//!
+//! let cache = TokenCache::new(|| async {
+//!     Ok::<_, std::io::Error>(Token::new("abcd1234").expires_in(Duration::from_secs(3600)))
+//! })
+//! .store(RedisStore::new("redis://127.0.0.1:6379/")?)
+//! .store_identity(StoreIdentity::new("legacy-gateway").with("tenant", "acme"));
+//! # let _ = cache;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! ```
+//!
+//! The design and every failure mode are in the repository's
+//! `docs/store.md`.
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "seal")]
+mod seal;
+#[cfg(all(test, feature = "redis"))]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
+#[cfg(feature = "seal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "seal")))]
+pub use self::seal::{SealKey, Sealed};
+use crate::BoxError;
+
+/// The future of one store operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The SHA-256 of a stored value, as written or read: what
+/// [`delete_if`](TokenStore::delete_if) compares.
+pub type Fingerprint = [u8; 32];
+
+/// The SHA-256 of `value`.
+pub fn fingerprint(value: &[u8]) -> Fingerprint {
+    Sha256::digest(value).into()
+}
+
+/// A store shared by the replicas of a fleet: what [`TokenCache::store`]
+/// needs to give the fleet one token per lifetime. See the
+/// [module docs](self) for how the cache uses it.
+///
+/// Values are opaque bytes (the cache encodes, and may
+/// [seal](Sealed), the token); keys are the hex SHA-256 of the token's
+/// identity, never a secret. Every method must be safe to call concurrently
+/// from many processes; each call is bounded by [`op_timeout`](Self::op_timeout)
+/// by the cache, and a failure or timeout counts as a miss.
+///
+/// [`TokenCache::store`]: crate::TokenCache::store
+pub trait TokenStore: Send + Sync + 'static {
+    /// The value stored under `key`, and how long the store will still keep
+    /// it if it knows (Redis: `PTTL`).
+    fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Stored>>;
+
+    /// Stores `value` under `key` until `expires_at` (a time to live of
+    /// `expires_at - now()`), or for good when `None`. Replaces any value.
+    fn write<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        expires_at: Option<SystemTime>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Takes the fetch lease of `key` for `owner`, for `ttl`, if nobody
+    /// holds it (`SET NX PX`). Returns whether `owner` now holds it.
+    fn lease<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+
+    /// Releases the fetch lease of `key` if `owner` still holds it.
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Deletes the value of `key` if its [`fingerprint`] is still
+    /// `fingerprint`. Returns whether it deleted it.
+    fn delete_if<'a>(&'a self, key: &'a str, fingerprint: &'a Fingerprint)
+        -> StoreFuture<'a, bool>;
+
+    /// How long the cache waits for any one operation before counting it
+    /// as failed. Default: 250 ms.
+    fn op_timeout(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
+    /// The Unix time by which this replica stamps what it writes. Default:
+    /// the system clock.
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+impl<S: TokenStore + ?Sized> TokenStore for std::sync::Arc<S> {
+    fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Stored>> {
+        (**self).read(key)
+    }
+
+    fn write<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        expires_at: Option<SystemTime>,
+    ) -> StoreFuture<'a, ()> {
+        (**self).write(key, value, expires_at)
+    }
+
+    fn lease<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        (**self).lease(key, owner, ttl)
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
+        (**self).release(key, owner)
+    }
+
+    fn delete_if<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+    ) -> StoreFuture<'a, bool> {
+        (**self).delete_if(key, fingerprint)
+    }
+
+    fn op_timeout(&self) -> Duration {
+        (**self).op_timeout()
+    }
+
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+}
+
+/// A value read from a [`TokenStore`].
+#[derive(Clone)]
+pub struct Stored {
+    /// The bytes written.
+    pub value: Vec<u8>,
+    /// How much longer the store keeps it, by the store's own clock, if it
+    /// knows. The cache prefers it to its own clock: one clock for the fleet.
+    pub ttl: Option<Duration>,
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("value", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// A store operation failed: the cache counts it as a miss and goes on
+/// without the store.
+#[derive(Debug)]
+pub struct StoreError {
+    source: BoxError,
+}
+
+impl StoreError {
+    /// A failure of the store, with its cause.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "token store operation failed: {}", self.source)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// What names a source's tokens across processes, without any secret: two
+/// caches whose sources have the same identity (and the same cache key)
+/// share one stored token.
+///
+/// [`ClientCredentials`](crate::oauth2::ClientCredentials) has one (its
+/// token URL, client id, scopes, audience, resources and extra parameters).
+/// Other sources name theirs with
+/// [`TokenCache::store_identity`](crate::TokenCache::store_identity), or by
+/// implementing [`TokenSource::store_identity`](crate::TokenSource::store_identity).
+///
+/// Only its SHA-256 is stored, and its `Debug` output shows the field names
+/// only; still, **never put a secret in it**.
+///
+/// ```
+/// use tower_bearer::store::StoreIdentity;
+///
+/// let a = StoreIdentity::new("gateway").with("tenant", "acme");
+/// let b = StoreIdentity::new("gateway").with("tenant", "globex");
+/// assert_ne!(a, b);
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StoreIdentity {
+    name: String,
+    fields: Vec<(String, String)>,
+}
+
+impl StoreIdentity {
+    /// An identity named `name` (a kind of source, a service's name).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Adds a field: anything that changes the token (a URL, a client id, an
+    /// audience). Order matters.
+    pub fn with(mut self, field: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fields.push((field.into(), value.into()));
+        self
+    }
+
+    /// The stored key of this identity with the cache key `cache_key`: a
+    /// hex SHA-256 over length-prefixed parts, so that no two different
+    /// identities give the same input.
+    pub(crate) fn key(&self, cache_key: Option<&str>) -> String {
+        let mut hash = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        part(b"tower-bearer/store/v1");
+        part(self.name.as_bytes());
+        for (field, value) in &self.fields {
+            part(field.as_bytes());
+            part(value.as_bytes());
+        }
+        match cache_key {
+            Some(key) => {
+                part(b"key");
+                part(key.as_bytes());
+            }
+            None => part(b"single"),
+        }
+        hex(&hash.finalize())
+    }
+}
+
+impl fmt::Debug for StoreIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreIdentity")
+            .field("name", &self.name)
+            .field(
+                "fields",
+                &self.fields.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+#[cfg(all(test, feature = "oauth2"))]
+mod identity_tests {
+    use crate::oauth2::ClientCredentials;
+    use crate::TokenSource;
+
+    fn key(source: &ClientCredentials) -> String {
+        source.store_identity().expect("an identity").key(None)
+    }
+
+    #[test]
+    fn everything_but_the_secret_changes_the_stored_key() {
+        let base = || ClientCredentials::new("https://idp.example.com/token", "svc", "secret-1");
+        let same = key(&base());
+        assert_eq!(
+            key(&ClientCredentials::new(
+                "https://idp.example.com/token",
+                "svc",
+                "secret-2"
+            )),
+            same,
+            "a rotated secret keeps sharing"
+        );
+        let others = [
+            key(&ClientCredentials::new(
+                "https://idp.example.com/token",
+                "other",
+                "secret-1",
+            )),
+            key(&ClientCredentials::new(
+                "https://idp2.example.com/token",
+                "svc",
+                "secret-1",
+            )),
+            key(&base().scope("read")),
+            key(&base().scope("write")),
+            key(&base().audience("https://api.example.com")),
+            key(&base().resource("https://api.example.com")),
+            key(&base().param("tenant", "acme")),
+        ];
+        let mut all: Vec<_> = others.iter().chain([&same]).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), others.len() + 1, "every key differs");
+        assert_ne!(
+            base().store_identity().unwrap().key(Some("k")),
+            same,
+            "the cache key counts"
+        );
+        assert!(
+            !format!("{:?}", base().store_identity()).contains("svc"),
+            "Debug shows field names only"
+        );
+    }
+
+    #[test]
+    fn a_token_exchange_has_no_identity_of_its_own() {
+        let subject = || async { Ok::<_, std::io::Error>(crate::Token::new("subject")) };
+        let exchange =
+            crate::oauth2::TokenExchange::new("https://idp.example.com/token", "svc", "", subject);
+        assert!(exchange.store_identity().is_none());
+    }
+}

@@ -1,0 +1,443 @@
+//! [`RedisStore`]: the [`TokenStore`] on Redis (or Valkey), with redis-rs.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Script, Value};
+
+use super::{Fingerprint, StoreError, StoreFuture, Stored, TokenStore};
+
+const DEFAULT_PREFIX: &str = "tower-bearer:";
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A token store on Redis: `SET PX` for tokens, `SET NX PX` for leases, and
+/// Lua compare-and-delete scripts for releases and `401` deletes. See
+/// [`crate::store`] for how the cache uses it.
+///
+/// - [`new`](Self::new) parses a URL (`redis://`, `rediss://` with redis-rs's
+///   TLS features, `unix://`) and connects on first use, so a fleet may
+///   start before its Redis. It keeps one multiplexed connection, made with
+///   the operation timeout as connect and response timeouts, drops it on any
+///   connection error and connects again on the next operation, with no
+///   backoff of its own: sharing resumes at the first refresh after Redis
+///   is back.
+/// - [`from_connection`](Self::from_connection) uses your own redis-rs
+///   connection: a `ConnectionManager`, a cluster or sentinel connection,
+///   with your TLS and ACL settings. Reconnection is then the connection's
+///   own: configure a `ConnectionManager` with a short `max_delay` (say
+///   500 ms), or its default backoff may keep it from seeing a restarted
+///   Redis for several seconds.
+///
+/// Keys are `<prefix><hex SHA-256 of the token's identity>` for the token
+/// and the same with `:lease` for the fetch lease. Each value is the
+/// SHA-256 of what the cache wrote, then what it wrote, so that a delete
+/// after a `401` compares 32 bytes on the server.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_bearer::store::RedisStore;
+///
+/// # fn main() -> Result<(), tower_bearer::store::StoreError> {
+/// // Parsed only: nothing listens there, and nothing needs to yet.
+/// let store = RedisStore::new("redis://127.0.0.1:1/")?
+///     .prefix("orders:")
+///     .op_timeout(Duration::from_millis(100));
+/// assert!(RedisStore::new("not a url").is_err());
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+    prefix: Arc<str>,
+    timeout: Duration,
+    /// Test only: this replica's Unix clock, off by this many milliseconds.
+    #[cfg(test)]
+    skew_ms: i64,
+}
+
+#[derive(Clone)]
+enum Connection {
+    /// Ours, made from a URL on first use.
+    Lazy {
+        client: Client,
+        current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    },
+    /// The user's.
+    Theirs(Arc<dyn Share>),
+}
+
+/// A user's connection, cloned for each operation.
+trait Share: Send + Sync {
+    fn handle(&self) -> Boxed;
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Share for C {
+    fn handle(&self) -> Boxed {
+        Boxed(Box::new(self.clone()))
+    }
+}
+
+struct Boxed(Box<dyn ConnectionLike + Send + Sync>);
+
+impl ConnectionLike for Boxed {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (a `&str`, a `String`, or anything
+    /// else redis-rs takes as connection info). Only parses the URL: it
+    /// connects on first use, and needs no runtime until then. A URL that
+    /// does not parse is an error whose message does not quote it.
+    pub fn new(url: impl redis::IntoConnectionInfo) -> Result<Self, StoreError> {
+        // The message of a bad URL does not quote it (it may hold a password).
+        let client = Client::open(url).map_err(error)?;
+        Ok(Self::with(Connection::Lazy {
+            client,
+            current: Arc::default(),
+        }))
+    }
+
+    /// A store on your own redis-rs connection (a `ConnectionManager`, a
+    /// `MultiplexedConnection`, a cluster connection: anything
+    /// `ConnectionLike + Clone`), cloned for each operation. Its own
+    /// timeouts and reconnection apply; the cache still gives up on each
+    /// operation after [`op_timeout`](Self::op_timeout).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    /// use tower_bearer::store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> redis::RedisResult<()> {
+    /// let client = redis::Client::open("rediss://user:password@redis.internal:6380/")?;
+    /// // Retry quickly, so that a restarted Redis is seen within a second.
+    /// let config = ConnectionManagerConfig::new()
+    ///     .set_min_delay(Duration::from_millis(50))
+    ///     .set_max_delay(Duration::from_millis(500))
+    ///     .set_connection_timeout(Some(Duration::from_millis(250)))
+    ///     .set_response_timeout(Some(Duration::from_millis(250)));
+    /// let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// let store = RedisStore::from_connection(manager);
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_connection<C>(connection: C) -> Self
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        Self::with(Connection::Theirs(Arc::new(connection)))
+    }
+
+    fn with(connection: Connection) -> Self {
+        Self {
+            connection,
+            prefix: DEFAULT_PREFIX.into(),
+            timeout: DEFAULT_TIMEOUT,
+            #[cfg(test)]
+            skew_ms: 0,
+        }
+    }
+
+    /// What every key starts with. Default: `tower-bearer:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().into();
+        self
+    }
+
+    /// How long any one operation (connecting included) may take before it
+    /// counts as failed and the cache goes on without the store. Keep it
+    /// short: a request that waits for a token may wait this long for each
+    /// step of a refresh. Default: 250 ms.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Test only: a replica whose Unix clock is `ms` milliseconds off.
+    #[cfg(test)]
+    pub(crate) fn skewed(mut self, ms: i64) -> Self {
+        self.skew_ms = ms;
+        self
+    }
+
+    fn token_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn lease_key(&self, key: &str) -> String {
+        format!("{}{key}:lease", self.prefix)
+    }
+
+    async fn run<T>(
+        &self,
+        job: impl AsyncFnOnce(&mut Boxed) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let (mut conn, current) = match &self.connection {
+            Connection::Theirs(theirs) => (theirs.handle(), None),
+            Connection::Lazy { client, current } => {
+                let cached = current
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let conn = match cached {
+                    Some(conn) => conn,
+                    None => {
+                        let config = AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_response_timeout(Some(self.timeout));
+                        let conn = client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                            .map_err(error)?;
+                        *current.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(conn.clone());
+                        conn
+                    }
+                };
+                (Boxed(Box::new(conn)), Some(current))
+            }
+        };
+        let result = job(&mut conn).await;
+        if let (Err(error), Some(current)) = (&result, current) {
+            if error.is_connection_dropped()
+                || error.is_io_error()
+                || error.is_unrecoverable_error()
+            {
+                // Connect again next time.
+                *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+        }
+        result.map_err(error)
+    }
+}
+
+/// A redis-rs error as a [`StoreError`], with no value in it: a type
+/// error's message quotes the response, which may hold a token.
+fn error(error: redis::RedisError) -> StoreError {
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+    {
+        return StoreError::new(error);
+    }
+    StoreError::new(match error.code() {
+        Some(code) => format!("redis error {code} ({:?})", error.kind()),
+        None => format!("redis error ({:?})", error.kind()),
+    })
+}
+
+/// The value and its remaining time to live, in one round trip.
+const READ: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PTTL', KEYS[1])}
+";
+
+/// Deletes the lease only if `owner` holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Deletes the token only if its value starts with the fingerprint given.
+const DELETE_IF: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 32) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+impl TokenStore for RedisStore {
+    fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Stored>> {
+        Box::pin(async move {
+            let key = self.token_key(key);
+            let found: Option<(Vec<u8>, i64)> = self
+                .run(async |conn| Script::new(READ).key(&key).invoke_async(conn).await)
+                .await?;
+            let Some((mut value, pttl)) = found else {
+                return Ok(None);
+            };
+            if value.len() < 32 {
+                return Ok(None);
+            }
+            let value = value.split_off(32);
+            // -1: no expiry.
+            let ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
+            let ttl = if pttl == -1 {
+                None
+            } else {
+                Some(ttl.unwrap_or(Duration::ZERO))
+            };
+            Ok(Some(Stored { value, ttl }))
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        expires_at: Option<SystemTime>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let ttl = match expires_at {
+                None => None,
+                Some(at) => match at.duration_since(self.now()) {
+                    Ok(ttl) if ttl.as_millis() > 0 => Some(ttl),
+                    // Expired already: nothing to share.
+                    _ => return Ok(()),
+                },
+            };
+            let mut stored = zeroize::Zeroizing::new(Vec::with_capacity(32 + value.len()));
+            stored.extend_from_slice(&super::fingerprint(value));
+            stored.extend_from_slice(value);
+            let key = self.token_key(key);
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(&stored[..]);
+            if let Some(ttl) = ttl {
+                set.arg("PX")
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            }
+            self.run(async |conn| set.query_async::<()>(conn).await)
+                .await
+        })
+    }
+
+    fn lease<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let key = self.lease_key(key);
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let taken: Option<String> = self
+                .run(async |conn| {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async(conn)
+                        .await
+                })
+                .await?;
+            Ok(taken.is_some())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.lease_key(key);
+            self.run(async |conn| {
+                Script::new(RELEASE)
+                    .key(&key)
+                    .arg(owner)
+                    .invoke_async::<i64>(conn)
+                    .await
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn delete_if<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let key = self.token_key(key);
+            let deleted: i64 = self
+                .run(async |conn| {
+                    Script::new(DELETE_IF)
+                        .key(&key)
+                        .arg(&fingerprint[..])
+                        .invoke_async(conn)
+                        .await
+                })
+                .await?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn op_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn now(&self) -> SystemTime {
+        #[cfg(test)]
+        if self.skew_ms != 0 {
+            let skew = Duration::from_millis(self.skew_ms.unsigned_abs());
+            let now = SystemTime::now();
+            return if self.skew_ms > 0 {
+                now + skew
+            } else {
+                now - skew
+            };
+        }
+        SystemTime::now()
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let connection = match &self.connection {
+            // The URL may carry a password: show neither.
+            Connection::Lazy { .. } => "url",
+            Connection::Theirs(_) => "user's connection",
+        };
+        f.debug_struct("RedisStore")
+            .field("connection", &connection)
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neither_debug_nor_errors_show_the_url_or_its_password() {
+        let store = RedisStore::new("redis://user:hunter2@redis.internal:6379/").unwrap();
+        let debug = format!("{store:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("redis.internal"),
+            "{debug}"
+        );
+        let error = RedisStore::new("redis://user:hunter2@[bad/").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[cfg(feature = "seal")]
+    #[test]
+    fn a_sealed_store_redacts_its_key() {
+        let store = RedisStore::new("redis://127.0.0.1:1/").unwrap();
+        let sealed = super::super::Sealed::new(store, super::super::SealKey::new([42; 32]));
+        let debug = format!("{sealed:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("42"),
+            "{debug}"
+        );
+    }
+}
