@@ -76,6 +76,12 @@ pub enum TokenErrorKind {
     Abandoned,
     /// A fetch was needed outside a tokio runtime.
     NoRuntime,
+    /// The token is DPoP-bound, and no proof could be made for the request
+    /// (its URI is not absolute, say): the [`source`](Error::source) is the
+    /// [`dpop::Error`](crate::dpop::Error). No request was sent.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    Proof,
 }
 
 impl TokenError {
@@ -144,6 +150,15 @@ impl TokenError {
         Self::new(TokenErrorKind::Abandoned, None)
     }
 
+    #[cfg(feature = "dpop")]
+    pub(crate) fn proof(source: crate::dpop::Error) -> Self {
+        let mut error = Self::new(TokenErrorKind::Proof, Some(Source::Boxed(Box::new(source))));
+        if let Some(inner) = Arc::get_mut(&mut error.inner) {
+            inner.hint = RetryHint::Permanent;
+        }
+        error
+    }
+
     pub(crate) fn no_runtime() -> Self {
         Self::new(TokenErrorKind::NoRuntime, None)
     }
@@ -207,6 +222,8 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Panicked => "token source panicked",
             TokenErrorKind::Abandoned => "token fetch was abandoned",
             TokenErrorKind::NoRuntime => "token fetch needs a tokio runtime",
+            #[cfg(feature = "dpop")]
+            TokenErrorKind::Proof => "no DPoP proof could be made for the request",
         })
     }
 }

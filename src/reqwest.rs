@@ -15,6 +15,11 @@
 //! [`keep_existing`](BearerAuthMiddleware::keep_existing) and
 //! [`scope`](BearerAuthMiddleware::scope).
 //!
+//! A DPoP-bound token (the `dpop` feature, see [`crate::dpop`]) is sent as
+//! the tower layer sends it, through the same code: `Authorization: DPoP`
+//! with a proof for the request's URL, the origin's nonce remembered from
+//! each response, and a nonce challenge that does not evict the token.
+//!
 //! A failure to get a token is a `reqwest_middleware::Error::Middleware`
 //! whose `anyhow::Error` is the [`TokenError`]:
 //! `error.downcast_ref::<TokenError>()` on it recovers the kind and the
@@ -93,6 +98,7 @@ use http::{Extensions, Uri};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::auth::keyed::KeyOf;
+use crate::auth::present::{present, rejects};
 use crate::cache::Entry;
 use crate::{KeyedTokenCache, RequestHead, Scope, TokenCache, TokenError, TokenSource};
 
@@ -156,16 +162,24 @@ impl Options {
         next: Next<'_>,
         entry: Result<(TokenCache, std::sync::Arc<Entry>), TokenError>,
     ) -> reqwest_middleware::Result<Response> {
-        let (cache, entry) =
-            entry.map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
-        request
-            .headers_mut()
-            .insert(&self.header, entry.header.clone());
+        let failed = |error: TokenError| reqwest_middleware::Error::Middleware(error.into());
+        let (cache, entry) = entry.map_err(failed)?;
+        // The same seam as the tower layer's: the header, and a proof for a
+        // DPoP-bound token.
+        let url = request.url();
+        let presented = present(&entry, request.method(), || url.as_str().parse().ok());
+        let proof = presented
+            .map_err(failed)?
+            .insert(request.headers_mut(), &self.header);
         let generation = entry.generation;
         drop(entry);
 
         let response = next.run(request, extensions).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
+        let rejected = match &proof {
+            None => response.status() == StatusCode::UNAUTHORIZED,
+            Some(proof) => rejects(proof, response.status(), response.headers()),
+        };
+        if rejected {
             cache.shared().unauthorized(generation);
         }
         Ok(response)

@@ -14,6 +14,13 @@
 //! ```
 //!
 //! - A request is retried at most once: a second `401` is returned as it is.
+//! - With the `dpop` feature, a DPoP nonce challenge (`401` with
+//!   `WWW-Authenticate: DPoP error="use_dpop_nonce"`, RFC 9449 §9) is told
+//!   apart from a rejected token: the layer does not evict the token, and
+//!   the policy retries it once, on a budget of its own, so that the retry
+//!   carries the server's new nonce with the same token. A nonce challenge
+//!   and a rejection may thus each be retried once (three attempts at
+//!   most); a second nonce challenge is returned as it is.
 //! - Only a request that can be copied is retried. [`RetryOn401::new`] copies
 //!   bodies that are `Clone` (`Full<Bytes>`, `String`, `()`...);
 //!   [`RetryOn401::cloning_body_with`] takes a function for a body that can
@@ -74,6 +81,8 @@ use tower::retry::Policy;
 pub struct RetryOn401<B> {
     clone_body: fn(&B) -> Option<B>,
     retried: bool,
+    // A DPoP nonce challenge was retried (never set without `dpop`).
+    nonce_retried: bool,
 }
 
 impl<B: Clone> RetryOn401<B> {
@@ -111,6 +120,7 @@ impl<B> RetryOn401<B> {
         Self {
             clone_body,
             retried: false,
+            nonce_retried: false,
         }
     }
 }
@@ -135,13 +145,25 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
         _request: &mut Request<B>,
         result: &mut Result<Response<ResBody>, E>,
     ) -> Option<Self::Future> {
-        let rejected =
-            matches!(result, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
-        self.once_if(rejected)
+        let Ok(response) = result else { return None };
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        #[cfg(feature = "dpop")]
+        if crate::dpop::is_nonce_challenge(response.headers()) {
+            if self.nonce_retried {
+                return None;
+            }
+            self.nonce_retried = true;
+            return Some(ready(()));
+        }
+        self.once_if(true)
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        if self.retried {
+        // Without `dpop` there is no nonce challenge to retry.
+        let nonce_spent = self.nonce_retried || !cfg!(feature = "dpop");
+        if self.retried && nonce_spent {
             return None;
         }
         let body = (self.clone_body)(request.body())?;
@@ -160,6 +182,7 @@ impl<B> Clone for RetryOn401<B> {
         Self {
             clone_body: self.clone_body,
             retried: self.retried,
+            nonce_retried: self.nonce_retried,
         }
     }
 }
@@ -168,6 +191,68 @@ impl<B> fmt::Debug for RetryOn401<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryOn401")
             .field("retried", &self.retried)
+            .field("nonce_retried", &self.nonce_retried)
             .finish()
+    }
+}
+
+#[cfg(all(test, feature = "dpop"))]
+mod tests {
+    use super::*;
+
+    type Result = std::result::Result<Response<()>, std::convert::Infallible>;
+
+    fn unauthorized(challenge: &str) -> Result {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+        Ok(response)
+    }
+
+    const NONCE: &str = "DPoP error=\"use_dpop_nonce\"";
+    const REJECTED: &str = "DPoP error=\"invalid_token\"";
+
+    /// Which of `responses`, in turn, the policy retries.
+    fn retries(responses: &[&str]) -> Vec<bool> {
+        let mut policy = RetryOn401::<()>::new();
+        let mut request = Request::new(());
+        responses
+            .iter()
+            .map(|challenge| {
+                let clone = Policy::<_, Response<()>, std::convert::Infallible>::clone_request(
+                    &mut policy,
+                    &request,
+                );
+                let retried = policy
+                    .retry(&mut request, &mut unauthorized(challenge))
+                    .is_some();
+                assert!(!retried || clone.is_some(), "a retry needs a copy");
+                retried
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_nonce_challenge_and_a_rejection_each_get_one_retry() {
+        assert_eq!(retries(&[NONCE, NONCE]), [true, false]);
+        assert_eq!(retries(&[REJECTED, REJECTED]), [true, false]);
+        assert_eq!(retries(&[NONCE, REJECTED, NONCE]), [true, true, false]);
+        assert_eq!(retries(&[REJECTED, NONCE, REJECTED]), [true, true, false]);
+    }
+
+    #[test]
+    fn no_copy_is_made_once_both_budgets_are_spent() {
+        let mut policy = RetryOn401::<()>::new();
+        let mut request = Request::new(());
+        policy.retry(&mut request, &mut unauthorized(NONCE));
+        let clone = |policy: &mut RetryOn401<()>| {
+            Policy::<_, Response<()>, std::convert::Infallible>::clone_request(policy, &request)
+        };
+        assert!(clone(&mut policy).is_some());
+        let mut request = Request::new(());
+        policy.retry(&mut request, &mut unauthorized(REJECTED));
+        assert!(clone(&mut policy).is_none());
     }
 }

@@ -31,6 +31,9 @@ pub struct Token {
     // How much earlier than stated the token may expire: the unit its
     // lifetime was counted in by an issuer that rounds its clock down.
     granularity: Duration,
+    // The DPoP key this token is bound to, with its `ath`.
+    #[cfg(feature = "dpop")]
+    bound: Option<crate::dpop::Bound>,
     // A token that went through a fleet's store: when its fetch began (on
     // this process's clock) and how to delete the shared copy on a 401.
     #[cfg(feature = "store")]
@@ -57,9 +60,37 @@ impl Token {
             expiry: Expiry::Never,
             generation: 0,
             granularity: Duration::ZERO,
+            #[cfg(feature = "dpop")]
+            bound: None,
             #[cfg(feature = "store")]
             origin: None,
         }
+    }
+
+    /// Binds the token to `binding`'s DPoP key (RFC 9449): a layer or
+    /// middleware then sends it as `Authorization: DPoP <token>`, with a
+    /// `DPoP` proof made for each request. See [`crate::dpop`].
+    ///
+    /// [`ClientCredentials::dpop`](crate::oauth2::ClientCredentials::dpop)
+    /// binds the tokens the server says are DPoP tokens; a source of your
+    /// own binds its tokens with this.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn bind(mut self, binding: &crate::dpop::Binding) -> Self {
+        self.bound = Some(crate::dpop::Bound::new(binding, &self.value));
+        self
+    }
+
+    /// The DPoP binding of the token, if it is bound.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn binding(&self) -> Option<&crate::dpop::Binding> {
+        self.bound.as_ref().map(crate::dpop::Bound::binding)
+    }
+
+    #[cfg(feature = "dpop")]
+    pub(crate) fn bound(&self) -> Option<&crate::dpop::Bound> {
+        self.bound.as_ref()
     }
 
     /// The token expires `lifetime` after the fetch that produced it began.
@@ -165,10 +196,13 @@ impl Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
+        let mut debug = f.debug_struct("Token");
+        debug
             .field("value", &"<redacted>")
-            .field("expiry", &self.expiry)
-            .finish()
+            .field("expiry", &self.expiry);
+        #[cfg(feature = "dpop")]
+        debug.field("binding", &self.binding());
+        debug.finish()
     }
 }
 
@@ -220,5 +254,19 @@ mod tests {
     #[test]
     fn never_expiring_by_default() {
         assert_eq!(Token::new("t").expiry_kind(), Expiry::Never);
+    }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_bound_tokens_debug_shows_the_key_redacted_and_not_the_token() {
+        let binding = crate::dpop::Binding::new(crate::dpop::ProofKey::generate().unwrap());
+        let token = Token::new("s3cr3t-value").bind(&binding);
+        let debug = format!("{token:?} {token:#?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(
+            debug.contains("ES256") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+        assert!(Token::new("t").binding().is_none());
     }
 }

@@ -8,6 +8,7 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::present::{self, Proof};
 use crate::cache::{invalidate_by_id, Entry};
 use crate::{BoxError, TokenError};
 
@@ -25,6 +26,9 @@ pin_project! {
         #[pin]
         state: State<S, B>,
         sent: Sent,
+        // Set for a request sent with a DPoP proof; of size zero without
+        // the `dpop` feature.
+        proof: Option<Proof>,
     }
 }
 
@@ -89,6 +93,27 @@ where
         Self {
             state: State::Calling { future },
             sent,
+            proof: None,
+        }
+    }
+
+    /// Sends `request` with the token of `entry`, through the one seam
+    /// ([`present`](present::present)) that decides what a request carries
+    /// for its token.
+    pub(super) fn authorized(
+        inner: &mut S,
+        request: Request<B>,
+        header: &HeaderName,
+        entry: &Entry,
+        sent: Sent,
+    ) -> Self {
+        match authorize(inner, request, header, entry) {
+            Ok((future, proof)) => Self {
+                state: State::Calling { future },
+                sent,
+                proof,
+            },
+            Err(error) => Self::failed(error),
         }
     }
 
@@ -99,6 +124,7 @@ where
                 pending: Some(Box::new(pending)),
             },
             sent: Sent::new(cache, 0),
+            proof: None,
         }
     }
 
@@ -119,6 +145,7 @@ where
                 pending: None,
             },
             sent: Sent::NOTHING,
+            proof: None,
         }
     }
 }
@@ -137,13 +164,19 @@ where
             let future = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
+                    let rejected = match this.proof {
+                        None => response.status() == StatusCode::UNAUTHORIZED,
+                        Some(proof) => {
+                            present::rejects(proof, response.status(), response.headers())
+                        }
+                    };
+                    if rejected {
                         this.sent.unauthorized();
                     }
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Waiting { token, pending } => match ready!(token.as_mut().poll(cx)) {
-                    Ok(entry) => send(pending, &entry, this.sent),
+                    Ok(entry) => send(pending, &entry, this.sent, this.proof)?,
                     Err(error) => return Poll::Ready(Err(error.into())),
                 },
             };
@@ -156,16 +189,39 @@ where
 /// of a request with a fresh token stays small.
 #[cold]
 #[inline(never)]
-fn send<S, B>(pending: &mut Option<Box<Pending<S, B>>>, entry: &Entry, sent: &mut Sent) -> S::Future
+fn send<S, B>(
+    pending: &mut Option<Box<Pending<S, B>>>,
+    entry: &Entry,
+    sent: &mut Sent,
+    proof: &mut Option<Proof>,
+) -> Result<S::Future, TokenError>
 where
     S: Service<Request<B>>,
 {
     let Pending {
         mut inner,
-        mut request,
+        request,
         header,
     } = *pending.take().expect("polled after completion");
-    request.headers_mut().insert(header, entry.header.clone());
+    let future;
+    (future, *proof) = authorize(&mut inner, request, &header, entry)?;
     sent.generation = entry.generation;
-    inner.call(request)
+    Ok(future)
+}
+
+/// Puts the token on `request` and calls `inner` with it, unless the token
+/// cannot be presented (then nothing is sent).
+#[inline]
+fn authorize<S, B>(
+    inner: &mut S,
+    mut request: Request<B>,
+    header: &HeaderName,
+    entry: &Entry,
+) -> Result<(S::Future, Option<Proof>), TokenError>
+where
+    S: Service<Request<B>>,
+{
+    let presented = present::present(entry, request.method(), || Some(request.uri().clone()))?;
+    let proof = presented.insert(request.headers_mut(), header);
+    Ok((inner.call(request), proof))
 }

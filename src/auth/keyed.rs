@@ -321,18 +321,15 @@ where
     /// A request whose key has no fresh token, or is new.
     #[cold]
     #[inline(never)]
-    fn call_other<B>(&mut self, mut request: Request<B>, key: &K) -> ResponseFuture<S, B>
+    fn call_other<B>(&mut self, request: Request<B>, key: &K) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
         let (cache_id, lookup) = self.cache.lookup(key);
         match lookup {
             Lookup::Ready(entry) => {
-                request
-                    .headers_mut()
-                    .insert(&self.header, entry.header.clone());
                 let sent = Sent::new(cache_id, entry.generation);
-                ResponseFuture::calling(self.inner.call(request), sent)
+                ResponseFuture::authorized(&mut self.inner, request, &self.header, &entry, sent)
             }
             Lookup::Wait(waiter) => {
                 // The instance that was made ready goes with the request; this

@@ -90,6 +90,7 @@
 mod future;
 pub mod keyed;
 mod layer;
+pub(crate) mod present;
 mod service;
 
 pub use self::future::ResponseFuture;

@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderName, AUTHORIZATION};
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -163,19 +163,13 @@ where
 }
 
 impl<S> BearerAuth<S> {
-    /// Calls the inner service with the token's header value.
+    /// Calls the inner service with the token of `entry`.
     #[inline]
-    fn send<B>(
-        &mut self,
-        mut request: Request<B>,
-        header: HeaderValue,
-        sent: Sent,
-    ) -> ResponseFuture<S, B>
+    fn send<B>(&mut self, request: Request<B>, entry: &Entry, sent: Sent) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>>,
     {
-        request.headers_mut().insert(&self.header, header);
-        ResponseFuture::calling(self.inner.call(request), sent)
+        ResponseFuture::authorized(&mut self.inner, request, &self.header, entry, sent)
     }
 
     /// Every request off the hot path (no fresh token, or an option set):
@@ -196,17 +190,15 @@ impl<S> BearerAuth<S> {
         }
         let entry = self.local.load();
         if entry.is_fresh() {
-            let (header, sent) = (
-                entry.header.clone(),
-                Sent::new(self.cache_id, entry.generation),
-            );
-            return self.send(request, header, sent);
+            let entry = Arc::clone(entry);
+            let sent = Sent::new(self.cache_id, entry.generation);
+            return self.send(request, &entry, sent);
         }
         let cache = self.cache.shared();
         match cache.lookup(self.local.load()) {
             Lookup::Ready(entry) => {
                 let sent = Sent::new(self.cache_id, entry.generation);
-                self.send(request, entry.header.clone(), sent)
+                self.send(request, &entry, sent)
             }
             Lookup::Wait(waiter) => {
                 // The instance that was made ready goes with the request; this

@@ -104,6 +104,15 @@ impl Entry {
         if token.secret().is_empty() {
             return Err(TokenError::empty_token());
         }
+        // A DPoP-bound token goes out as `DPoP <token>`, beside a proof made
+        // per request: never on the hot path, which only clones the header.
+        #[cfg(feature = "dpop")]
+        let (scheme, bound) = match token.bound() {
+            Some(_) => (Some("DPoP"), true),
+            None => (scheme, false),
+        };
+        #[cfg(not(feature = "dpop"))]
+        let bound = false;
         let mut header = HeaderValue::try_from(header_bytes(scheme, token.secret()))
             .map_err(TokenError::invalid_token)?;
         header.set_sensitive(true);
@@ -120,6 +129,9 @@ impl Entry {
         let (state, fresh_until) = match (phase_at(schedule, now), schedule) {
             (Phase::Expired, _) => return Err(TokenError::expired()),
             (Phase::Due, _) => (STALE, 0),
+            // Stale for the hot path from the start: its requests take the
+            // slow path, which asks `present` for a proof.
+            (Phase::Fresh, _) if bound => (STALE, 0),
             (Phase::Fresh, None) => (FRESH, Coarse::MAX),
             (Phase::Fresh, Some(s)) => (
                 FRESH,
@@ -412,5 +424,27 @@ mod tests {
         ] {
             assert_eq!(rejected(token, None).kind(), crate::TokenErrorKind::Expired);
         }
+    }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_bound_token_goes_out_as_dpop_and_never_by_the_hot_path() {
+        let binding = crate::dpop::Binding::new(crate::dpop::ProofKey::generate().unwrap());
+        let token = Token::new("t")
+            .expires_in(Duration::from_secs(10))
+            .bind(&binding);
+        let entry = Entry::new(
+            token,
+            Some("Bearer"),
+            Instant::now(),
+            &Timing::default(),
+            &mut Rng::new(),
+        )
+        .unwrap();
+        assert_eq!(entry.header, "DPoP t");
+        assert!(entry.header.is_sensitive());
+        // The slow path, which makes the proof, serves it as fresh.
+        assert!(!entry.is_fresh());
+        assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
     }
 }

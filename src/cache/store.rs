@@ -337,7 +337,8 @@ fn unix_ms(time: SystemTime) -> u64 {
 impl Record {
     /// The value to store for `token`, fetched from `started` (`issued` in
     /// Unix time), and its absolute expiry; `None` for a token not worth
-    /// sharing (not a valid header value, or no lifetime left at `now`).
+    /// sharing (not a valid header value, or no lifetime left at `now`), or
+    /// not usable by another process (bound by DPoP to this one's key).
     fn of(
         token: &Token,
         started: Instant,
@@ -346,6 +347,10 @@ impl Record {
     ) -> Option<(Zeroizing<Vec<u8>>, Option<SystemTime>)> {
         let secret = token.secret();
         if secret.is_empty() || HeaderValue::from_str(secret).is_err() {
+            return None;
+        }
+        #[cfg(feature = "dpop")]
+        if token.bound().is_some() {
             return None;
         }
         let expiry = match token.expiry_kind() {

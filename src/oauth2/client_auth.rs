@@ -359,27 +359,111 @@ mod private_key {
                 b64(serde_json::Value::Object(header).to_string().as_bytes()),
                 b64(claims.to_string().as_bytes())
             );
-            let signature = match &*self.pair {
+            self.sign_into(&mut jwt, &rng).map_err(failed)?;
+            Ok(jwt)
+        }
+
+        /// Appends `.` and the base64url signature of `jws` (a JWS's
+        /// `header.payload`) to it: the one signing step of client
+        /// assertions and DPoP proofs.
+        pub(crate) fn sign_into(
+            &self,
+            jws: &mut String,
+            rng: &SystemRandom,
+        ) -> Result<(), ring::error::Unspecified> {
+            let mut rsa = Vec::new();
+            let signature: &[u8];
+            let ecdsa;
+            let ed25519;
+            match &*self.pair {
                 Pair::Rsa(pair) => {
                     let padding: &'static dyn signature::RsaEncoding = match self.algorithm {
                         Algorithm::PS256 => &signature::RSA_PSS_SHA256,
                         _ => &signature::RSA_PKCS1_SHA256,
                     };
-                    let mut signature = vec![0; pair.public().modulus_len()];
-                    pair.sign(padding, &rng, jwt.as_bytes(), &mut signature)
-                        .map_err(failed)?;
-                    signature
+                    rsa.resize(pair.public().modulus_len(), 0);
+                    pair.sign(padding, rng, jws.as_bytes(), &mut rsa)?;
+                    signature = &rsa;
                 }
-                Pair::Ecdsa(pair) => pair
-                    .sign(&rng, jwt.as_bytes())
-                    .map_err(failed)?
-                    .as_ref()
-                    .to_vec(),
-                Pair::Ed25519(pair) => pair.sign(jwt.as_bytes()).as_ref().to_vec(),
+                Pair::Ecdsa(pair) => {
+                    ecdsa = pair.sign(rng, jws.as_bytes())?;
+                    signature = ecdsa.as_ref();
+                }
+                Pair::Ed25519(pair) => {
+                    ed25519 = pair.sign(jws.as_bytes());
+                    signature = ed25519.as_ref();
+                }
+            }
+            jws.push('.');
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(signature, jws);
+            Ok(())
+        }
+
+        #[cfg(feature = "dpop")]
+        /// A new key for `algorithm`, from ring's generator: ES256 or
+        /// EdDSA (ring cannot generate RSA keys). The PKCS#8 document is
+        /// copied into a buffer wiped on drop; ring's own copy is not wiped.
+        pub(crate) fn generate(algorithm: Algorithm) -> Result<Self, Error> {
+            let rng = SystemRandom::new();
+            let failed = |_| Error::config("cannot generate a key");
+            let der = match algorithm {
+                Algorithm::ES256 => Zeroizing::new(
+                    EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                        .map_err(failed)?
+                        .as_ref()
+                        .to_vec(),
+                ),
+                Algorithm::EdDSA => Zeroizing::new(
+                    Ed25519KeyPair::generate_pkcs8(&rng)
+                        .map_err(failed)?
+                        .as_ref()
+                        .to_vec(),
+                ),
+                Algorithm::RS256 | Algorithm::PS256 => {
+                    return Err(Error::config(
+                        "RSA keys cannot be generated: load one with from_pkcs8_pem",
+                    ))
+                }
             };
-            jwt.push('.');
-            jwt.push_str(&b64(&signature));
-            Ok(jwt)
+            Self::from_pkcs8_der(algorithm, &der)
+        }
+
+        #[cfg(feature = "dpop")]
+        /// The public half as a JWK (RFC 7517), with the members of its
+        /// RFC 7638 thumbprint only, in their lexicographic order.
+        pub(crate) fn public_jwk(&self) -> serde_json::Map<String, serde_json::Value> {
+            let mut jwk = serde_json::Map::new();
+            let mut put = |name: &str, value: String| {
+                jwk.insert(name.into(), value.into());
+            };
+            match &*self.pair {
+                Pair::Rsa(pair) => {
+                    let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+                    put("e", b64(&public.e));
+                    put("kty", "RSA".into());
+                    put("n", b64(&public.n));
+                }
+                Pair::Ecdsa(pair) => {
+                    // Uncompressed: 0x04, then x and y, 32 bytes each.
+                    let point = signature::KeyPair::public_key(pair).as_ref();
+                    put("crv", "P-256".into());
+                    put("kty", "EC".into());
+                    put("x", b64(&point[1..33]));
+                    put("y", b64(&point[33..65]));
+                }
+                Pair::Ed25519(pair) => {
+                    put("crv", "Ed25519".into());
+                    put("kty", "OKP".into());
+                    put("x", b64(signature::KeyPair::public_key(pair).as_ref()));
+                }
+            }
+            jwk
+        }
+
+        #[cfg(feature = "dpop")]
+        /// The algorithm's name in a JWS header.
+        pub(crate) fn algorithm_name(&self) -> &'static str {
+            self.algorithm.name()
         }
     }
 

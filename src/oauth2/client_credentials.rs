@@ -58,6 +58,9 @@ pub struct ClientCredentials {
     default_lifetime: Duration,
     allow_insecure_http: bool,
     client: Client,
+    /// The DPoP key and the token endpoint's nonce.
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::Binding>,
 }
 
 #[derive(Clone)]
@@ -74,6 +77,8 @@ struct Prepared {
     client: Arc<dyn HttpClient>,
     request: Request<Full<Bytes>>,
     masked: Vec<Zeroizing<String>>,
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::Binding>,
 }
 
 /// Which grant a request asks for.
@@ -124,6 +129,8 @@ impl ClientCredentials {
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
             client: Client::Default(Arc::default()),
+            #[cfg(feature = "dpop")]
+            dpop: None,
         }
     }
 
@@ -204,6 +211,45 @@ impl ClientCredentials {
     pub fn private_key_jwt(mut self, key: PrivateKey) -> Self {
         self.credentials.key = Some(key);
         self.auth = ClientAuth::PrivateKeyJwt;
+        self
+    }
+
+    /// Asks for DPoP-bound tokens (RFC 9449), proving possession of `key`.
+    ///
+    /// Each token request carries a `DPoP` proof: `htm` `POST`, `htu` the
+    /// token URL without query or fragment, `iat`, a random `jti`, and the
+    /// token endpoint's last nonce. A response with `token_type` `DPoP` (in
+    /// any case) gives a token bound to `key`, which the layer and the
+    /// reqwest middleware then send as `Authorization: DPoP` with a proof
+    /// per request; a server that answers `Bearer` instead (it does not do
+    /// DPoP) gives a plain bearer token.
+    ///
+    /// The token endpoint's nonce challenge (a `400` whose `error` is
+    /// `use_dpop_nonce`, with a `DPoP-Nonce` header) is answered at once,
+    /// within the same fetch, by one more request with the nonce; a nonce on
+    /// any response of the token endpoint is remembered for its next
+    /// request. That nonce is kept apart from the resources' nonces.
+    ///
+    /// The token URL must be spelled as the server names its token endpoint
+    /// (its `token_endpoint` metadata): `htu` is compared with it, so that a
+    /// URL a proxy rewrites, or `localhost` at a server that calls itself
+    /// `127.0.0.1`, fails with an htu mismatch. See [`crate::dpop`].
+    ///
+    /// ```
+    /// use tower_bearer::dpop::ProofKey;
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_bearer::dpop::Error> {
+    /// let source = ClientCredentials::new("https://idp.example.com/token", "my-client", "s3cret")
+    ///     .dpop(ProofKey::generate()?);
+    /// # let _ = source;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop(mut self, key: crate::dpop::ProofKey) -> Self {
+        self.dpop = Some(crate::dpop::Binding::new(key));
         self
     }
 
@@ -324,6 +370,8 @@ impl ClientCredentials {
             client,
             request,
             masked,
+            #[cfg(feature = "dpop")]
+            dpop: self.dpop.clone(),
         })
     }
 
@@ -356,12 +404,16 @@ impl ClientCredentials {
         for (name, value) in &self.params {
             form.pair(name, value);
         }
-        let mut request = Request::post(uri)
+        let mut request = Request::post(uri.clone())
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )
             .header(ACCEPT, HeaderValue::from_static("application/json"));
+        #[cfg(feature = "dpop")]
+        if let Some(binding) = &self.dpop {
+            request = request.header(crate::dpop::DPOP, token_request_proof(binding, &uri)?);
+        }
         if let Some(header) = self.credentials.authenticate(
             self.auth,
             &self.client_id,
@@ -435,10 +487,15 @@ impl TokenSource for ClientCredentials {
     /// parameters: every input of the request but the client's credentials.
     /// A token exchange has none: its subject token, which changes the
     /// token, differs from one process to the next, so only the user can
-    /// say which processes may share (`TokenCache::store_identity`).
+    /// say which processes may share (`TokenCache::store_identity`). Nor
+    /// has a DPoP source: its tokens are bound to this process's key.
     #[cfg(feature = "store")]
     fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
         if !matches!(self.grant, Grant::ClientCredentials) {
+            return None;
+        }
+        #[cfg(feature = "dpop")]
+        if self.dpop.is_some() {
             return None;
         }
         let mut identity = crate::store::StoreIdentity::new("oauth2/client_credentials")
@@ -471,10 +528,12 @@ async fn send(
         client,
         request,
         masked,
+        #[cfg(feature = "dpop")]
+        dpop,
     } = prepared?;
-    let response = client.send(request).await.map_err(Error::transport)?;
-    let (parts, body) = response.into_parts();
-    let body = read_body(body).await?;
+    #[cfg(feature = "dpop")]
+    let retry = dpop.as_ref().map(|_| copy(&request));
+    let (parts, body) = exchange(&*client, request).await?;
     let context = Context {
         started,
         started_wall,
@@ -482,8 +541,56 @@ async fn send(
         client_id: &client_id,
         secret: &secret,
         masked: &masked,
+        #[cfg(feature = "dpop")]
+        binding: dpop.as_ref(),
     };
+    #[cfg(feature = "dpop")]
+    if let (Some(binding), Some(mut retry)) = (&dpop, retry) {
+        // The nonce challenge (RFC 9449 §8): a 400 `use_dpop_nonce` with a
+        // `DPoP-Nonce`, answered once, with a new proof.
+        let nonce = binding.token_endpoint_nonce(&parts.headers);
+        let result = response::token(parts.status, &parts.headers, &body, &context);
+        let challenged = matches!(&result, Err(error) if nonce
+            && parts.status == http::StatusCode::BAD_REQUEST
+            && error.response().is_some_and(|r| r.error() == "use_dpop_nonce"));
+        if !challenged {
+            return result;
+        }
+        let proof = token_request_proof(binding, retry.uri())?;
+        retry.headers_mut().insert(crate::dpop::DPOP, proof);
+        let (parts, body) = exchange(&*client, retry).await?;
+        binding.token_endpoint_nonce(&parts.headers);
+        return response::token(parts.status, &parts.headers, &body, &context);
+    }
     response::token(parts.status, &parts.headers, &body, &context)
+}
+
+/// Sends one request and reads the whole answer.
+async fn exchange(
+    client: &dyn HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Result<(http::response::Parts, Bytes), Error> {
+    let response = client.send(request).await.map_err(Error::transport)?;
+    let (parts, body) = response.into_parts();
+    Ok((parts, read_body(body).await?))
+}
+
+/// A token request's proof; failing to make one is a configuration error.
+#[cfg(feature = "dpop")]
+fn token_request_proof(binding: &crate::dpop::Binding, uri: &Uri) -> Result<HeaderValue, Error> {
+    binding
+        .token_request_proof(uri)
+        .map_err(|error| Error::config(format!("cannot make the DPoP proof: {error}")))
+}
+
+/// A copy of a token request, to answer a nonce challenge with.
+#[cfg(feature = "dpop")]
+fn copy(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// The whole body, up to [`MAX_BODY`]: a bigger one is refused as soon as
@@ -720,5 +827,129 @@ mod tests {
             ClientCredentials::retry_hint(&throttled),
             RetryHint::NotBefore(Duration::from_secs(7))
         );
+    }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_dpop_token_request_carries_a_proof_for_the_token_url() {
+        let dpop = source()
+            .dpop(crate::dpop::ProofKey::generate().unwrap())
+            .auth_method(ClientAuth::Post);
+        let uri: Uri = "https://IdP.example.com:443/token?tenant=1"
+            .parse()
+            .unwrap();
+        let request = dpop.request(uri, None, None, &mut Vec::new()).unwrap();
+        let proof = request.headers()[crate::dpop::DPOP].to_str().unwrap();
+        let payload = proof.split('.').nth(1).unwrap();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], "https://idp.example.com/token");
+        assert!(claims.get("ath").is_none() && claims.get("nonce").is_none());
+        // Without `dpop`, none.
+        let plain = source()
+            .request(
+                "https://idp.example.com/token".parse().unwrap(),
+                None,
+                None,
+                &mut Vec::new(),
+            )
+            .unwrap();
+        assert!(plain.headers().get(crate::dpop::DPOP).is_none());
+    }
+
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn a_dpop_token_type_binds_the_token_in_any_case_and_bearer_does_not() {
+        use crate::TokenSource as _;
+        for (token_type, bound) in [("DPoP", true), ("dpop", true), ("Bearer", false)] {
+            let body = format!(r#"{{"access_token":"abc","token_type":"{token_type}"}}"#);
+            let idp = tower::service_fn(move |_: Request<Full<Bytes>>| {
+                let body = body.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                }
+            });
+            let source = source()
+                .dpop(crate::dpop::ProofKey::generate().unwrap())
+                .with_client(idp);
+            let token = source.fetch().await.unwrap();
+            assert_eq!(token.binding().is_some(), bound, "{token_type}");
+        }
+    }
+
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn the_token_endpoints_nonce_challenge_is_answered_once_with_the_nonce() {
+        use std::sync::Mutex;
+
+        use crate::TokenSource as _;
+        // Challenges every proof without the nonce `n-1`, twice at most.
+        let nonces = Arc::new(Mutex::new(Vec::new()));
+        let idp = {
+            let nonces = nonces.clone();
+            tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let proof = request.headers()[crate::dpop::DPOP]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let payload = proof.split('.').nth(1).unwrap().to_owned();
+                let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .unwrap();
+                let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                let nonce = claims["nonce"].as_str().map(str::to_owned);
+                nonces.lock().unwrap().push(nonce.clone());
+                let response = if nonce.as_deref() == Some("n-1") {
+                    Response::new(Full::new(Bytes::from(
+                        r#"{"access_token":"abc","token_type":"DPoP"}"#,
+                    )))
+                } else {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(r#"{"error":"use_dpop_nonce"}"#)));
+                    *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                    response
+                        .headers_mut()
+                        .insert("dpop-nonce", HeaderValue::from_static("n-1"));
+                    response
+                };
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            })
+        };
+        let source = source()
+            .dpop(crate::dpop::ProofKey::generate().unwrap())
+            .with_client(idp);
+        assert!(source.fetch().await.unwrap().binding().is_some());
+        assert_eq!(*nonces.lock().unwrap(), [None, Some("n-1".to_owned())]);
+        // Remembered: the next fetch sends it at once.
+        source.fetch().await.unwrap();
+        assert_eq!(nonces.lock().unwrap().len(), 3);
+    }
+
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn a_second_nonce_challenge_is_an_error_not_a_loop() {
+        use crate::TokenSource as _;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let idp = {
+            let calls = calls.clone();
+            tower::service_fn(move |_: Request<Full<Bytes>>| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut response =
+                    Response::new(Full::new(Bytes::from(r#"{"error":"use_dpop_nonce"}"#)));
+                *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                let nonce = HeaderValue::from_str(&format!("n-{n}")).unwrap();
+                response.headers_mut().insert("dpop-nonce", nonce);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            })
+        };
+        let source = source()
+            .dpop(crate::dpop::ProofKey::generate().unwrap())
+            .with_client(idp);
+        let error = source.fetch().await.unwrap_err();
+        assert_eq!(error.response().unwrap().error(), "use_dpop_nonce");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

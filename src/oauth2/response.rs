@@ -34,6 +34,10 @@ pub(super) struct Context<'a> {
     pub(super) secret: &'a str,
     /// Never quoted in an error either: assertions, a subject token.
     pub(super) masked: &'a [zeroize::Zeroizing<String>],
+    /// The DPoP binding the request was made with: a `DPoP` token type is
+    /// accepted, and binds the token to it.
+    #[cfg(feature = "dpop")]
+    pub(super) binding: Option<&'a crate::dpop::Binding>,
 }
 
 /// The token in a response, or why there is none.
@@ -94,8 +98,16 @@ pub(super) fn token(
         }
         None => return Err(Error::invalid_response("no access_token")),
     };
+    #[cfg(feature = "dpop")]
+    let mut bound_to = None;
     match json.get("token_type") {
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
+        #[cfg(feature = "dpop")]
+        Some(Value::String(kind))
+            if kind.eq_ignore_ascii_case("dpop") && context.binding.is_some() =>
+        {
+            bound_to = context.binding;
+        }
         Some(Value::String(kind)) => {
             return Err(Error::unsupported_token_type(token_type(kind, &redactor())))
         }
@@ -119,6 +131,11 @@ pub(super) fn token(
         Some(value) => (expires_in(value)?, Duration::from_secs(1)),
     };
     let token = Token::new(access_token.as_str());
+    #[cfg(feature = "dpop")]
+    let token = match bound_to {
+        Some(binding) => token.bind(binding),
+        None => token,
+    };
     Ok(match context.started.checked_add(lifetime) {
         Some(expiry) => token.expires_at(expiry).counted_in(granularity),
         // A default lifetime further off than the clock can count.
@@ -363,6 +380,8 @@ mod tests {
             client_id: "my-client",
             secret: SECRET,
             masked: &[],
+            #[cfg(feature = "dpop")]
+            binding: None,
         }
     }
 

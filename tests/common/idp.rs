@@ -123,6 +123,21 @@ pub fn start_node(fixture: &Path, env: &[(&str, String)]) -> (Child, Value) {
     (child, urls)
 }
 
+/// `tests/fixtures/oidc-provider`.
+pub fn oidc_provider_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oidc-provider")
+}
+
+/// A test server's process, stopped on drop.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `tests/fixtures/oauth2-server`.
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oauth2-server")
