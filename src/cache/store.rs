@@ -474,4 +474,15 @@ mod tests {
         let (_, expiry) = record.anchor(now, unix, None).unwrap();
         assert_eq!(expiry, Some(now + Duration::from_secs(1)));
     }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_token_bound_to_this_process_is_not_shared() {
+        let key = crate::dpop::ProofKey::generate().unwrap();
+        let binding = crate::dpop::Binding::new(key);
+        let (now, unix) = (Instant::now(), SystemTime::now());
+        let token = Token::new("abc").expires_in(Duration::from_secs(60));
+        assert!(Record::of(&token, now, unix, now).is_some());
+        assert!(Record::of(&token.bind(&binding), now, unix, now).is_none());
+    }
 }

@@ -441,4 +441,12 @@ mod identity_tests {
             crate::oauth2::TokenExchange::new("https://idp.example.com/token", "svc", "", subject);
         assert!(exchange.store_identity().is_none());
     }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_dpop_source_has_no_identity_its_tokens_are_this_process_s() {
+        let key = crate::dpop::ProofKey::generate().unwrap();
+        let source = ClientCredentials::new("https://idp.example.com/token", "svc", "s").dpop(key);
+        assert!(source.store_identity().is_none());
+    }
 }
