@@ -64,7 +64,9 @@ impl Binding {
     }
 
     /// How long one refresh may take: the wait for another replica's fetch,
-    /// then a fetch of its own, and the store operations around them.
+    /// then a fetch of its own, and the store operations around them (at
+    /// most three past the wait: a read, a lease and the read that checks
+    /// the lease's predecessor; a fourth for good measure).
     pub(crate) fn flight_timeout(&self, fetch_timeout: Duration) -> Duration {
         match &self.store {
             None => fetch_timeout,
@@ -167,7 +169,7 @@ impl Fleet {
             )
             .await
             {
-                Ok(true) => return self.fetch_and_share(&*source, &timing, Some(owner)).await,
+                Ok(true) => return self.fetch_as_owner(&*source, &timing, owner).await,
                 Ok(false) => {}
                 // A lease that timed out here may still land: never wait on it.
                 Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
@@ -188,6 +190,23 @@ impl Fleet {
                 Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
             }
         }
+    }
+
+    /// The lease is ours: fetch, unless the previous owner wrote its token
+    /// and released the lease between our last read and our lease (checked
+    /// again, else this replica would fetch a second token for the same
+    /// refresh).
+    async fn fetch_as_owner(
+        &self,
+        source: &dyn DynSource,
+        timing: &Timing,
+        owner: String,
+    ) -> Result<Token, TokenError> {
+        if let Ok(Some(token)) = self.read(timing).await {
+            self.share_later(None, Some(owner));
+            return Ok(token);
+        }
+        self.fetch_and_share(source, timing, Some(owner)).await
     }
 
     /// The stored token, if it is fresh by this cache's rules: fresh even
@@ -242,22 +261,33 @@ impl Fleet {
             value = Record::of(token, started, issued, clock::now());
         }
         let fingerprint = value.as_ref().map(|(value, _)| fingerprint(value));
-        let (store, key) = (Arc::clone(&self.store), Arc::clone(&self.key));
-        if let Ok(runtime) = sync::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Some((value, expires_at)) = value {
-                    let _ = op(&*store, "write", store.write(&key, &value, expires_at)).await;
-                }
-                if let Some(owner) = owner {
-                    let _ = op(&*store, "release", store.release(&key, &owner)).await;
-                }
-            });
-        }
+        self.share_later(value, owner);
         let mut token = fetched?;
         if let Some(fingerprint) = fingerprint {
             token.origin = Some(self.origin(started, fingerprint));
         }
         Ok(token)
+    }
+
+    /// Writes `value` (if any), then releases the lease `owner` holds (if
+    /// any), in the background: the request does not wait for the store.
+    fn share_later(
+        &self,
+        value: Option<(Zeroizing<Vec<u8>>, Option<SystemTime>)>,
+        owner: Option<String>,
+    ) {
+        let Ok(runtime) = sync::Handle::try_current() else {
+            return;
+        };
+        let (store, key) = (Arc::clone(&self.store), Arc::clone(&self.key));
+        runtime.spawn(async move {
+            if let Some((value, expires_at)) = value {
+                let _ = op(&*store, "write", store.write(&key, &value, expires_at)).await;
+            }
+            if let Some(owner) = owner {
+                let _ = op(&*store, "release", store.release(&key, &owner)).await;
+            }
+        });
     }
 
     fn origin(&self, started: Instant, fingerprint: Fingerprint) -> Arc<Origin> {

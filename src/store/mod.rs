@@ -17,7 +17,9 @@
 //!    others (one clock, the store's, measures what is left).
 //! 2. **Lease.** Otherwise the replica takes the fleet's fetch lease
 //!    (`SET NX PX` with a random owner, lasting the fetch timeout plus a
-//!    second), fetches from the source, writes the token with a time to live
+//!    second), reads the store once more (the previous holder may have
+//!    written and released in between), fetches from the source, writes
+//!    the token with a time to live
 //!    equal to its remaining lifetime, and releases the lease by
 //!    compare-and-delete. The write and the release run in the background:
 //!    the local requests get the token as soon as it arrives.

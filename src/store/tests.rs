@@ -372,13 +372,44 @@ async fn replicas_with_skewed_clocks_agree_on_what_is_left() {
     assert_eq!(idp.fetches(), 1);
 }
 
-/// A store whose deletes never land: what a replica sees before its
-/// background delete after a 401 has run.
-struct NoDelete(RedisStore);
+/// A Redis store with faults injected: deletes that never land (what a
+/// replica sees before its background delete after a 401 has run), or the
+/// first reads missing (what a replica sees when it read just before
+/// another's write).
+struct Faulty {
+    redis: RedisStore,
+    deletes: bool,
+    misses: AtomicUsize,
+}
 
-impl TokenStore for NoDelete {
+impl Faulty {
+    fn no_delete(redis: RedisStore) -> Self {
+        Self {
+            redis,
+            deletes: false,
+            misses: AtomicUsize::new(0),
+        }
+    }
+
+    fn first_reads_miss(redis: RedisStore, misses: usize) -> Self {
+        Self {
+            redis,
+            deletes: true,
+            misses: AtomicUsize::new(misses),
+        }
+    }
+}
+
+impl TokenStore for Faulty {
     fn read<'a>(&'a self, key: &'a str) -> super::StoreFuture<'a, Option<super::Stored>> {
-        self.0.read(key)
+        let miss = self
+            .misses
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if miss {
+            return Box::pin(async { Ok(None) });
+        }
+        self.redis.read(key)
     }
     fn write<'a>(
         &'a self,
@@ -386,7 +417,7 @@ impl TokenStore for NoDelete {
         value: &'a [u8],
         expires_at: Option<std::time::SystemTime>,
     ) -> super::StoreFuture<'a, ()> {
-        self.0.write(key, value, expires_at)
+        self.redis.write(key, value, expires_at)
     }
     fn lease<'a>(
         &'a self,
@@ -394,18 +425,41 @@ impl TokenStore for NoDelete {
         owner: &'a str,
         ttl: Duration,
     ) -> super::StoreFuture<'a, bool> {
-        self.0.lease(key, owner, ttl)
+        self.redis.lease(key, owner, ttl)
     }
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> super::StoreFuture<'a, ()> {
-        self.0.release(key, owner)
+        self.redis.release(key, owner)
     }
     fn delete_if<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a super::Fingerprint,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
     ) -> super::StoreFuture<'a, bool> {
-        Box::pin(async { Ok(false) })
+        if !self.deletes {
+            return Box::pin(async { Ok(false) });
+        }
+        self.redis.delete_if(key, fingerprint)
     }
+}
+
+/// A replica whose read missed the token another wrote just after, and
+/// which then takes the lease that other released: it reads again, and
+/// does not fetch a second token for the same refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_won_after_the_token_landed_reads_it_instead_of_fetching() {
+    let redis = Redis::start();
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    let first = idp.cache(store(&redis)).token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    // The lease is released after the write; wait for that too.
+    let lease = format!("{}:lease", token_key());
+    assert!(eventually(100, async || !exists(&redis, &lease).await).await);
+
+    let late = idp.cache(Faulty::first_reads_miss(store(&redis), 1));
+    assert_eq!(late.token().await.unwrap().secret(), first.secret());
+    assert_eq!(idp.fetches(), 1, "the lease's winner read the store again");
+    // It released the lease it did not need.
+    assert!(eventually(100, async || !exists(&redis, &lease).await).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,7 +503,7 @@ async fn a_401_deletes_the_shared_token_only_while_it_is_stored() {
 async fn a_rejected_token_is_never_read_back_from_the_store() {
     let redis = Redis::start();
     let idp = Idp::lifetime(Duration::from_secs(60));
-    let a = idp.cache(NoDelete(store(&redis)));
+    let a = idp.cache(Faulty::no_delete(store(&redis)));
     let old = a.token().await.unwrap();
     assert!(stored_token_shows_up(&redis).await);
     assert!(a.invalidate(&old));
