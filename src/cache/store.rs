@@ -65,14 +65,14 @@ impl Binding {
 
     /// How long one refresh may take: the wait for another replica's fetch,
     /// then a fetch of its own, and the store operations around them (at
-    /// most three past the wait: a read, a lease and the read that checks
-    /// the lease's predecessor; a fourth for good measure).
+    /// most five past the wait: a read, a lease, the read that checks the
+    /// lease's predecessor, then the write and the release).
     pub(crate) fn flight_timeout(&self, fetch_timeout: Duration) -> Duration {
         match &self.store {
             None => fetch_timeout,
             Some(store) => fetch_timeout
                 .saturating_mul(2)
-                .saturating_add(store.op_timeout().saturating_mul(4)),
+                .saturating_add(store.op_timeout().saturating_mul(5)),
         }
     }
 
@@ -106,6 +106,18 @@ impl fmt::Debug for Binding {
             .field("identity", &self.identity)
             .finish()
     }
+}
+
+/// What a replica that fetched does with the store afterwards.
+enum After {
+    /// Write the token, then release the lease it holds.
+    Release(String),
+    /// Write the token: it fetched alone after waiting for a lease holder
+    /// that never wrote, the store itself answering.
+    Write,
+    /// Nothing: a store operation of this refresh failed, and no request
+    /// waits on a failing store twice in one refresh.
+    Skip,
 }
 
 /// One refresh through the store.
@@ -156,7 +168,7 @@ impl Fleet {
         match self.read(&timing).await {
             Ok(Some(token)) => return Ok(token),
             Ok(None) => {}
-            Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
+            Err(()) => return self.fetch_and_share(&*source, &timing, After::Skip).await,
         }
         let owner = lease_owner();
         let lease = timing.fetch_timeout.saturating_add(LEASE_SLACK);
@@ -172,12 +184,12 @@ impl Fleet {
                 Ok(true) => return self.fetch_as_owner(&*source, &timing, owner).await,
                 Ok(false) => {}
                 // A lease that timed out here may still land: never wait on it.
-                Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
+                Err(()) => return self.fetch_and_share(&*source, &timing, After::Skip).await,
             }
             let now = clock::now();
             let left = match give_up {
                 Limit::At(at) if now >= at => {
-                    return self.fetch_and_share(&*source, &timing, None).await
+                    return self.fetch_and_share(&*source, &timing, After::Write).await
                 }
                 Limit::At(at) => at - now,
                 Limit::Never => pause,
@@ -187,7 +199,7 @@ impl Fleet {
             match self.read(&timing).await {
                 Ok(Some(token)) => return Ok(token),
                 Ok(None) => {}
-                Err(()) => return self.fetch_and_share(&*source, &timing, None).await,
+                Err(()) => return self.fetch_and_share(&*source, &timing, After::Skip).await,
             }
         }
     }
@@ -202,11 +214,17 @@ impl Fleet {
         timing: &Timing,
         owner: String,
     ) -> Result<Token, TokenError> {
-        if let Ok(Some(token)) = self.read(timing).await {
-            self.share_later(None, Some(owner));
-            return Ok(token);
+        match self.read(timing).await {
+            Ok(Some(token)) => {
+                self.release(&owner).await;
+                Ok(token)
+            }
+            Ok(None) => {
+                self.fetch_and_share(source, timing, After::Release(owner))
+                    .await
+            }
+            Err(()) => self.fetch_and_share(source, timing, After::Skip).await,
         }
-        self.fetch_and_share(source, timing, Some(owner)).await
     }
 
     /// The stored token, if it is fresh by this cache's rules: fresh even
@@ -245,13 +263,21 @@ impl Fleet {
         Ok(Some(token))
     }
 
-    /// Fetches from the source, then writes the token to the store and
-    /// releases the lease `owner` holds, in the background.
+    /// Fetches from the source, then does what `after` says with the store.
+    ///
+    /// The write and the release are part of the refresh, not a task of
+    /// their own: a task spawned on a runtime driven by a `block_on` per
+    /// request, or alive but idle, would not finish until that runtime's
+    /// next request: the lease would stay held (and the token maybe
+    /// unwritten) meanwhile, and the other replicas would wait up to the
+    /// fetch timeout for it. The local waiters pay for it: two
+    /// round trips to the store, each bounded by its op timeout, on a
+    /// refresh they wait for (a due token's refresh is in the background).
     async fn fetch_and_share(
         &self,
         source: &dyn DynSource,
         timing: &Timing,
-        owner: Option<String>,
+        after: After,
     ) -> Result<Token, TokenError> {
         let started = clock::now();
         let issued = self.store.now();
@@ -261,7 +287,20 @@ impl Fleet {
             value = Record::of(token, started, issued, clock::now());
         }
         let fingerprint = value.as_ref().map(|(value, _)| fingerprint(value));
-        self.share_later(value, owner);
+        let written = match (&after, &value) {
+            (After::Skip, _) => false,
+            (_, Some((value, expires_at))) => {
+                let write = self.store.write(&self.key, value, *expires_at);
+                op(&*self.store, "write", write).await.is_ok()
+            }
+            // Nothing to share (the fetch failed): release at once.
+            (_, None) => true,
+        };
+        // After a failed write, a release would most likely fail too: the
+        // lease expires on its own.
+        if let (After::Release(owner), true) = (&after, written) {
+            self.release(owner).await;
+        }
         let mut token = fetched?;
         if let Some(fingerprint) = fingerprint {
             token.origin = Some(self.origin(started, fingerprint));
@@ -269,25 +308,13 @@ impl Fleet {
         Ok(token)
     }
 
-    /// Writes `value` (if any), then releases the lease `owner` holds (if
-    /// any), in the background: the request does not wait for the store.
-    fn share_later(
-        &self,
-        value: Option<(Zeroizing<Vec<u8>>, Option<SystemTime>)>,
-        owner: Option<String>,
-    ) {
-        let Ok(runtime) = sync::Handle::try_current() else {
-            return;
-        };
-        let (store, key) = (Arc::clone(&self.store), Arc::clone(&self.key));
-        runtime.spawn(async move {
-            if let Some((value, expires_at)) = value {
-                let _ = op(&*store, "write", store.write(&key, &value, expires_at)).await;
-            }
-            if let Some(owner) = owner {
-                let _ = op(&*store, "release", store.release(&key, &owner)).await;
-            }
-        });
+    async fn release(&self, owner: &str) {
+        let _ = op(
+            &*self.store,
+            "release",
+            self.store.release(&self.key, owner),
+        )
+        .await;
     }
 
     fn origin(&self, started: Instant, fingerprint: Fingerprint) -> Arc<Origin> {

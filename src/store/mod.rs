@@ -19,10 +19,8 @@
 //!    (`SET NX PX` with a random owner, lasting the fetch timeout plus a
 //!    second), reads the store once more (the previous holder may have
 //!    written and released in between), fetches from the source, writes
-//!    the token with a time to live
-//!    equal to its remaining lifetime, and releases the lease by
-//!    compare-and-delete. The write and the release run in the background:
-//!    the local requests get the token as soon as it arrives.
+//!    the token with a time to live equal to its remaining lifetime, and
+//!    releases the lease by compare-and-delete.
 //! 3. **Wait.** A replica that loses the lease polls the store (backing off
 //!    from 10 ms to 200 ms) for the winner's token, for at most the fetch
 //!    timeout, taking the lease itself if it falls free (a winner that failed
@@ -31,7 +29,14 @@
 //! A request that waits for a token (a cold cache, an expired token) waits
 //! for this whole refresh: with a store, at most twice the
 //! [`fetch_timeout`](crate::TokenCache::fetch_timeout) (the wait for another
-//! replica, then its own fetch) plus four store timeouts.
+//! replica, then its own fetch) plus five store timeouts. The write and the
+//! release are part of the refresh (two round trips to the store), not a
+//! task of their own: on a runtime driven by a `block_on` per request, or
+//! alive but idle, a spawned task would not finish until the next request,
+//! leaving the lease held (and the token maybe unwritten), and the other
+//! replicas would wait up to the fetch timeout for it. A store operation that fails ends the store's part in that
+//! refresh: nothing more is written or released, so a request waits on a
+//! failing store once.
 //!
 //! # Failures
 //!

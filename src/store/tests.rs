@@ -819,3 +819,38 @@ async fn a_busy_fleet_costs_what_one_process_costs() {
     // replica would have made four or five.
     assert!(fetches <= 7, "{fetches} fetches");
 }
+
+/// Two replicas, each a current-thread runtime driven by a `block_on` per
+/// call, idle in between: the first one's write and release land before
+/// its call returns, so the second reads the token, and no lease is left
+/// held until it expires.
+#[test]
+fn replicas_driven_by_block_on_per_call_share_and_release_at_once() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let redis = Redis::start();
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    let (a_runtime, b_runtime) = (runtime(), runtime());
+    let (a, b) = (idp.cache(store(&redis)), idp.cache(store(&redis)));
+
+    let first = a_runtime.block_on(a.token()).unwrap();
+    // `a_runtime` is idle from here on: nothing of `a` runs any more. Its
+    // lease is already released, so the next refresh of any replica can
+    // take it without waiting for it to expire.
+    let lease = format!("{}:lease", token_key());
+    assert!(
+        !b_runtime.block_on(exists(&redis, &lease)),
+        "the lease is held"
+    );
+    let second = b_runtime.block_on(b.token()).unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(
+        idp.fetches(),
+        1,
+        "the second replica read the first's token"
+    );
+}
