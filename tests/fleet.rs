@@ -47,7 +47,7 @@ const SLACK: u64 = 2;
 /// member connects to Redis at once, against a server whose first token is
 /// slow, and a member whose first store call outlasts the op timeout on a
 /// loaded machine fetches alone, by design. Seen since the lease's winner
-/// reads the store again: 25 token requests in each of 8 runs of 20 s, the
+/// reads the store again: 25 token requests in each of 12 runs of 20 s, the
 /// bound being 28 or 29 with this.
 const COLD_START_RACE: u64 = 1;
 /// Every member sends one request at least this often...

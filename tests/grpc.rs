@@ -329,6 +329,42 @@ async fn unauthenticated_in_the_trailers_evicts_the_token() -> Result<(), BoxErr
     Ok(())
 }
 
+/// Two current-thread runtimes, each driven by a `block_on` per call and
+/// idle in between, share one cache; the server runs on a runtime of its
+/// own. A rejection seen on one runtime evicts the token for both: the
+/// other's next call carries the new token without being rejected first.
+#[test]
+fn runtimes_driven_by_block_on_per_call_share_the_eviction() -> Result<(), BoxError> {
+    let server_runtime = tokio::runtime::Runtime::new()?;
+    let backend = server_runtime.block_on(Backend::start())?;
+    let cache = TokenCache::new(backend.issuer.source());
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let (one, two) = (current()?, current()?);
+    let connect = |runtime: &tokio::runtime::Runtime| {
+        runtime.block_on(async {
+            Ok::<_, BoxError>(client(grpc::channel(backend.addr).await?, &cache))
+        })
+    };
+    let (mut a, mut b) = (connect(&one)?, connect(&two)?);
+    assert_eq!(one.block_on(check(&mut a))?, ServingStatus::Serving);
+    assert_eq!(two.block_on(check(&mut b))?, ServingStatus::Serving);
+    assert_eq!(backend.issuer.issued(), 1);
+
+    backend.revoke();
+    let status = one.block_on(check(&mut a)).unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(cache.stats().invalidations, 1);
+    assert_eq!(two.block_on(check(&mut b))?, ServingStatus::Serving);
+    assert_eq!(one.block_on(check(&mut a))?, ServingStatus::Serving);
+    assert_eq!(backend.issuer.issued(), 2);
+    assert_eq!(cache.stats().invalidations, 1);
+    Ok(())
+}
+
 /// A stream that carried the first token ends with `UNAUTHENTICATED` only
 /// after the first token was evicted and its successor is in use: the late
 /// rejection leaves the successor alone.
