@@ -21,6 +21,8 @@
 mod fleet;
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/schedule.rs"]
+mod schedule;
 mod support;
 
 use std::process::Command;
@@ -83,11 +85,9 @@ fn main() -> Result<(), BoxError> {
     )?;
     let (shared, alone) = (&totals[0], &totals[1]);
 
-    // A process serves a 2 s token, counted in whole seconds, for 0.8 s: the
-    // lifetime less its 10% margin and the second the issuer's rounding may
-    // take (see `Token::expires_in_secs`).
-    let served = TOKEN_LIFETIME.as_secs_f64() * 0.9 - 1.0;
-    let one_process = (elapsed.as_secs_f64() / served).ceil() as u64;
+    // A process serves a 2 s token, counted in whole seconds, for 0.8 s.
+    let served = schedule::refresh_interval(TOKEN_LIFETIME.as_secs());
+    let one_process = (elapsed.as_secs_f64() / served.as_secs_f64()).ceil() as u64;
     let (shared_tokens, alone_tokens) = (shared_backend.fetch_count(), alone_backend.fetch_count());
     println!(
         "one process alone would cost about {one_process} tokens in {:.1} s",

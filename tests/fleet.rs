@@ -27,8 +27,9 @@ use serde_json::{json, Value};
 use tower::BoxError;
 
 mod common;
+use common::env_or;
 use common::idp::{MockIdp, CLIENT_ID, CLIENT_SECRET};
-use common::{env_or, refresh_interval};
+use common::schedule::refresh_interval;
 
 #[path = "../examples/support/fleet.rs"]
 mod fleet;

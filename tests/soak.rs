@@ -27,8 +27,9 @@ use tower::{BoxError, ServiceBuilder};
 use tower_bearer::{BearerAuthLayer, TokenError, TokenErrorKind};
 
 mod common;
+use common::env_or;
 use common::idp::{get, http_client, MockIdp};
-use common::{env_or, refresh_interval};
+use common::schedule::refresh_interval;
 
 /// Seconds; served for 0.8 s of it (see `refresh_interval`).
 const TOKEN_LIFETIME: u64 = 2;

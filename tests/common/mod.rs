@@ -16,6 +16,8 @@ use tower_bearer::{BearerAuthLayer, Token, TokenCache, TokenSource};
 
 #[cfg(feature = "oauth2")]
 pub mod idp;
+#[path = "../../examples/support/schedule.rs"]
+pub mod schedule;
 
 /// What the next fetch does.
 #[derive(Clone, Copy, Debug)]
@@ -198,18 +200,4 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
         Err(_) => default,
     }
-}
-
-/// How long the cache, with its default margins, serves a token whose
-/// lifetime `secs` was counted in whole seconds before it refreshes it:
-/// the lifetime less its expiry margin (10 s, at most a tenth of it) and
-/// less the second the issuer's rounding may have taken, but not beyond
-/// half the lifetime (the earliest due point). A soak's token requests are
-/// one per such interval.
-pub fn refresh_interval(secs: u64) -> Duration {
-    let lifetime = Duration::from_secs(secs);
-    let served = lifetime
-        .saturating_sub((lifetime / 10).min(Duration::from_secs(10)))
-        .saturating_sub(Duration::from_secs(1));
-    served.min(lifetime / 2)
 }
