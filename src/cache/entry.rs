@@ -278,16 +278,20 @@ mod tests {
 
     use super::*;
 
-    fn entry(lifetime: Duration) -> Arc<Entry> {
-        let token = Token::new("t").expires_in(lifetime);
-        let entry = Entry::new(
+    /// The entry of `token`, fetched now, with the default timing.
+    fn made(token: Token, scheme: Option<&str>) -> Result<Entry, TokenError> {
+        Entry::new(
             token,
-            Some("Bearer"),
+            scheme,
             Instant::now(),
             &Timing::default(),
             &mut Rng::new(),
-        );
-        Arc::new(entry.unwrap())
+        )
+    }
+
+    fn entry(lifetime: Duration) -> Arc<Entry> {
+        let token = Token::new("t").expires_in(lifetime);
+        Arc::new(made(token, Some("Bearer")).unwrap())
     }
 
     #[tokio::test(start_paused = true)]
@@ -369,15 +373,7 @@ mod tests {
             Token::new("t").expires_in(Duration::from_secs(u64::MAX)),
             Token::new("t").expires_in(Duration::from_secs(100 * 365 * 24 * 3600)),
         ] {
-            let entry = Entry::new(
-                token,
-                None,
-                Instant::now(),
-                &Timing::default(),
-                &mut Rng::new(),
-            )
-            .map(Arc::new)
-            .unwrap();
+            let entry = made(token, None).map(Arc::new).unwrap();
             entry.arm();
             assert!(entry.is_fresh());
             tokio::time::advance(Duration::from_secs(3 * 365 * 24 * 3600)).await;
@@ -394,10 +390,7 @@ mod tests {
     }
 
     fn rejected(token: Token, scheme: Option<&str>) -> TokenError {
-        let started = Instant::now();
-        Entry::new(token, scheme, started, &Timing::default(), &mut Rng::new())
-            .err()
-            .expect("the token was accepted")
+        made(token, scheme).err().expect("the token was accepted")
     }
 
     #[test]
@@ -433,14 +426,7 @@ mod tests {
         let token = Token::new("t")
             .expires_in(Duration::from_secs(10))
             .bind(&binding);
-        let entry = Entry::new(
-            token,
-            Some("Bearer"),
-            Instant::now(),
-            &Timing::default(),
-            &mut Rng::new(),
-        )
-        .unwrap();
+        let entry = made(token, Some("Bearer")).unwrap();
         assert_eq!(entry.header, "DPoP t");
         assert!(entry.header.is_sensitive());
         // The slow path, which makes the proof, serves it as fresh.

@@ -293,7 +293,8 @@ impl Fleet {
                 let write = self.store.write(&self.key, value, *expires_at);
                 op(&*self.store, "write", write).await.is_ok()
             }
-            // Nothing to share (the fetch failed): release at once.
+            // Nothing to share (the fetch failed, or its token is not for
+            // other processes): release at once.
             (_, None) => true,
         };
         // After a failed write, a release would most likely fail too: the
