@@ -129,12 +129,20 @@ impl<B> RetryOn401<B> {
     /// Retries once if `rejected`: the one-retry rule, shared with
     /// `grpc::RetryOnUnauthenticated`.
     pub(crate) fn once_if(&mut self, rejected: bool) -> Option<Ready<()>> {
-        if !rejected || self.retried {
+        if !rejected {
             return None;
         }
-        self.retried = true;
-        Some(ready(()))
+        once(&mut self.retried)
     }
+}
+
+/// A retry, unless its budget of one is `spent` (and then it is).
+fn once(spent: &mut bool) -> Option<Ready<()>> {
+    if *spent {
+        return None;
+    }
+    *spent = true;
+    Some(ready(()))
 }
 
 impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
@@ -151,11 +159,7 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
         }
         #[cfg(feature = "dpop")]
         if crate::dpop::is_nonce_challenge(response.headers()) {
-            if self.nonce_retried {
-                return None;
-            }
-            self.nonce_retried = true;
-            return Some(ready(()));
+            return once(&mut self.nonce_retried);
         }
         self.once_if(true)
     }
