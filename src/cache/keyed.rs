@@ -157,6 +157,10 @@ struct Keyed<K> {
 struct Writer<K> {
     factory: Box<Factory<K>>,
     label: Box<Label<K>>,
+    /// The [`StoreKey`](crate::store::StoreKey) encoding of a key, set by
+    /// [`KeyedTokenCache::store`]: a key's part of its stored key.
+    #[cfg(feature = "store")]
+    store_key: Option<fn(&K) -> Vec<u8>>,
     config: Config,
     max_keys: usize,
     idle_timeout: Option<Duration>,
@@ -281,6 +285,8 @@ where
                 write: Mutex::new(Writer {
                     factory,
                     label: Box::new(|key: &K| format!("{key:?}")),
+                    #[cfg(feature = "store")]
+                    store_key: None,
                     config: Config::default(),
                     max_keys: DEFAULT_MAX_KEYS,
                     idle_timeout: None,
@@ -295,6 +301,10 @@ where
     /// How a key appears in traces (the `key` field of its fetch spans and
     /// events). Default: its `Debug` form. Use it to leave out a part of
     /// the key that must not be logged. Applies to keys added from now on.
+    ///
+    /// Only traces: with a [store](Self::store), the stored key is made
+    /// from the key's [`StoreKey`](crate::store::StoreKey) encoding, never
+    /// from its label, so a label may redact freely.
     pub fn label(self, label: impl Fn(&K) -> String + Send + Sync + 'static) -> Self {
         self.inner.lock().label = Box::new(label);
         self
@@ -335,15 +345,30 @@ where
         self
     }
 
-    /// As [`TokenCache::store`], for every key: the key, as its
-    /// [`label`](Self::label) renders it, is part of the stored key, so a
-    /// label must tell keys apart (the default `Debug` form does) and be the
-    /// same in every process.
+    /// As [`TokenCache::store`], for every key: each key's tokens are
+    /// stored under its source's identity and the key's
+    /// [`StoreKey`](crate::store::StoreKey) encoding, which is injective
+    /// and the same in every process, so two keys never share a token (and
+    /// the [`label`](Self::label) plays no part). A key type without that
+    /// encoding cannot be given a store: implement `StoreKey` for it.
     #[cfg(feature = "store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
-    pub fn store(self, store: impl crate::store::TokenStore) -> Self {
+    pub fn store(self, store: impl crate::store::TokenStore) -> Self
+    where
+        K: crate::store::StoreKey,
+    {
         let store: Arc<dyn crate::store::TokenStore> = Arc::new(store);
-        self.configure(|c| c.store.set_store(Arc::clone(&store)))
+        {
+            let mut writer = self.inner.lock();
+            writer.store_key = Some(crate::store::encode_key::<K>);
+            writer.config.store.set_store(Arc::clone(&store));
+            for (key, slot) in self.inner.map.load().slots() {
+                let binding = &mut slot.cache.shared().lock().config.store;
+                binding.set_store(Arc::clone(&store));
+                binding.set_key(crate::store::encode_key(key));
+            }
+        }
+        self
     }
 
     /// As [`TokenCache::store_identity`], for every key (each key's stored
@@ -503,7 +528,9 @@ where
         let mut config = writer.config.clone();
         #[cfg(feature = "store")]
         {
-            config.store = config.store.for_key(&label);
+            config.store = config
+                .store
+                .for_key(writer.store_key.map(|encode| encode(key)));
         }
         let cache = TokenCache::from_parts((writer.factory)(key), config, Some(label));
         // A 401 reaches the key's cache by its id.

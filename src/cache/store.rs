@@ -33,7 +33,7 @@ const LEASE_SLACK: Duration = Duration::from_secs(1);
 pub(crate) struct Binding {
     store: Option<Arc<dyn TokenStore>>,
     identity: Option<StoreIdentity>,
-    cache_key: Option<Arc<str>>,
+    cache_key: CacheKey,
     /// The fingerprint of the last token a server rejected: never taken back
     /// from the store, whether or not the background delete has landed.
     rejected: Rejected,
@@ -41,6 +41,18 @@ pub(crate) struct Binding {
 }
 
 type Rejected = Arc<Mutex<Option<Fingerprint>>>;
+
+/// What a cache adds to its identity in the stored key.
+#[derive(Clone, Default)]
+enum CacheKey {
+    /// A single cache: nothing.
+    #[default]
+    Single,
+    /// A key of a keyed cache, by its [`StoreKey`](crate::store::StoreKey)
+    /// encoding; `None` if the keyed cache has none to give (no store yet):
+    /// such a key never uses the store, for it cannot tell itself apart.
+    Keyed(Option<Arc<[u8]>>),
+}
 
 impl Binding {
     pub(crate) fn set_store(&mut self, store: Arc<dyn TokenStore>) {
@@ -51,16 +63,23 @@ impl Binding {
         self.identity = Some(identity);
     }
 
-    /// The binding of one key of a keyed cache: the key is part of the
-    /// stored key, and rejections are the key's own.
-    pub(crate) fn for_key(&self, key: &Arc<str>) -> Self {
+    /// The binding of one key of a keyed cache: the key's
+    /// [`StoreKey`](crate::store::StoreKey) encoding, if the keyed cache
+    /// has one, is part of the stored key, and rejections are the key's own.
+    pub(crate) fn for_key(&self, key: Option<Vec<u8>>) -> Self {
         Self {
             store: self.store.clone(),
             identity: self.identity.clone(),
-            cache_key: Some(Arc::clone(key)),
+            cache_key: CacheKey::Keyed(key.map(Arc::from)),
             rejected: Rejected::default(),
             warned: Arc::default(),
         }
+    }
+
+    /// Sets the encoding of a keyed cache's key, for a key added before
+    /// its keyed cache had a store.
+    pub(crate) fn set_key(&mut self, key: Vec<u8>) {
+        self.cache_key = CacheKey::Keyed(Some(Arc::from(key)));
     }
 
     /// How long one refresh may take: the wait for another replica's fetch,
@@ -80,6 +99,13 @@ impl Binding {
     /// a store and the source an identity.
     pub(crate) fn fleet(&self, source: &dyn DynSource) -> Option<Fleet> {
         let store = self.store.clone()?;
+        let cache_key = match &self.cache_key {
+            CacheKey::Single => None,
+            CacheKey::Keyed(Some(key)) => Some(&key[..]),
+            // Unreachable through the public API (a keyed cache's `store`
+            // gives every key its encoding): never share without one.
+            CacheKey::Keyed(None) => return None,
+        };
         let identity = self.identity.clone().or_else(|| source.store_identity());
         let Some(identity) = identity else {
             if !self.warned.swap(true, Ordering::Relaxed) {
@@ -93,7 +119,7 @@ impl Binding {
         };
         Some(Fleet {
             store,
-            key: identity.key(self.cache_key.as_deref()).into(),
+            key: identity.key(cache_key).into(),
             rejected: Arc::clone(&self.rejected),
         })
     }

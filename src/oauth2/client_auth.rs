@@ -158,6 +158,53 @@ impl Credentials {
         Ok(None)
     }
 
+    /// Adds to `identity` how `auth` authenticates the client, and a
+    /// fingerprint of its credential that is no secret: `None` when nothing
+    /// derivable names the client, so that its tokens are not shared.
+    ///
+    /// - `client_secret_basic` and `client_secret_post`: the client id names
+    ///   the client and the secret only proves it (a rotated secret keeps
+    ///   sharing); without a client id, nothing names it.
+    /// - `private_key_jwt`: the SHA-256 of the public key, and the
+    ///   assertion's audience.
+    /// - an assertion: the assertion source's own identity (RFC 7523 §3
+    ///   makes the client id optional: the assertion is what names the
+    ///   client); a source without one has none to give.
+    #[cfg(feature = "store")]
+    pub(super) fn identify(
+        &self,
+        auth: ClientAuth,
+        client_id: &str,
+        identity: crate::store::StoreIdentity,
+    ) -> Option<crate::store::StoreIdentity> {
+        match auth {
+            ClientAuth::Basic | ClientAuth::Post if client_id.is_empty() => None,
+            ClientAuth::Basic => Some(identity.with("client_auth", "client_secret_basic")),
+            ClientAuth::Post => Some(identity.with("client_auth", "client_secret_post")),
+            #[cfg(feature = "private-key-jwt")]
+            ClientAuth::PrivateKeyJwt => {
+                let key = self.key.as_ref()?;
+                Some(
+                    identity
+                        .with("client_auth", "private_key_jwt")
+                        .with("public_key", key.public_fingerprint())
+                        .with(
+                            "assertion_audience",
+                            self.audience.as_deref().unwrap_or("(token url)"),
+                        ),
+                )
+            }
+            ClientAuth::Assertion => {
+                let source = self.assertion.as_ref()?.store_identity()?;
+                Some(
+                    identity
+                        .with("client_auth", "client_assertion")
+                        .with_identity("assertion_source", &source),
+                )
+            }
+        }
+    }
+
     /// `Basic base64(form(id) ":" form(secret))`, marked sensitive. Every
     /// buffer is sized exactly, so none reallocates, and wiped on drop; the
     /// `HeaderValue` is the copy for the wire.
@@ -319,6 +366,23 @@ mod private_key {
         /// The algorithm the key signs with.
         pub fn algorithm(&self) -> Algorithm {
             self.algorithm
+        }
+
+        /// The hex SHA-256 of the algorithm's name and the public key's
+        /// bytes: what names the key in a store identity, no secret.
+        #[cfg(feature = "store")]
+        pub(in crate::oauth2) fn public_fingerprint(&self) -> String {
+            use ring::signature::KeyPair;
+            let public = match &*self.pair {
+                Pair::Rsa(pair) => pair.public_key().as_ref(),
+                Pair::Ecdsa(pair) => pair.public_key().as_ref(),
+                Pair::Ed25519(pair) => pair.public_key().as_ref(),
+            };
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            context.update(self.algorithm.name().as_bytes());
+            context.update(&[0]);
+            context.update(public);
+            crate::store::hex(context.finish().as_ref())
         }
 
         /// A signed assertion: `iss` = `sub` = `client_id`, `aud`, a random

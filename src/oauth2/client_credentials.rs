@@ -58,6 +58,10 @@ pub struct ClientCredentials {
     default_lifetime: Duration,
     allow_insecure_http: bool,
     client: Client,
+    /// What the application says a custom client changes about the tokens
+    /// (see `transport_identity`): without it, a source with a custom
+    /// client has no store identity.
+    transport_identity: Option<String>,
     /// The DPoP key and the token endpoint's nonce.
     #[cfg(feature = "dpop")]
     dpop: Option<crate::dpop::Binding>,
@@ -129,6 +133,7 @@ impl ClientCredentials {
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
             client: Client::Default(Arc::default()),
+            transport_identity: None,
             #[cfg(feature = "dpop")]
             dpop: None,
         }
@@ -349,6 +354,24 @@ impl ClientCredentials {
         self
     }
 
+    /// Names what the custom client of [`with_client`](Self::with_client)
+    /// does to token requests, for the [store](crate::store) identity.
+    ///
+    /// A client of your own may change who a token is for: a client
+    /// certificate (RFC 8705 binds tokens to it), headers it adds, a
+    /// gateway it routes through. The crate cannot see any of it, so a
+    /// source with a custom client is not shared through a store until you
+    /// name its client here: processes whose clients have the same name
+    /// promise that their clients make interchangeable tokens (the same
+    /// certificate, say). Never put a secret in it. The built-in client
+    /// needs no name.
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn transport_identity(mut self, name: impl Into<String>) -> Self {
+        self.transport_identity = Some(name.into());
+        self
+    }
+
     /// The token request, and the client to send it with.
     fn prepare(&self, assertion: Option<&str>, subject: Option<&str>) -> Result<Prepared, Error> {
         let uri = self.uri.clone()?;
@@ -483,24 +506,34 @@ impl TokenSource for ClientCredentials {
         }
     }
 
-    /// The token URL, client id, scopes, audience, resources and extra
-    /// parameters: every input of the request but the client's credentials.
-    /// A token exchange has none: its subject token, which changes the
-    /// token, differs from one process to the next, so only the user can
-    /// say which processes may share (`TokenCache::store_identity`). Nor
-    /// has a DPoP source: its tokens are bound to this process's key.
+    /// Everything that decides who a token is for and what it grants,
+    /// without a secret: the grant, the token URL, the client id, how the
+    /// client authenticates and a public fingerprint of its credential (see
+    /// [`ClientAuth`]), the scopes, audience, resources and extra
+    /// parameters, the default lifetime, and for a custom client its
+    /// [`transport_identity`](Self::transport_identity).
+    ///
+    /// `None` (not shared) when any of it cannot be derived: an assertion
+    /// source without an identity of its own, secret-based authentication
+    /// without a client id, a custom client without a name, a token
+    /// exchange whose subject source has no identity. Nor has a DPoP
+    /// source: its tokens are bound to this process's key.
     #[cfg(feature = "store")]
     fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
-        if !matches!(self.grant, Grant::ClientCredentials) {
-            return None;
-        }
         #[cfg(feature = "dpop")]
         if self.dpop.is_some() {
             return None;
         }
-        let mut identity = crate::store::StoreIdentity::new("oauth2/client_credentials")
+        let name = match &self.grant {
+            Grant::ClientCredentials => "oauth2/client_credentials",
+            Grant::TokenExchange(_) => "oauth2/token_exchange",
+        };
+        let identity = crate::store::StoreIdentity::new(name)
             .with("token_url", &self.token_url)
-            .with("client_id", &self.client_id)
+            .with("client_id", &self.client_id);
+        let mut identity = self
+            .credentials
+            .identify(self.auth, &self.client_id, identity)?
             .with("scope", self.scopes.join(" "));
         if let Some(audience) = &self.audience {
             identity = identity.with("audience", audience);
@@ -511,7 +544,17 @@ impl TokenSource for ClientCredentials {
         for (name, value) in &self.params {
             identity = identity.with(name, value);
         }
-        Some(identity)
+        identity = identity.with(
+            "default_lifetime_ms",
+            self.default_lifetime.as_millis().to_string(),
+        );
+        if let Client::Custom(_) = &self.client {
+            identity = identity.with("transport", self.transport_identity.as_deref()?);
+        }
+        match &self.grant {
+            Grant::ClientCredentials => Some(identity),
+            Grant::TokenExchange(exchange) => exchange.identify(identity),
+        }
     }
 }
 

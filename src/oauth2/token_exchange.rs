@@ -76,6 +76,26 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// Adds the subject to `identity`: its source's own identity (the
+    /// subject token decides whom the exchanged token is for), and the
+    /// token types. `None` if the subject source has no identity.
+    #[cfg(feature = "store")]
+    pub(super) fn identify(
+        &self,
+        identity: crate::store::StoreIdentity,
+    ) -> Option<crate::store::StoreIdentity> {
+        let subject = self.subject.store_identity()?;
+        let mut identity = identity
+            .with_identity("subject_source", &subject)
+            .with("subject_token_type", &self.subject_token_type);
+        if let Some(requested) = &self.requested_token_type {
+            identity = identity.with("requested_token_type", requested);
+        }
+        Some(identity)
+    }
+}
+
 impl fmt::Debug for Exchange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenExchange")
@@ -205,6 +225,14 @@ impl TokenExchange {
         self.inner = self.inner.with_client(client);
         self
     }
+
+    /// As [`ClientCredentials::transport_identity`].
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn transport_identity(mut self, name: impl Into<String>) -> Self {
+        self.inner = self.inner.transport_identity(name);
+        self
+    }
 }
 
 impl TokenSource for TokenExchange {
@@ -217,6 +245,18 @@ impl TokenSource for TokenExchange {
 
     fn retry_hint(error: &Error) -> RetryHint {
         ClientCredentials::retry_hint(error)
+    }
+
+    /// As [`ClientCredentials`]' identity, with the subject: its source's
+    /// own identity and the token types. A subject source without an
+    /// identity (a closure, a file: the subject differs from one process to
+    /// the next) leaves the exchange without one, so it is not shared
+    /// unless the cache is given one
+    /// ([`TokenCache::store_identity`](crate::TokenCache::store_identity)),
+    /// or the subject source is [named](crate::store::Named).
+    #[cfg(feature = "store")]
+    fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
+        TokenSource::store_identity(&self.inner)
     }
 }
 

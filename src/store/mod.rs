@@ -66,9 +66,9 @@
 //! A stored key is never a secret: it is the hex SHA-256 of what names the
 //! token (for OAuth2, the token URL, the client id, the scopes, audience and
 //! resources; see [`TokenSource::store_identity`](crate::TokenSource::store_identity)) and of the key of a
-//! [`KeyedTokenCache`](crate::KeyedTokenCache) (as its
-//! [`label`](crate::KeyedTokenCache::label) renders it), under the store's
-//! prefix (`tower-bearer:` by default). A source without an identity, such as
+//! [`KeyedTokenCache`](crate::KeyedTokenCache) (its [`StoreKey`] encoding,
+//! injective and the same in every process; never its trace label), under
+//! the store's prefix (`tower-bearer:` by default). A source without an identity, such as
 //! a closure, must be named with
 //! [`TokenCache::store_identity`](crate::TokenCache::store_identity): until
 //! it is, its cache does not use the store at all (and says so once in a
@@ -339,16 +339,32 @@ impl StoreIdentity {
         self
     }
 
-    /// The stored key of this identity with the cache key `cache_key`: a
-    /// hex SHA-256 over length-prefixed parts, so that no two different
-    /// identities give the same input.
-    pub(crate) fn key(&self, cache_key: Option<&str>) -> String {
+    /// Adds `identity` as a field: the identity of a source this one is
+    /// made from (an assertion source, a subject token's source), by its
+    /// digest, so that every field of it counts.
+    pub(crate) fn with_identity(self, field: &str, identity: &StoreIdentity) -> Self {
+        self.with(
+            field,
+            hex(&identity.digest(b"tower-bearer/identity/v1", None)),
+        )
+    }
+
+    /// The stored key of this identity with the [`StoreKey`] encoding of a
+    /// keyed cache's key, `cache_key`: a hex SHA-256 over length-prefixed
+    /// parts, so that no two different identities give the same input.
+    pub(crate) fn key(&self, cache_key: Option<&[u8]>) -> String {
+        // v2: keys of a keyed cache are their `StoreKey` encoding (v1 hashed
+        // a label, which need not tell keys apart).
+        hex(&self.digest(b"tower-bearer/store/v2", cache_key))
+    }
+
+    fn digest(&self, domain: &[u8], cache_key: Option<&[u8]>) -> [u8; 32] {
         let mut hash = Sha256::new();
         let mut part = |bytes: &[u8]| {
             hash.update((bytes.len() as u64).to_be_bytes());
             hash.update(bytes);
         };
-        part(b"tower-bearer/store/v1");
+        part(domain);
         part(self.name.as_bytes());
         for (field, value) in &self.fields {
             part(field.as_bytes());
@@ -357,12 +373,229 @@ impl StoreIdentity {
         match cache_key {
             Some(key) => {
                 part(b"key");
-                part(key.as_bytes());
+                part(key);
             }
             None => part(b"single"),
         }
-        hex(&hash.finalize())
+        hash.finalize().into()
     }
+}
+
+/// A [`TokenSource`](crate::TokenSource) with a [`StoreIdentity`] the
+/// application gives it: for a source that cannot derive one (a closure, a
+/// [`FileToken`](crate::FileToken), an
+/// [`oauth2::FileAssertion`](crate::oauth2::FileAssertion)), used where a
+/// source's identity is needed inside another's: the assertion source of
+/// [`ClientCredentials::client_assertion`](crate::oauth2::ClientCredentials::client_assertion),
+/// the subject source of a [`TokenExchange`](crate::oauth2::TokenExchange).
+///
+/// Naming a source is a promise: **every process that gives the same
+/// identity gets interchangeable tokens from it**. A projected service
+/// account token lies at the same path in every pod, yet names a different
+/// workload in each: name it after the workload (its service account), not
+/// after the path.
+///
+/// ```
+/// # #[cfg(feature = "oauth2")]
+/// # fn main() {
+/// use tower_bearer::oauth2::{ClientCredentials, FileAssertion};
+/// use tower_bearer::store::{Named, StoreIdentity};
+///
+/// let assertion = Named::new(
+///     FileAssertion::new("/var/run/secrets/tokens/idp-token"),
+///     StoreIdentity::new("k8s-service-account").with("name", "billing/invoicer"),
+/// );
+/// let source = ClientCredentials::new("https://idp.example.com/token", "", "")
+///     .client_assertion(assertion);
+/// # let _ = source;
+/// # }
+/// # #[cfg(not(feature = "oauth2"))]
+/// # fn main() {}
+/// ```
+#[derive(Clone, Debug)]
+pub struct Named<S> {
+    inner: S,
+    identity: StoreIdentity,
+}
+
+impl<S: crate::TokenSource> Named<S> {
+    /// `inner`, whose tokens `identity` names.
+    pub fn new(inner: S, identity: StoreIdentity) -> Self {
+        Self { inner, identity }
+    }
+
+    /// The source inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: crate::TokenSource> crate::TokenSource for Named<S> {
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn fetch(&self) -> S::Future {
+        self.inner.fetch()
+    }
+
+    fn retry_hint(error: &S::Error) -> crate::RetryHint {
+        S::retry_hint(error)
+    }
+
+    fn store_identity(&self) -> Option<StoreIdentity> {
+        Some(self.identity.clone())
+    }
+}
+
+/// How a key of a [`KeyedTokenCache`](crate::KeyedTokenCache) is written
+/// into its stored key: needed by
+/// [`KeyedTokenCache::store`](crate::KeyedTokenCache::store), so that the
+/// stored key never depends on how a key is labelled in traces.
+///
+/// The encoding must be **injective** (two different keys never give the
+/// same bytes) and **stable** (the same key gives the same bytes in every
+/// process of the fleet, in every build: never `Debug` or `Hash` output,
+/// which promise neither). Two keys with the same encoding share one stored
+/// token.
+///
+/// It is implemented for strings, integers, `bool`, `char`, and `Option`s,
+/// slices, `Vec`s and tuples (up to four) of those, each written so that it
+/// also tells where it ends: a tuple's parts are simply written one after
+/// the other. For a key of your own, write each part the same way:
+///
+/// ```
+/// use tower_bearer::store::StoreKey;
+///
+/// #[derive(Clone, PartialEq, Eq, Hash, Debug)]
+/// enum Api {
+///     Orders,
+///     Tenant(String),
+/// }
+///
+/// impl StoreKey for Api {
+///     fn encode_store_key(&self, out: &mut Vec<u8>) {
+///         match self {
+///             Api::Orders => 0u8.encode_store_key(out),
+///             Api::Tenant(name) => (1u8, name).encode_store_key(out),
+///         }
+///     }
+/// }
+///
+/// let encode = |key: &Api| {
+///     let mut out = Vec::new();
+///     key.encode_store_key(&mut out);
+///     out
+/// };
+/// assert_ne!(encode(&Api::Tenant("acme".into())), encode(&Api::Tenant("globex".into())));
+/// ```
+pub trait StoreKey {
+    /// Appends this key's encoding to `out`.
+    fn encode_store_key(&self, out: &mut Vec<u8>);
+}
+
+impl<T: StoreKey + ?Sized> StoreKey for &T {
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        (**self).encode_store_key(out);
+    }
+}
+
+impl StoreKey for str {
+    /// Its length (8 bytes, big-endian), then its UTF-8 bytes.
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+macro_rules! store_key_as_str {
+    ($($ty:ty),*) => {$(
+        impl StoreKey for $ty {
+            fn encode_store_key(&self, out: &mut Vec<u8>) {
+                str::encode_store_key(self, out);
+            }
+        }
+    )*};
+}
+store_key_as_str!(
+    String,
+    Box<str>,
+    std::sync::Arc<str>,
+    std::borrow::Cow<'_, str>
+);
+
+macro_rules! store_key_as_int {
+    ($($ty:ty),*) => {$(
+        impl StoreKey for $ty {
+            /// Its big-endian bytes (a fixed width per type).
+            fn encode_store_key(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_be_bytes());
+            }
+        }
+    )*};
+}
+store_key_as_int!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128);
+
+impl StoreKey for bool {
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+}
+
+impl StoreKey for char {
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        u32::from(*self).encode_store_key(out);
+    }
+}
+
+impl<T: StoreKey> StoreKey for Option<T> {
+    /// `0`, or `1` and the value.
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        match self {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                value.encode_store_key(out);
+            }
+        }
+    }
+}
+
+impl<T: StoreKey> StoreKey for [T] {
+    /// Its length (8 bytes, big-endian), then each item.
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.len() as u64).to_be_bytes());
+        for item in self {
+            item.encode_store_key(out);
+        }
+    }
+}
+
+impl<T: StoreKey> StoreKey for Vec<T> {
+    fn encode_store_key(&self, out: &mut Vec<u8>) {
+        self[..].encode_store_key(out);
+    }
+}
+
+macro_rules! store_key_tuple {
+    ($($name:ident)+) => {
+        impl<$($name: StoreKey),+> StoreKey for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn encode_store_key(&self, out: &mut Vec<u8>) {
+                let ($($name,)+) = self;
+                $($name.encode_store_key(out);)+
+            }
+        }
+    };
+}
+store_key_tuple!(A B);
+store_key_tuple!(A B C);
+store_key_tuple!(A B C D);
+
+/// The [`StoreKey`] encoding of `key`.
+pub(crate) fn encode_key<K: StoreKey>(key: &K) -> Vec<u8> {
+    let mut out = Vec::new();
+    key.encode_store_key(&mut out);
+    out
 }
 
 impl fmt::Debug for StoreIdentity {
@@ -431,7 +664,7 @@ mod identity_tests {
         all.dedup();
         assert_eq!(all.len(), others.len() + 1, "every key differs");
         assert_ne!(
-            base().store_identity().unwrap().key(Some("k")),
+            base().store_identity().unwrap().key(Some(b"k")),
             same,
             "the cache key counts"
         );
@@ -439,6 +672,118 @@ mod identity_tests {
             !format!("{:?}", base().store_identity()).contains("svc"),
             "Debug shows field names only"
         );
+    }
+
+    #[test]
+    fn how_the_client_authenticates_changes_the_stored_key() {
+        use crate::oauth2::ClientAuth;
+        let base = || ClientCredentials::new("https://idp.example.com/token", "svc", "s");
+        let basic = key(&base());
+        let post = key(&base().auth_method(ClientAuth::Post));
+        assert_ne!(basic, post);
+        // An assertion source without an identity: no identity at all.
+        let assertion = |value: &'static str| {
+            move || async move { Ok::<_, std::io::Error>(crate::Token::new(value)) }
+        };
+        assert!(base()
+            .client_assertion(assertion("a"))
+            .store_identity()
+            .is_none());
+        let named = |value: &'static str, workload: &str| {
+            base().client_assertion(super::Named::new(
+                assertion(value),
+                super::StoreIdentity::new("workload").with("name", workload),
+            ))
+        };
+        let (a, b) = (key(&named("a", "a")), key(&named("b", "b")));
+        assert_ne!(a, b, "each assertion source's identity counts");
+        assert!(a != basic && a != post);
+        assert_eq!(a, key(&named("a2", "a")), "the identity, not the value");
+        // Secret-based authentication with no client id names nobody.
+        let anonymous = ClientCredentials::new("https://idp.example.com/token", "", "s");
+        assert!(anonymous.store_identity().is_none());
+        assert!(anonymous
+            .auth_method(ClientAuth::Post)
+            .store_identity()
+            .is_none());
+    }
+
+    #[cfg(feature = "private-key-jwt")]
+    #[test]
+    fn a_signing_key_is_named_by_its_public_half() {
+        use crate::oauth2::{Algorithm, PrivateKey};
+        let keys = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/oidc-provider/keys/"
+        );
+        let read = |name: &str| std::fs::read_to_string(format!("{keys}{name}")).unwrap();
+        let source = |algorithm, pem: &str| {
+            ClientCredentials::new("https://idp.example.com/token", "", "")
+                .private_key_jwt(PrivateKey::from_pkcs8_pem(algorithm, pem).unwrap())
+        };
+        let rsa = key(&source(Algorithm::RS256, &read("rsa.pem")));
+        let other = key(&source(Algorithm::RS256, &read("wrong-rsa.pem")));
+        let ec = key(&source(Algorithm::ES256, &read("ec.pem")));
+        assert_ne!(rsa, other);
+        assert_ne!(rsa, ec);
+        assert_eq!(rsa, key(&source(Algorithm::RS256, &read("rsa.pem"))));
+        assert_ne!(rsa, key(&source(Algorithm::PS256, &read("rsa.pem"))));
+        assert_ne!(
+            rsa,
+            key(&source(Algorithm::RS256, &read("rsa.pem")).assertion_audience("https://idp"))
+        );
+    }
+
+    #[test]
+    fn a_custom_client_and_the_default_lifetime_count() {
+        use std::convert::Infallible;
+        use std::time::Duration;
+        let base = || ClientCredentials::new("https://idp.example.com/token", "svc", "s");
+        let client = tower::service_fn(
+            |_: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::new(),
+                )))
+            },
+        );
+        assert!(base().with_client(client).store_identity().is_none());
+        let named = key(&base()
+            .with_client(client)
+            .transport_identity("mtls:billing"));
+        assert_ne!(named, key(&base()));
+        assert_ne!(
+            named,
+            key(&base().with_client(client).transport_identity("mtls:orders"))
+        );
+        assert_ne!(
+            key(&base()),
+            key(&base().default_lifetime(Duration::from_secs(60)))
+        );
+    }
+
+    #[test]
+    fn a_token_exchange_is_named_by_its_subject_source() {
+        let subject = |value: &'static str| {
+            move || async move { Ok::<_, std::io::Error>(crate::Token::new(value)) }
+        };
+        let exchange = |workload: &str| {
+            crate::oauth2::TokenExchange::new(
+                "https://idp.example.com/token",
+                "svc",
+                "s",
+                super::Named::new(
+                    subject("subject"),
+                    super::StoreIdentity::new("user").with("id", workload),
+                ),
+            )
+        };
+        let (a, b) = (
+            exchange("a").store_identity().unwrap().key(None),
+            exchange("b").store_identity().unwrap().key(None),
+        );
+        assert_ne!(a, b);
+        let plain = ClientCredentials::new("https://idp.example.com/token", "svc", "s");
+        assert_ne!(a, key(&plain));
     }
 
     #[test]

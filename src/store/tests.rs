@@ -566,6 +566,183 @@ async fn keyed_replicas_share_per_key_and_never_across_keys() {
     assert!(billing.secret().starts_with("billing-"));
 }
 
+/// Issue 21: a label that redacts the tenant, as the `label` docs advise,
+/// must not make two tenants share a stored token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redacting_label_never_shares_a_token_between_tenants() {
+    let redis = Redis::start();
+    let replica = || {
+        crate::KeyedTokenCache::new(|tenant: &String| {
+            let tenant = tenant.clone();
+            move || {
+                let token = format!("token-of-{tenant}");
+                async move {
+                    Ok::<_, std::io::Error>(Token::new(token).expires_in(Duration::from_secs(60)))
+                }
+            }
+        })
+        .label(|_tenant: &String| "tenant-<redacted>".to_owned())
+        .store(store(&redis))
+        .store_identity(StoreIdentity::new("gateway"))
+    };
+    let (one, two) = (replica(), replica());
+    let acme = one.token(&"acme".to_owned()).await.unwrap();
+    assert_eq!(acme.secret(), "token-of-acme");
+    assert!(stored_token_shows_up_anywhere(&redis, 1).await);
+    let globex = two.token(&"globex".to_owned()).await.unwrap();
+    assert_eq!(globex.secret(), "token-of-globex");
+    let globex = one.token(&"globex".to_owned()).await.unwrap();
+    assert_eq!(globex.secret(), "token-of-globex");
+    // Yet the fleet still shares per tenant.
+    assert_eq!(
+        two.token(&"acme".to_owned()).await.unwrap().secret(),
+        "token-of-acme"
+    );
+}
+
+/// A keyed cache given its store after keys were added: those keys get
+/// their own stored keys too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_added_before_the_store_get_their_own_stored_keys() {
+    let redis = Redis::start();
+    let cache =
+        crate::KeyedTokenCache::new(|tenant: &String| {
+            let tenant = tenant.clone();
+            move || {
+                let token = format!("token-of-{tenant}");
+                async move {
+                    Ok::<_, std::io::Error>(Token::new(token).expires_in(Duration::from_secs(60)))
+                }
+            }
+        })
+        .store_identity(StoreIdentity::new("gateway"));
+    let (acme, globex) = ("acme".to_owned(), "globex".to_owned());
+    let old = [
+        cache.token(&acme).await.unwrap(),
+        cache.token(&globex).await.unwrap(),
+    ];
+    let cache = cache.store(store(&redis));
+    assert!(cache.invalidate(&acme, &old[0]) && cache.invalidate(&globex, &old[1]));
+    cache.token(&acme).await.unwrap();
+    cache.token(&globex).await.unwrap();
+    assert!(stored_token_shows_up_anywhere(&redis, 2).await);
+}
+
+/// A real token endpoint over loopback HTTP that issues each client a
+/// token named after what authenticated it (its `client_assertion`, else
+/// its client id), and counts the tokens it issued.
+#[cfg(feature = "oauth2")]
+struct TokenEndpoint {
+    url: String,
+    issued: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "oauth2")]
+impl TokenEndpoint {
+    async fn start() -> Self {
+        use http_body_util::BodyExt;
+        use hyper::server::conn::http1;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let issued = Arc::new(AtomicUsize::new(0));
+        let counter = issued.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let issued = counter.clone();
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let issued = issued.clone();
+                        async move {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let form = String::from_utf8_lossy(&body).into_owned();
+                            let field = |name: &str| {
+                                form.split('&')
+                                    .find_map(|pair| pair.strip_prefix(&format!("{name}=")[..]))
+                                    .map(str::to_owned)
+                            };
+                            let client = field("client_assertion")
+                                .or_else(|| field("client_id"))
+                                .unwrap_or_default();
+                            let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                            let json = format!(
+                                r#"{{"access_token":"token-for-{client}-{n}","token_type":"Bearer","expires_in":60}}"#
+                            );
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(json),
+                            )))
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url,
+            issued,
+            server,
+        }
+    }
+}
+
+#[cfg(feature = "oauth2")]
+impl Drop for TokenEndpoint {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Issue 21: two workloads authenticated by their own client assertions,
+/// with the same (empty) client id, as the `client_assertion` docs show
+/// it (RFC 7523 §3 makes the client id optional). Neither is ever served
+/// the other's token; each still shares with its own replicas once its
+/// assertion source is named.
+#[cfg(feature = "oauth2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_with_their_own_assertions_never_share_a_token() {
+    use crate::oauth2::ClientCredentials;
+    let redis = Redis::start();
+    let idp = TokenEndpoint::start().await;
+    let assertion =
+        |value: &'static str| move || async move { Ok::<_, std::io::Error>(Token::new(value)) };
+    // As documented: a closure (or a FileAssertion) as the assertion source.
+    let workload = |value: &'static str| {
+        TokenCache::new(ClientCredentials::new(&idp.url, "", "").client_assertion(assertion(value)))
+            .store(store(&redis))
+    };
+    let a = workload("assertion-a").token().await.unwrap();
+    assert_eq!(a.secret(), "token-for-assertion-a-1");
+    let b = workload("assertion-b").token().await.unwrap();
+    assert_eq!(b.secret(), "token-for-assertion-b-2");
+    // Named by the application: shared within a workload, never across.
+    let named = |value: &'static str, name: &str| {
+        let source = super::Named::new(
+            assertion(value),
+            StoreIdentity::new("workload").with("name", name),
+        );
+        TokenCache::new(ClientCredentials::new(&idp.url, "", "").client_assertion(source))
+            .store(store(&redis))
+    };
+    let a = named("assertion-a", "a").token().await.unwrap();
+    assert_eq!(a.secret(), "token-for-assertion-a-3");
+    assert!(stored_token_shows_up_anywhere(&redis, 1).await);
+    let b = named("assertion-b", "b").token().await.unwrap();
+    assert_eq!(b.secret(), "token-for-assertion-b-4");
+    assert!(stored_token_shows_up_anywhere(&redis, 2).await);
+    let a2 = named("assertion-a", "a").token().await.unwrap();
+    assert_eq!(a2.secret(), a.secret(), "a's replicas share");
+    assert_eq!(idp.issued.load(Ordering::SeqCst), 4);
+}
+
+async fn stored_token_shows_up_anywhere(redis: &Redis, keys: usize) -> bool {
+    eventually(100, async || redis.keys().await.len() == keys).await
+}
+
 #[cfg(feature = "seal")]
 mod sealed {
     use super::super::{SealKey, Sealed};
