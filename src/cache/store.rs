@@ -24,9 +24,32 @@ use crate::{Token, TokenError};
 /// up to [`LAST_POLL`].
 const FIRST_POLL: Duration = Duration::from_millis(10);
 const LAST_POLL: Duration = Duration::from_millis(200);
-/// How much longer than the fetch timeout a lease lasts: a winner's write
-/// and release come after its fetch.
-const LEASE_SLACK: Duration = Duration::from_secs(1);
+/// What a lease lasts beyond its holder's bound (see [`lease_ttl`]): for
+/// the scheduling of the holder's tasks.
+const LEASE_SLACK: Duration = Duration::from_millis(250);
+
+/// How long a fetch lease lasts: as long as its holder may take to write
+/// the token once the lease is taken: the lease's own reply, the read that
+/// checks the previous holder, the fetch, and the write, each store step
+/// bounded by the op timeout; and some slack. A shorter lease could expire
+/// while its holder still writes, and let another replica fetch too.
+fn lease_ttl(fetch_timeout: Duration, op_timeout: Duration) -> Duration {
+    fetch_timeout
+        .saturating_add(op_timeout.saturating_mul(3))
+        .saturating_add(LEASE_SLACK)
+}
+
+/// How far this replica's Unix clock may be behind the clock of the one
+/// that wrote a record, or ahead of it, before the record's own times are
+/// believed over it: a record whose absolute expiry passed more than this
+/// long ago by our clock, or that was issued more than this long in our
+/// future, is a miss, whatever time to live the store gives it.
+pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+/// The longest lifetime a stored token may have: the cap on fetched OAuth2
+/// tokens (`ClientCredentials::MAX_LIFETIME`), 365 days. A record claiming
+/// more is a miss; a longer-lived token is stored with this lifetime.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// A cache's store settings; shared by its clones through the config.
 #[derive(Clone, Default)]
@@ -197,7 +220,7 @@ impl Fleet {
             Err(()) => return self.fetch_and_share(&*source, &timing, After::Skip).await,
         }
         let owner = lease_owner();
-        let lease = timing.fetch_timeout.saturating_add(LEASE_SLACK);
+        let lease = lease_ttl(timing.fetch_timeout, self.store.op_timeout());
         let mut pause = FIRST_POLL;
         loop {
             match op(
@@ -445,7 +468,8 @@ impl Record {
         let expires_at = match expiry {
             None | Some(None) => None,
             Some(Some(at)) if at <= now => return None,
-            Some(Some(at)) => Some(issued.checked_add(at - started)?),
+            // Readers refuse a longer lifetime: store the cap.
+            Some(Some(at)) => Some(issued.checked_add((at - started).min(MAX_LIFETIME))?),
         };
         let record = Record {
             issued_ms: unix_ms(issued),
@@ -489,24 +513,44 @@ impl Record {
     }
 
     /// The fetch start and expiry on this replica's clock, `now` being
-    /// `unix_now` in Unix time. What is left is measured by the store's
-    /// clock (`ttl`) when it has one, else by ours: so replicas whose clocks
-    /// disagree still agree on how much of a token is left.
+    /// `unix_now` in Unix time, if the record is believable. What is left is
+    /// measured by the store's clock (`ttl`) when it has one, else by ours:
+    /// so replicas whose clocks disagree still agree on how much of a token
+    /// is left.
+    ///
+    /// The store's clock is not trusted beyond the record's own times: a
+    /// record is a miss if it was issued in our future or expired in our
+    /// past (beyond [`MAX_CLOCK_SKEW`] either way), or if its lifetime is
+    /// negative or over [`MAX_LIFETIME`]; and what is left is never more
+    /// than its expiry, plus the skew, by our clock. So a value written back
+    /// with a fresh time to live after its token expired is not served
+    /// again.
     fn anchor(
         &self,
         now: Instant,
         unix_now: SystemTime,
         ttl: Option<Duration>,
     ) -> Option<(Instant, Option<Instant>)> {
+        let issued = UNIX_EPOCH.checked_add(Duration::from_millis(self.issued_ms))?;
+        if issued > unix_now.checked_add(MAX_CLOCK_SKEW)? {
+            return None;
+        }
         let Some(expires_ms) = self.expires_ms else {
             return Some((now, None));
         };
-        let lifetime = Duration::from_millis(expires_ms.saturating_sub(self.issued_ms));
+        let lifetime = Duration::from_millis(expires_ms.checked_sub(self.issued_ms)?);
+        if lifetime > MAX_LIFETIME {
+            return None;
+        }
+        let expires = UNIX_EPOCH.checked_add(Duration::from_millis(expires_ms))?;
+        let by_our_clock = expires
+            .checked_add(MAX_CLOCK_SKEW)?
+            .duration_since(unix_now)
+            .ok()
+            .filter(|left| !left.is_zero())?;
         let remaining = match ttl {
-            Some(ttl) => ttl,
-            None => (UNIX_EPOCH + Duration::from_millis(expires_ms))
-                .duration_since(unix_now)
-                .ok()?,
+            Some(ttl) => ttl.min(by_our_clock),
+            None => expires.duration_since(unix_now).ok()?,
         };
         let expiry = now.checked_add(remaining.min(lifetime))?;
         let started = expiry.checked_sub(lifetime).unwrap_or(now).min(now);
@@ -545,8 +589,9 @@ mod tests {
             granularity_ms: 0,
         };
         let now = Instant::now();
-        // Our clock says 5 s past expiry (we are ahead); the store says 1.5 s left.
-        let unix = UNIX_EPOCH + Duration::from_secs(17);
+        // Our clock says 3 s past expiry (we are ahead, within the skew
+        // tolerated); the store says 1.5 s left.
+        let unix = UNIX_EPOCH + Duration::from_secs(15);
         let (started, expiry) = record
             .anchor(now, unix, Some(Duration::from_millis(1500)))
             .unwrap();
@@ -557,6 +602,52 @@ mod tests {
         let unix = UNIX_EPOCH + Duration::from_secs(11);
         let (_, expiry) = record.anchor(now, unix, None).unwrap();
         assert_eq!(expiry, Some(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_record_is_believed_only_within_its_own_times() {
+        let record = |issued_ms, expires_ms| Record {
+            issued_ms,
+            expires_ms,
+            granularity_ms: 0,
+        };
+        let now = Instant::now();
+        let unix = UNIX_EPOCH + Duration::from_secs(1_000);
+        let ttl = Some(Duration::from_secs(600));
+        // Expired 10 s ago by our clock, written back with a fresh TTL.
+        assert_eq!(record(900_000, Some(990_000)).anchor(now, unix, ttl), None);
+        // Within the skew tolerated: served, but only until expiry + skew.
+        let (_, expiry) = record(900_000, Some(998_000))
+            .anchor(now, unix, ttl)
+            .unwrap();
+        assert_eq!(expiry, Some(now + Duration::from_secs(3)));
+        // Issued in our future.
+        assert_eq!(
+            record(1_010_000, Some(1_100_000)).anchor(now, unix, ttl),
+            None
+        );
+        assert_eq!(record(1_010_000, None).anchor(now, unix, None), None);
+        // A lifetime over the cap, or negative.
+        let far = 999_000 + MAX_LIFETIME.as_millis() as u64 + 2_000;
+        assert_eq!(record(999_000, Some(far)).anchor(now, unix, ttl), None);
+        assert_eq!(
+            record(999_000, Some(u64::MAX - 1)).anchor(now, unix, ttl),
+            None
+        );
+        assert_eq!(record(999_500, Some(999_000)).anchor(now, unix, ttl), None);
+        // The cap itself is fine.
+        let cap = 999_000 + MAX_LIFETIME.as_millis() as u64;
+        assert!(record(999_000, Some(cap)).anchor(now, unix, ttl).is_some());
+    }
+
+    #[test]
+    fn a_longer_lived_token_is_stored_with_the_capped_lifetime() {
+        let (now, unix) = (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_000));
+        let token = Token::new("abc").expires_in(MAX_LIFETIME * 3);
+        let (value, expires_at) = Record::of(&token, now, unix, now).unwrap();
+        assert_eq!(expires_at, Some(unix + MAX_LIFETIME));
+        let (record, _) = Record::decode(&value).unwrap();
+        assert!(record.anchor(now, unix, None).is_some());
     }
 
     #[cfg(feature = "dpop")]

@@ -14,10 +14,12 @@
 //!    live (Redis `PTTL`) gives how much of it is left: so each replica
 //!    applies its own margin, refresh point and jitter to the same lifetime,
 //!    and a replica whose clock is off by seconds still agrees with the
-//!    others (one clock, the store's, measures what is left).
+//!    others (one clock, the store's, measures what is left). The record
+//!    is [verified](#what-the-store-is-trusted-with) first.
 //! 2. **Lease.** Otherwise the replica takes the fleet's fetch lease
-//!    (`SET NX PX` with a random owner, lasting the fetch timeout plus a
-//!    second), reads the store once more (the previous holder may have
+//!    (`SET NX PX` with a random owner, lasting as long as its holder may
+//!    take to write: the fetch timeout, three op timeouts and 250 ms),
+//!    reads the store once more (the previous holder may have
 //!    written and released in between), fetches from the source, writes
 //!    the token with a time to live equal to its remaining lifetime, and
 //!    releases the lease by compare-and-delete.

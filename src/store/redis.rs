@@ -248,21 +248,39 @@ fn error(error: redis::RedisError) -> StoreError {
     })
 }
 
-/// The value and its remaining time to live, in one round trip.
+/// The value and its remaining time to live, in one round trip. A key of
+/// another type (a hash, a list: planted, or another tool's) is a miss,
+/// not a `WRONGTYPE` error, so that the next write (`SET`, which replaces
+/// a key of any type) repairs it.
 const READ: &str = r"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return false end
 local v = redis.call('GET', KEYS[1])
-if not v then return false end
 return {v, redis.call('PTTL', KEYS[1])}
+";
+
+/// Takes the lease (`SET NX PX`), after deleting a lease no holder of ours
+/// could have left: one without a time to live, or not a string. Such a
+/// key would otherwise stall every cold refresh for the fetch timeout, for
+/// good. 1 if taken, else 0.
+const LEASE: &str = r"
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'none' and (t ~= 'string' or redis.call('PTTL', KEYS[1]) < 0) then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 ";
 
 /// Deletes the lease only if `owner` holds it.
 const RELEASE: &str = r"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
 /// Deletes the token only if its value starts with the fingerprint given.
 const DELETE_IF: &str = r"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 32) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -281,7 +299,13 @@ impl TokenStore for RedisStore {
             if value.len() < 32 {
                 return Ok(None);
             }
-            let value = value.split_off(32);
+            let rest = value.split_off(32);
+            // What was written is the fingerprint, then the value: anything
+            // else was not written by a `RedisStore`, and is a miss.
+            if value[..] != super::fingerprint(&rest)[..] {
+                return Ok(None);
+            }
+            let value = rest;
             // -1: no expiry.
             let ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
             let ttl = if pttl == -1 {
@@ -327,19 +351,17 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let key = self.lease_key(key);
             let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            let taken: Option<String> = self
+            let taken: i64 = self
                 .run(async |conn| {
-                    redis::cmd("SET")
-                        .arg(&key)
+                    Script::new(LEASE)
+                        .key(&key)
                         .arg(owner)
-                        .arg("NX")
-                        .arg("PX")
                         .arg(ms)
-                        .query_async(conn)
+                        .invoke_async(conn)
                         .await
                 })
                 .await?;
-            Ok(taken.is_some())
+            Ok(taken == 1)
         })
     }
 

@@ -295,7 +295,7 @@ async fn a_slow_redis_is_a_miss_after_the_op_timeout() {
 async fn a_lease_holder_that_dies_mid_fetch_is_taken_over() {
     let redis = Redis::start();
     // The first replica's source never answers; its lease lasts its fetch
-    // timeout plus a second.
+    // timeout, three op timeouts and 250 ms.
     let started = Arc::new(tokio::sync::Notify::new());
     let dying = TokenCache::new({
         let started = started.clone();
@@ -380,6 +380,8 @@ struct Faulty {
     redis: RedisStore,
     deletes: bool,
     misses: AtomicUsize,
+    /// The time to live of every lease asked for.
+    leases: std::sync::Mutex<Vec<Duration>>,
 }
 
 impl Faulty {
@@ -388,6 +390,7 @@ impl Faulty {
             redis,
             deletes: false,
             misses: AtomicUsize::new(0),
+            leases: Default::default(),
         }
     }
 
@@ -396,6 +399,7 @@ impl Faulty {
             redis,
             deletes: true,
             misses: AtomicUsize::new(misses),
+            leases: Default::default(),
         }
     }
 }
@@ -425,7 +429,11 @@ impl TokenStore for Faulty {
         owner: &'a str,
         ttl: Duration,
     ) -> super::StoreFuture<'a, bool> {
+        self.leases.lock().unwrap().push(ttl);
         self.redis.lease(key, owner, ttl)
+    }
+    fn op_timeout(&self) -> Duration {
+        TokenStore::op_timeout(&self.redis)
     }
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> super::StoreFuture<'a, ()> {
         self.redis.release(key, owner)
@@ -739,6 +747,199 @@ async fn workloads_with_their_own_assertions_never_share_a_token() {
     assert_eq!(idp.issued.load(Ordering::SeqCst), 4);
 }
 
+/// The raw value `RedisStore` would write for a record: the fingerprint,
+/// then version 1, issued and expiry in Unix ms, granularity, the token.
+fn raw_record(issued_ms: u64, expires_ms: u64, token: &str) -> Vec<u8> {
+    let mut record = vec![1];
+    record.extend_from_slice(&issued_ms.to_be_bytes());
+    record.extend_from_slice(&expires_ms.to_be_bytes());
+    record.extend_from_slice(&0u32.to_be_bytes());
+    record.extend_from_slice(token.as_bytes());
+    let mut raw = super::fingerprint(&record).to_vec();
+    raw.extend_from_slice(&record);
+    raw
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn plant(redis: &Redis, key: &str, raw: &[u8], ttl_ms: Option<u64>) {
+    let mut set = redis::cmd("SET");
+    set.arg(key).arg(raw);
+    if let Some(ms) = ttl_ms {
+        set.arg("PX").arg(ms);
+    }
+    set.query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
+}
+
+/// Issue 21: a record is served only if it is believable by itself: a
+/// lifetime within the cap, a fingerprint that matches, an expiry not past
+/// by our clock (beyond the skew tolerated), whatever TTL Redis gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbelievable_record_is_a_miss_and_is_overwritten() {
+    let redis = Redis::start();
+    let now = unix_ms_now();
+    let year = 365 * 24 * 3_600_000u64;
+    let good = raw_record(now - 1_000, now + 59_000, "planted");
+    let mut bad_fingerprint = good.clone();
+    bad_fingerprint[0] ^= 1;
+    let cases = [
+        // 500 million years.
+        (
+            "a lifetime over the cap",
+            raw_record(now, now + 500_000_000 * year, "planted"),
+            60_000,
+        ),
+        ("a fingerprint that does not match", bad_fingerprint, 60_000),
+        // Expired a minute ago, written back with a fresh TTL.
+        (
+            "an expiry past",
+            raw_record(now - 120_000, now - 60_000, "planted"),
+            60_000,
+        ),
+    ];
+    for (case, raw, ttl) in cases {
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut redis.conn().await)
+            .await
+            .unwrap();
+        plant(&redis, &token_key(), &raw, Some(ttl)).await;
+        let idp = Idp::lifetime(Duration::from_secs(60));
+        let token = idp.cache(store(&redis)).token().await.unwrap();
+        assert_eq!(token.secret(), "token-1", "{case}: served");
+        assert!(
+            eventually(100, async || idp
+                .cache(store(&redis))
+                .token()
+                .await
+                .unwrap()
+                .secret()
+                == "token-1")
+            .await,
+            "{case}: overwritten"
+        );
+        assert_eq!(idp.fetches(), 1, "{case}");
+    }
+    // The same record, believable, is served: the cases above differ only
+    // in what is checked.
+    plant(&redis, &token_key(), &good, Some(60_000)).await;
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    assert_eq!(
+        idp.cache(store(&redis)).token().await.unwrap().secret(),
+        "planted"
+    );
+}
+
+#[cfg(feature = "seal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_sealed_value_is_not_served_after_its_expiry() {
+    use super::{SealKey, Sealed};
+    let redis = Redis::start();
+    let sealed = |skew_ms| Sealed::new(store(&redis).skewed(skew_ms), SealKey::new([9; 32]));
+    let idp = Idp::lifetime(Duration::from_secs(30));
+    idp.cache(sealed(0)).token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    // Captured, then written back with a fresh, longer TTL.
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(token_key())
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    plant(&redis, &token_key(), &raw, Some(600_000)).await;
+    // A replica 40 s later (by its clock): the token expired 10 s ago.
+    let later = idp.cache(sealed(40_000)).token().await.unwrap();
+    assert_eq!(later.secret(), "token-2");
+    assert_eq!(idp.fetches(), 2);
+}
+
+/// Issue 21: a token key of another Redis type is a miss, and the next
+/// write replaces it: sharing resumes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_another_type_is_a_miss_and_is_overwritten() {
+    let redis = Redis::start();
+    redis::cmd("HSET")
+        .arg(token_key())
+        .arg("field")
+        .arg("value")
+        .query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    assert_eq!(
+        idp.cache(store(&redis)).token().await.unwrap().secret(),
+        "token-1"
+    );
+    let kind: String = redis::cmd("TYPE")
+        .arg(token_key())
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(kind, "string");
+    assert_eq!(
+        idp.cache(store(&redis)).token().await.unwrap().secret(),
+        "token-1"
+    );
+    assert_eq!(idp.fetches(), 1);
+}
+
+/// Issue 21: a lease no holder of ours could have left (no TTL, or not a
+/// string) is taken over at once, not waited on for the fetch timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_without_a_ttl_or_of_another_type_is_repaired() {
+    let redis = Redis::start();
+    let lease = format!("{}:lease", token_key());
+    for plant_lease in ["SET", "HSET"] {
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut redis.conn().await)
+            .await
+            .unwrap();
+        let mut cmd = redis::cmd(plant_lease);
+        cmd.arg(&lease);
+        if plant_lease == "HSET" {
+            cmd.arg("field");
+        }
+        cmd.arg("planted")
+            .query_async::<()>(&mut redis.conn().await)
+            .await
+            .unwrap();
+        let idp = Idp::lifetime(Duration::from_secs(60));
+        let cache = idp
+            .cache(store(&redis))
+            .fetch_timeout(Duration::from_secs(30));
+        assert_eq!(cache.token().await.unwrap().secret(), "token-1");
+        // Taken, then released by compare-and-delete: without the repair
+        // the planted lease would still be there (after a 30 s stall).
+        assert!(!exists(&redis, &lease).await, "{plant_lease}");
+    }
+}
+
+/// Issue 21: the lease outlasts its holder's real bound: with a 600 ms op
+/// timeout, the lease, the read, the fetch and the write may take the fetch
+/// timeout and 1.8 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_outlasts_its_holder_s_bound() {
+    let redis = Redis::start();
+    let faulty = Arc::new(Faulty::no_delete(
+        store(&redis).op_timeout(Duration::from_millis(600)),
+    ));
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    idp.cache(Arc::clone(&faulty)).token().await.unwrap();
+    let leases = faulty.leases.lock().unwrap().clone();
+    assert_eq!(leases.len(), 1);
+    // The cache's fetch timeout is 2 s (`Idp::cache`).
+    assert!(
+        leases[0] >= Duration::from_millis(2_000 + 3 * 600),
+        "{:?}",
+        leases[0]
+    );
+}
+
 async fn stored_token_shows_up_anywhere(redis: &Redis, keys: usize) -> bool {
     eventually(100, async || redis.keys().await.len() == keys).await
 }
@@ -844,7 +1045,8 @@ async fn a_due_token_is_refreshed_not_read_back() {
         Instant::now() < first.expiry().unwrap(),
         "before the old one expired"
     );
-    assert_eq!(a.token().await.unwrap().secret(), "token-2");
+    // The write lands just before the refresh hands the token over.
+    assert!(eventually(100, async || a.token().await.unwrap().secret() == "token-2").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
