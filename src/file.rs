@@ -67,7 +67,12 @@
 //! The content is trimmed of leading and trailing whitespace. A missing,
 //! unreadable, empty (after trimming), oversized (over
 //! [`MAX_SIZE`](FileToken::MAX_SIZE), 64 KiB) or non-UTF-8 file is an
-//! [`Error`] with an [`ErrorKind`], never a panic, and so is a directory. All
+//! [`Error`] with an [`ErrorKind`], never a panic, and so is anything that
+//! is not a regular file ([`NotAFile`](ErrorKind::NotAFile): a directory, a
+//! FIFO, a device). The file is opened without blocking (`O_NONBLOCK` on
+//! unix: a FIFO with no writer would otherwise hold a thread of tokio's
+//! blocking pool for ever, one per fetch), checked to be a regular file
+//! before anything is read, and read up to the size limit only. All
 //! are transient to the cache (a writer may be about to put the file back),
 //! so its backoff paces the next reads. An error names the path, never the
 //! content. A token that is not a valid header value (a newline inside it)
@@ -175,13 +180,29 @@ impl TokenSource for FileToken {
 /// The trimmed content of the file at `path`.
 fn read(path: &Path) -> Result<String, Error> {
     let fail = |kind, source| Error::new(kind, path, source);
-    let file = std::fs::File::open(path).map_err(|error| {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A FIFO opened for reading waits for a writer: never wait. It
+        // changes nothing for a regular file.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|error| {
         let kind = match error.kind() {
             io::ErrorKind::NotFound => ErrorKind::NotFound,
             _ => ErrorKind::Io,
         };
         fail(kind, Some(error))
     })?;
+    // What was opened, not what the path named a moment before.
+    let metadata = file
+        .metadata()
+        .map_err(|error| fail(ErrorKind::Io, Some(error)))?;
+    if !metadata.is_file() {
+        return Err(fail(ErrorKind::NotAFile, None));
+    }
     let mut bytes = Vec::new();
     // One byte over the limit tells a file of exactly the limit from a
     // bigger one, without reading the rest.
@@ -219,8 +240,7 @@ pub struct Error {
 pub enum ErrorKind {
     /// There is no file at the path (or a symlink on the way is dangling).
     NotFound,
-    /// The file could not be opened or read: permissions, a directory, an
-    /// I/O error. The [`source`](std::error::Error::source) says which.
+    /// The file could not be opened or read: permissions, an I/O error. The [`source`](std::error::Error::source) says which.
     Io,
     /// The file is empty, or holds only whitespace.
     Empty,
@@ -228,6 +248,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The file is not UTF-8 text.
     NotUtf8,
+    /// The path names something other than a regular file (after
+    /// symlinks): a directory, a FIFO, a socket, a device.
+    NotAFile,
 }
 
 impl Error {
@@ -263,6 +286,7 @@ impl fmt::Display for Error {
                 FileToken::MAX_SIZE / 1024
             ),
             ErrorKind::NotUtf8 => write!(f, "token file {path} is not UTF-8 text"),
+            ErrorKind::NotAFile => write!(f, "token file {path} is not a regular file"),
         }
     }
 }

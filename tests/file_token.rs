@@ -249,7 +249,22 @@ async fn each_bad_file_is_a_typed_error() {
         (
             "directory",
             Box::new(|p| std::fs::create_dir(p).unwrap()),
-            ErrorKind::Io,
+            ErrorKind::NotAFile,
+        ),
+        // Issue 21: a FIFO with no writer blocked a blocking-pool thread in
+        // `open()` for ever, one per fetch.
+        (
+            "fifo",
+            Box::new(|p| {
+                let made = std::process::Command::new("mkfifo").arg(p).status();
+                assert!(made.unwrap().success(), "mkfifo");
+            }),
+            ErrorKind::NotAFile,
+        ),
+        (
+            "device",
+            Box::new(|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+            ErrorKind::NotAFile,
         ),
     ];
     for (name, make, kind) in cases {
