@@ -57,13 +57,18 @@ pub(crate) struct Binding {
     store: Option<Arc<dyn TokenStore>>,
     identity: Option<StoreIdentity>,
     cache_key: CacheKey,
-    /// The fingerprint of the last token a server rejected: never taken back
+    /// The fingerprints of the last tokens servers rejected: never taken back
     /// from the store, whether or not the background delete has landed.
     rejected: Rejected,
     warned: Arc<AtomicBool>,
 }
 
-type Rejected = Arc<Mutex<Option<Fingerprint>>>;
+type Rejected = Arc<Mutex<std::collections::VecDeque<Fingerprint>>>;
+
+/// How many rejected tokens a cache remembers (32 bytes each): a token
+/// rejected before the last one, written back to the store (replayed, or
+/// by a replica that still held it), is not taken back either.
+const REJECTED_KEPT: usize = 8;
 
 /// What a cache adds to its identity in the stored key.
 #[derive(Clone, Default)]
@@ -192,7 +197,15 @@ impl Origin {
     /// and delete it there, in the background, if it is still the one
     /// stored.
     pub(crate) fn rejected(&self) {
-        *self.rejected.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.fingerprint);
+        {
+            let mut rejected = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
+            if !rejected.contains(&self.fingerprint) {
+                if rejected.len() == REJECTED_KEPT {
+                    rejected.pop_front();
+                }
+                rejected.push_back(self.fingerprint);
+            }
+        }
         let Ok(runtime) = sync::Handle::try_current() else {
             return;
         };
@@ -289,8 +302,12 @@ impl Fleet {
         };
         let value = Zeroizing::new(stored.value);
         let fingerprint = fingerprint(&value);
-        let rejected = *self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
-        if rejected == Some(fingerprint) {
+        let rejected = self
+            .rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&fingerprint);
+        if rejected {
             return Ok(None);
         }
         let Some((record, secret)) = Record::decode(&value) else {

@@ -519,6 +519,29 @@ async fn a_rejected_token_is_never_read_back_from_the_store() {
     assert_eq!(a.token().await.unwrap().secret(), "token-2");
 }
 
+/// Issue 21: not only the last rejected token is remembered: an older one
+/// written back to the store is not taken back either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_recently_rejected_token_is_read_back() {
+    let redis = Redis::start();
+    let idp = Idp::lifetime(Duration::from_secs(60));
+    let a = idp.cache(Faulty::no_delete(store(&redis)));
+    let first = a.token().await.unwrap();
+    assert!(stored_token_shows_up(&redis).await);
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(token_key())
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert!(a.invalidate(&first));
+    let second = a.token().await.unwrap();
+    assert_eq!(second.secret(), "token-2");
+    assert!(a.invalidate(&second));
+    // The first token, written back.
+    plant(&redis, &token_key(), &raw, Some(60_000)).await;
+    assert_eq!(a.token().await.unwrap().secret(), "token-3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_without_identity_shares_nothing() {
     let redis = Redis::start();
