@@ -110,6 +110,13 @@ pub trait TokenSource: Send + Sync + 'static {
     /// default) keeps its tokens out of the store unless the cache names
     /// them ([`TokenCache::store_identity`](crate::TokenCache::store_identity)),
     /// so that unrelated sources never share a token.
+    ///
+    /// An identity must be derived from everything that decides whom a
+    /// token is for and what it grants (where it comes from, who asks, how
+    /// the asker proves it, what is asked for), so that two sources with the
+    /// same identity make interchangeable tokens in every process. A source
+    /// that cannot derive all of it returns `None`: a shared token under an
+    /// incomplete identity can cross tenants. Never put a secret in it.
     #[cfg(feature = "store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
     fn store_identity(&self) -> Option<crate::store::StoreIdentity> {

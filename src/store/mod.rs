@@ -15,7 +15,7 @@
 //!    applies its own margin, refresh point and jitter to the same lifetime,
 //!    and a replica whose clock is off by seconds still agrees with the
 //!    others (one clock, the store's, measures what is left). The record
-//!    is [verified](#what-the-store-is-trusted-with) first.
+//!    is [verified](self#what-the-store-is-trusted-with) first.
 //! 2. **Lease.** Otherwise the replica takes the fleet's fetch lease
 //!    (`SET NX PX` with a random owner, lasting as long as its holder may
 //!    take to write: the fetch timeout, three op timeouts and 250 ms),
@@ -70,11 +70,34 @@
 //! resources; see [`TokenSource::store_identity`](crate::TokenSource::store_identity)) and of the key of a
 //! [`KeyedTokenCache`](crate::KeyedTokenCache) (its [`StoreKey`] encoding,
 //! injective and the same in every process; never its trace label), under
-//! the store's prefix (`tower-bearer:` by default). A source without an identity, such as
-//! a closure, must be named with
+//! the store's prefix (`tower-bearer:` by default). A source without an
+//! identity, such as a closure, must be named with
 //! [`TokenCache::store_identity`](crate::TokenCache::store_identity): until
 //! it is, its cache does not use the store at all (and says so once in a
 //! `warn` event), so that two unrelated sources never share a token.
+//!
+//! An identity is derived from everything that made the token, never
+//! guessed: a source that cannot derive a complete one has none. For
+//! OAuth2 that includes how the client authenticates and a public
+//! fingerprint of its credential: an assertion source without an identity
+//! of its own (name it with [`Named`]), a custom client without a
+//! [`transport_identity`](crate::oauth2::ClientCredentials::transport_identity),
+//! or DPoP, leave the source unshared. The repository's `docs/store.md`
+//! has the table for every source.
+//!
+//! # What the store is trusted with
+//!
+//! A record read from the store is served only if it is believable by
+//! itself: issued no more than [`MAX_CLOCK_SKEW`] (5 s) in this replica's
+//! future, with a lifetime of at most 365 days, an absolute expiry (plus
+//! the skew) still ahead by this replica's clock whatever time to live the
+//! store gives it, and not one of the last tokens a server rejected;
+//! `RedisStore` also checks its fingerprint and its Redis type. Anything
+//! else is a miss, overwritten by the refresh's write. So someone who can
+//! write to the store can plant a token only without `Sealed` (and for at
+//! most its stated lifetime), and with it can only replay a sealed value
+//! until that value's own expiry. A lease none of ours could have left (no
+//! time to live, or not a string) is taken over at once.
 //!
 //! The token is never logged; store errors are reported at `debug` level in
 //! the fetch span, without any value. [`Stats::fetches`](crate::Stats)
@@ -157,6 +180,11 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// The SHA-256 of a stored value, as written or read: what
 /// [`delete_if`](TokenStore::delete_if) compares.
 pub type Fingerprint = [u8; 32];
+
+/// How far replicas' Unix clocks may disagree before a stored record's own
+/// issue time and expiry are believed over the store's time to live: 5 s.
+/// See [the module docs](self#what-the-store-is-trusted-with).
+pub const MAX_CLOCK_SKEW: Duration = crate::cache::MAX_CLOCK_SKEW;
 
 /// The SHA-256 of `value`.
 pub fn fingerprint(value: &[u8]) -> Fingerprint {
@@ -258,7 +286,9 @@ pub struct Stored {
     /// The bytes written.
     pub value: Vec<u8>,
     /// How much longer the store keeps it, by the store's own clock, if it
-    /// knows. The cache prefers it to its own clock: one clock for the fleet.
+    /// knows. The cache prefers it to its own clock (one clock for the
+    /// fleet), but never beyond the record's own expiry plus
+    /// [`MAX_CLOCK_SKEW`] by its own clock.
     pub ttl: Option<Duration>,
 }
 
