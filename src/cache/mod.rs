@@ -343,6 +343,36 @@ impl TokenCache {
         self.configure(|c| c.store.set_identity(identity))
     }
 
+    /// Whether this cache shares its tokens through its
+    /// [store](Self::store), and if not, why: a source without a complete
+    /// identity is not shared (never under a guessed one), and the cache
+    /// only says so in one `warn` event at its first refresh. Check it at
+    /// startup to make that a configuration error.
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_bearer::store::{NotShared, RedisStore, StoreIdentity};
+    /// use tower_bearer::{Token, TokenCache};
+    ///
+    /// let closure = || async { Ok::<_, std::io::Error>(Token::new("abcd1234")) };
+    /// let cache = TokenCache::new(closure).store(RedisStore::new("redis://127.0.0.1:6379/")?);
+    /// assert!(matches!(cache.sharing(), Err(NotShared::NoIdentity { .. })));
+    /// let cache = cache.store_identity(StoreIdentity::new("legacy-gateway"));
+    /// assert_eq!(cache.sharing(), Ok(()));
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "redis"))]
+    /// # fn main() {}
+    /// ```
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn sharing(&self) -> Result<(), crate::store::NotShared> {
+        let shared = &self.shared;
+        let config = shared.lock();
+        config.config.store.sharing(&*shared.source).map(|_| ())
+    }
+
     /// A valid token: the cached one, or a new one from the single refresh.
     ///
     /// This is for code outside tower; [`BearerAuth`](crate::BearerAuth) uses

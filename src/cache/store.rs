@@ -16,7 +16,7 @@ use super::refresh::fetch_once;
 use super::sync;
 use super::timing::Timing;
 use crate::source::DynSource;
-use crate::store::{fingerprint, Fingerprint, StoreFuture, StoreIdentity, TokenStore};
+use crate::store::{fingerprint, Fingerprint, NotShared, StoreFuture, StoreIdentity, TokenStore};
 use crate::token::Expiry;
 use crate::{Token, TokenError};
 
@@ -123,10 +123,23 @@ impl Binding {
         }
     }
 
+    /// The store and the identity `source`'s tokens are shared under, or
+    /// why they are not.
+    pub(crate) fn sharing(
+        &self,
+        source: &dyn DynSource,
+    ) -> Result<(&Arc<dyn TokenStore>, StoreIdentity), NotShared> {
+        let store = self.store.as_ref().ok_or(NotShared::NoStore)?;
+        let identity = self.identity.clone().or_else(|| source.store_identity());
+        let identity = identity.ok_or(NotShared::NoIdentity {
+            source: source.type_name(),
+        })?;
+        Ok((store, identity))
+    }
+
     /// The store and stored key for a fetch from `source`, if the cache has
     /// a store and the source an identity.
     pub(crate) fn fleet(&self, source: &dyn DynSource) -> Option<Fleet> {
-        let store = self.store.clone()?;
         let cache_key = match &self.cache_key {
             CacheKey::Single => None,
             CacheKey::Keyed(Some(key)) => Some(&key[..]),
@@ -134,19 +147,22 @@ impl Binding {
             // gives every key its encoding): never share without one.
             CacheKey::Keyed(None) => return None,
         };
-        let identity = self.identity.clone().or_else(|| source.store_identity());
-        let Some(identity) = identity else {
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                #[cfg(feature = "tracing")]
-                tracing::warn!(
-                    source = source.type_name(),
-                    "the token source has no store identity: not sharing its tokens (see TokenCache::store_identity)"
-                );
+        let (store, identity) = match self.sharing(source) {
+            Ok(sharing) => sharing,
+            Err(NotShared::NoStore) => return None,
+            Err(_not_shared) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        reason = %_not_shared,
+                        "not sharing this cache's tokens through its store (see TokenCache::store_identity)"
+                    );
+                }
+                return None;
             }
-            return None;
         };
         Some(Fleet {
-            store,
+            store: Arc::clone(store),
             key: identity.key(cache_key).into(),
             rejected: Arc::clone(&self.rejected),
         })

@@ -329,6 +329,39 @@ impl std::error::Error for StoreError {
     }
 }
 
+/// Why a cache does not share its tokens through a store: what
+/// [`TokenCache::sharing`](crate::TokenCache::sharing) returns, for a check
+/// at startup (otherwise the cache only says so in one `warn` event, at its
+/// first refresh, and works alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotShared {
+    /// The cache has no [store](crate::TokenCache::store).
+    NoStore,
+    /// Its source cannot derive a complete identity (a closure, a file, a
+    /// client assertion or custom client that is not named, DPoP), and the
+    /// cache was given none with
+    /// [`TokenCache::store_identity`](crate::TokenCache::store_identity).
+    NoIdentity {
+        /// The source's type name.
+        source: &'static str,
+    },
+}
+
+impl fmt::Display for NotShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoStore => f.write_str("the token cache has no store"),
+            Self::NoIdentity { source } => write!(
+                f,
+                "the token source {source} has no store identity, and the cache was given none"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotShared {}
+
 /// What names a source's tokens across processes, without any secret: two
 /// caches whose sources have the same identity (and the same cache key)
 /// share one stored token.

@@ -33,7 +33,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Keys are `<prefix><hex SHA-256 of the token's identity>` for the token
 /// and the same with `:lease` for the fetch lease. Each value is the
 /// SHA-256 of what the cache wrote, then what it wrote, so that a delete
-/// after a `401` compares 32 bytes on the server.
+/// after a `401` compares 32 bytes on the server; a read checks it, and a
+/// key of another Redis type reads as a miss.
 ///
 /// ```
 /// use std::time::Duration;

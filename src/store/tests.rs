@@ -598,6 +598,28 @@ async fn keyed_replicas_share_per_key_and_never_across_keys() {
     assert!(billing.secret().starts_with("billing-"));
 }
 
+/// A cache that will not share says why, up front, before any refresh.
+#[test]
+fn a_cache_says_whether_it_shares_and_why_not() {
+    use super::NotShared;
+    let closure = || async { Ok::<_, std::io::Error>(Token::new("t")) };
+    let unconnected = || RedisStore::new("redis://127.0.0.1:1/").unwrap();
+    assert_eq!(TokenCache::new(closure).sharing(), Err(NotShared::NoStore));
+    let cache = TokenCache::new(closure).store(unconnected());
+    assert!(matches!(cache.sharing(), Err(NotShared::NoIdentity { .. })));
+    assert_eq!(cache.store_identity(identity()).sharing(), Ok(()));
+    #[cfg(feature = "oauth2")]
+    {
+        use crate::oauth2::ClientCredentials;
+        let source = || ClientCredentials::new("https://idp.example.com/token", "svc", "s");
+        let cache = TokenCache::new(source()).store(unconnected());
+        assert_eq!(cache.sharing(), Ok(()));
+        let cache = TokenCache::new(source().client_assertion(closure)).store(unconnected());
+        let error = cache.sharing().unwrap_err();
+        assert!(error.to_string().contains("no store identity"), "{error}");
+    }
+}
+
 /// A keyed cache whose key is a tenant, each with its own token.
 fn per_tenant() -> crate::KeyedTokenCache<String> {
     crate::KeyedTokenCache::new(|tenant: &String| {
