@@ -61,6 +61,7 @@ pub struct ClientCredentials {
     /// What the application says a custom client changes about the tokens
     /// (see `transport_identity`): without it, a source with a custom
     /// client has no store identity.
+    #[cfg(feature = "store")]
     transport_identity: Option<String>,
     /// The DPoP key and the token endpoint's nonce.
     #[cfg(feature = "dpop")]
@@ -133,6 +134,7 @@ impl ClientCredentials {
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
             client: Client::Default(Arc::default()),
+            #[cfg(feature = "store")]
             transport_identity: None,
             #[cfg(feature = "dpop")]
             dpop: None,

@@ -407,6 +407,7 @@ impl StoreIdentity {
     /// Adds `identity` as a field: the identity of a source this one is
     /// made from (an assertion source, a subject token's source), by its
     /// digest, so that every field of it counts.
+    #[cfg(feature = "oauth2")]
     pub(crate) fn with_identity(self, field: &str, identity: &StoreIdentity) -> Self {
         self.with(
             field,
