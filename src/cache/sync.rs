@@ -47,22 +47,26 @@ pub(crate) fn runtime_id(handle: &Handle) -> RuntimeId {
 #[cfg(shuttle)]
 pub(crate) use super::model::runtime_id;
 
-/// Whether the current runtime (`handle`) has its time driver, without the
-/// panic that tokio's timers raise on one built without `enable_time`.
+/// Whether the runtime of `handle` has its time driver, without the panic
+/// that tokio's timers raise on one built without `enable_time`.
 ///
 /// Tokio has no method that asks, so a timer is made under `catch_unwind`
 /// once per runtime that lacks one (the panic hook still prints that one
 /// panic); the runtimes found without timers are remembered, a few dozen at
 /// most, so that their requests do not print it again.
-#[cfg(not(shuttle))]
-pub(crate) fn has_time_driver(handle: &Handle) -> bool {
+pub(crate) fn time_driver(handle: &tokio::runtime::Handle) -> bool {
     use std::sync::PoisonError;
-    static WITHOUT: Mutex<Vec<RuntimeId>> = Mutex::new(Vec::new());
+    static WITHOUT: std::sync::Mutex<Vec<tokio::runtime::Id>> = std::sync::Mutex::new(Vec::new());
     const REMEMBERED: usize = 64;
 
     let id = handle.id();
-    let known = |without: &Vec<RuntimeId>| without.contains(&id);
-    if known(&WITHOUT.lock().unwrap_or_else(PoisonError::into_inner)) {
+    let without = |id| {
+        WITHOUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
+    };
+    if without(id) {
         return false;
     }
     let _enter = handle.enter();
@@ -76,6 +80,13 @@ pub(crate) fn has_time_driver(handle: &Handle) -> bool {
     }
     timers.is_ok()
 }
+
+/// [`time_driver`], for the runtime a fetch would be spawned on.
+#[cfg(not(shuttle))]
+pub(crate) fn has_time_driver(handle: &Handle) -> bool {
+    time_driver(handle)
+}
+/// The model's runtimes all time their waits.
 #[cfg(shuttle)]
 pub(crate) fn has_time_driver(_: &Handle) -> bool {
     true
