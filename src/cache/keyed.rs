@@ -55,8 +55,15 @@
 //!   beyond it evicts the least recently used key first.
 //! - [`idle_timeout`](KeyedTokenCache::idle_timeout) (default none): a key
 //!   unused for that long is dropped, with its tasks, by a sweep that runs a
-//!   few times per timeout (a key goes between `d` and `1.25 d` after its
-//!   last use).
+//!   few times per timeout. The sweep runs on a task, on the runtime where a
+//!   key was added, and also on any runtime, or none, from the lookups
+//!   that take the slow path (a new key, a token that is not fresh), from
+//!   [`len`](KeyedTokenCache::len) and from the stats, whenever one is due:
+//!   the timeout holds whichever runtime started the task and whether it
+//!   still runs. A key never goes before `d` after its last use; while the
+//!   task runs, it goes by `1.25 d`; when only lookups sweep, at the first
+//!   sweep after that (a key used only by the hot path in the meantime may
+//!   stay until the sweep after). The hot path itself never sweeps.
 //!
 //! A dropped key's fetch in flight still completes for the requests waiting
 //! on it; its next request starts a new cache for the key. Its counters are

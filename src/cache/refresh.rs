@@ -48,6 +48,10 @@ type Outcome = Result<Arc<Entry>, TokenError>;
 /// revocation, and the next request fetches at once.
 pub(crate) const SOON: Duration = Duration::from_secs(5);
 
+/// How long a fetch may sit unpolled on its runtime before a request on
+/// another runtime replaces it (at most a tenth of the fetch timeout).
+const UNPOLLED_GRACE: Duration = Duration::from_secs(1);
+
 /// The configuration of a cache.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -360,8 +364,13 @@ impl Shared {
             return None;
         }
         if !flight.began {
-            let elsewhere = Handle::try_current()
-                .is_ok_and(|runtime| sync::runtime_id(&runtime) != flight.runtime);
+            // Another runtime that is driven gets a token from its own fetch
+            // once this one has sat unpolled a while; the grace keeps
+            // runtimes that all start at once from replacing each other's.
+            let grace = (flight.timeout / 10).min(UNPOLLED_GRACE);
+            let elsewhere = now.saturating_duration_since(flight.started) >= grace
+                && Handle::try_current()
+                    .is_ok_and(|runtime| sync::runtime_id(&runtime) != flight.runtime);
             if elsewhere || flight.deadline.reached(now) {
                 let id = flight.id;
                 self.replace_unstarted(refresh, id);

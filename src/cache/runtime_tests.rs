@@ -560,7 +560,9 @@ fn a_refresh_that_never_ran_is_replaced_at_once_from_another_runtime() {
     skew::pass(1200 * MS);
     assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
 
-    skew::pass(800 * MS); // expired; the refresh's deadline is 9 s away
+    // Expired, the refresh unpolled for 1.5 s (past the 1 s grace), and its
+    // deadline 8.5 s away.
+    skew::pass(1500 * MS);
     let result = app.block_on(async { tokio::time::timeout(SECOND, send(&client)).await });
     assert_eq!(
         result.expect("waited on a fetch that never began"),
