@@ -628,6 +628,29 @@ fn a_runtime_without_a_time_driver_gets_a_typed_error() {
     assert_eq!(runtime.block_on(send(&client)), Ok("Bearer token-1".into()));
 }
 
+/// Item 4, for a waiter: a request on a runtime without timers that
+/// waits on a fetch running elsewhere is bounded by the fetch's deadline
+/// like any other (no panic from a timer it cannot have).
+#[test]
+fn a_waiter_on_a_runtime_without_timers_is_bounded_without_a_panic() {
+    let script = Scripted::new(Next::Hang);
+    let cache = script.cache().fetch_timeout(300 * MS);
+    let a = current_thread();
+    let gave_up = a.block_on(async { tokio::time::timeout(10 * MS, cache.token()).await });
+    assert!(gave_up.is_err(), "the fetch runs on A and hangs");
+
+    let (done, result) = mpsc::channel();
+    let waiter = cache.clone();
+    std::thread::spawn(move || {
+        let timeless = Builder::new_current_thread().build().unwrap();
+        let _ = done.send(timeless.block_on(waiter.token()).map_err(|e| e.kind()));
+    });
+    let result = result
+        .recv_timeout(10 * SECOND)
+        .expect("the waiter hung or panicked");
+    assert_eq!(result.unwrap_err(), TokenErrorKind::Timeout);
+}
+
 /// Item 6: a request that waited for a token and is polled again only
 /// after that token expired looks it up again instead of sending it.
 #[tokio::test(start_paused = true)]
