@@ -65,7 +65,10 @@
 //! that then idled) asked the identity provider nothing: a request on
 //! another runtime replaces it once it has sat unpolled for a tenth of the
 //! fetch timeout (at most 1 s), any request past its deadline, with no error
-//! and no backoff, and that request gets a token from its own fetch. A fetch
+//! and no backoff, and that request gets a token from its own fetch (a
+//! request that was already waiting on it and whose own fetch timeout is up
+//! gets [`Abandoned`](crate::TokenErrorKind::Abandoned) instead, and no
+//! failure is recorded). A fetch
 //! dropped by a runtime that shuts down is not a failure either: a request
 //! waiting on it starts a new one on its own runtime at once. There is still
 //! one fetch at a time, as seen from the cache. A request made outside any

@@ -270,6 +270,14 @@ fn model_a_stalled_fetch_races_its_own_settle() {
         let current = current(&cache);
         match &outcome {
             Ok(entry) => assert_eq!(entry.generation, current.generation),
+            // The deadline passed before the fetch's task began: it asked
+            // the identity provider nothing, so it is replaced, not failed
+            // (#20), and this waiter's own time is up.
+            Err(error) if error.kind() == TokenErrorKind::Abandoned => {
+                assert_eq!(probe.fetches.load(Ordering::SeqCst), 0);
+                assert_eq!(cache.stats().failures, 0, "a fetch that never began failed");
+                assert_eq!(current.generation, 0);
+            }
             Err(error) => {
                 assert_eq!(error.kind(), TokenErrorKind::Timeout);
                 assert_eq!(current.generation, 0, "a stalled fetch installed its token");
@@ -394,8 +402,7 @@ fn model_rejections_fetch_at_most_once_per_backoff_window() {
         threads.into_iter().for_each(|t| t.join().unwrap());
         // The first rejection is free; the second paces for 2 to 4 s.
         assert_eq!(fetches(), 2, "fetched inside the first backoff window");
-        let error = request(&cache).unwrap_err();
-        assert_eq!(error.kind(), TokenErrorKind::Rejected);
+        assert_eq!(kind(&request(&cache)), Some(TokenErrorKind::Rejected));
 
         // One window later: one fetch for both threads, then 4 to 8 s more.
         advance(SECS(4));
