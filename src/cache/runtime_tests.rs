@@ -736,3 +736,41 @@ async fn a_rejection_after_a_while_refetches_at_once() {
     assert_eq!(error.kind(), TokenErrorKind::Rejected);
     assert_eq!(script.fetches(), fetches + 2);
 }
+
+/// Item 1 as a sync facade drives it: a `block_on` per request, on two
+/// current_thread runtimes sharing the cache, against a resource that
+/// rejects every token; real time passes between requests (the skew).
+#[test]
+fn rejections_are_paced_across_runtimes_driven_by_block_on() {
+    let script = Scripted::new(Next::Token(3600 * SECOND));
+    let cache = script.cache();
+    let rejecting = service_fn(|_: Request<()>| async {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+        Ok::<_, Infallible>(response)
+    });
+    let client = BearerAuth::new(
+        tower::util::BoxCloneSyncService::new(rejecting),
+        cache.clone(),
+    );
+    let runtimes = [current_thread(), current_thread()];
+    let mut paced = 0;
+    for i in 0..300 {
+        let runtime = &runtimes[i % 2];
+        match runtime.block_on(client.clone().oneshot(Request::new(()))) {
+            Ok(response) => assert_eq!(response.status(), 401),
+            Err(error) => {
+                let kind = error.downcast_ref::<crate::TokenError>().unwrap().kind();
+                assert_eq!(kind, TokenErrorKind::Rejected);
+                paced += 1;
+            }
+        }
+        skew::pass(10 * MS);
+    }
+    let fetches = script.fetches();
+    assert!(fetches <= 5, "{fetches} token requests in 3 s");
+    assert!(
+        fetches >= 2 && paced > 0,
+        "{fetches} fetches, {paced} paced"
+    );
+}
