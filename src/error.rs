@@ -76,6 +76,16 @@ pub enum TokenErrorKind {
     Abandoned,
     /// A fetch was needed outside a tokio runtime.
     NoRuntime,
+    /// A fetch was needed on a tokio runtime built without its time driver:
+    /// build it with `enable_time()` or `enable_all()`. No fetch is made.
+    NoTimeDriver,
+    /// The resource keeps rejecting fresh tokens: the last token was
+    /// rejected (a `401`, or [`invalidate`](crate::TokenCache::invalidate))
+    /// soon after it was fetched, and the next fetch waits for a backoff
+    /// that doubles with each such rejection in a row.
+    /// [`retry_at`](TokenError::retry_at) says when it may start. No
+    /// request was sent.
+    Rejected,
     /// The token is DPoP-bound, and no proof could be made for the request
     /// (its URI is not absolute, say): the [`source`](Error::source) is the
     /// [`dpop::Error`](crate::dpop::Error). No request was sent.
@@ -163,6 +173,17 @@ impl TokenError {
         Self::new(TokenErrorKind::NoRuntime, None)
     }
 
+    pub(crate) fn no_time_driver() -> Self {
+        Self::new(TokenErrorKind::NoTimeDriver, None)
+    }
+
+    /// `retry_at` is `None` for a backoff that never ends.
+    pub(crate) fn rejected(retry_at: Option<Instant>) -> Self {
+        let mut error = Self::new(TokenErrorKind::Rejected, None);
+        error.set_retry_at(retry_at);
+        error
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> TokenErrorKind {
         self.inner.kind
@@ -222,6 +243,12 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Panicked => "token source panicked",
             TokenErrorKind::Abandoned => "token fetch was abandoned",
             TokenErrorKind::NoRuntime => "token fetch needs a tokio runtime",
+            TokenErrorKind::NoTimeDriver => {
+                "token fetch needs a tokio runtime with timers: call `enable_time()` or `enable_all()` on its builder"
+            }
+            TokenErrorKind::Rejected => {
+                "the resource keeps rejecting fresh tokens; the next fetch waits for a backoff"
+            }
             #[cfg(feature = "dpop")]
             TokenErrorKind::Proof => "no DPoP proof could be made for the request",
         })

@@ -14,6 +14,11 @@
 //! ```
 //!
 //! - A request is retried at most once: a second `401` is returned as it is.
+//!   The retry's token comes from the cache's rules: the first token
+//!   rejected soon after its fetch is replaced at once, but once fresh
+//!   tokens are rejected in a row the retry fails with
+//!   [`Rejected`](crate::TokenErrorKind::Rejected) (the cache paces the
+//!   identity provider; see "Failures" in [`crate::cache`]).
 //! - With the `dpop` feature, a DPoP nonce challenge (`401` with
 //!   `WWW-Authenticate: DPoP error="use_dpop_nonce"`, RFC 9449 §9) is told
 //!   apart from a rejected token: the layer does not evict the token, and

@@ -373,7 +373,10 @@ async fn no_token_crosses_keys_under_races_evictions_and_401s() -> Result<(), Bo
             move || support::fetch_token(http.clone(), url.clone())
         }
     })
-    .max_keys(12);
+    .max_keys(12)
+    // Fresh tokens rejected back to back are paced (#20); a zero backoff
+    // turns that off, for a test of what each rejection does.
+    .backoff(Duration::ZERO, Duration::ZERO);
     let client = ServiceBuilder::new()
         .layer(BearerAuthLayer::keyed(cache.clone(), |head| {
             let path = head.uri().path().strip_prefix("/api/")?;

@@ -45,7 +45,9 @@ fn server<B: Send + 'static>(
 
 fn script() -> (Script, TokenCache) {
     let script = Script::new(Some(Duration::from_secs(3600)), Duration::ZERO);
-    let cache = script.cache();
+    // Fresh tokens rejected back to back are paced (#20); a zero backoff
+    // turns that off, for a test of what each rejection does.
+    let cache = script.cache().backoff(Duration::ZERO, Duration::ZERO);
     (script, cache)
 }
 

@@ -76,6 +76,9 @@ async fn a_late_401_never_evicts_the_successor() {
         }
     });
     let client = BearerAuthLayer::from_cache(cache.clone()).layer(inner);
+    // token-1 first, so that both requests below are sent with it: a request
+    // still waiting when its token is evicted looks up again (#20).
+    cache.token().await.unwrap();
 
     let mut request = Request::new(());
     request.headers_mut().insert("slow", "1".parse().unwrap());
@@ -222,7 +225,9 @@ async fn under_load_each_revoked_token_causes_exactly_one_refresh() {
         }
     });
     let script = Script::new(None, Duration::ZERO);
-    let cache = script.cache();
+    // Fresh tokens rejected back to back are paced (#20); a zero backoff
+    // turns that off, for a test of what each rejection does.
+    let cache = script.cache().backoff(Duration::ZERO, Duration::ZERO);
     let client = BearerAuthLayer::from_cache(cache.clone()).layer(inner);
 
     let mut tasks = tokio::task::JoinSet::new();

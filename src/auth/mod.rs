@@ -18,6 +18,11 @@
 //!   successor. The `401` goes back to the caller unchanged, and it does not
 //!   bypass an active backoff. Retrying is the caller's choice:
 //!   `RetryOn401` (the `retry` feature) retries once.
+//! - A resource that keeps rejecting fresh tokens is not hammered: from the
+//!   second token in a row rejected soon after its fetch, the next fetch
+//!   waits a doubling backoff, and requests meanwhile fail at once with
+//!   [`Rejected`](crate::TokenErrorKind::Rejected). The keyed layer paces
+//!   each key on its own. See "Failures" in [`crate::cache`].
 //! - The crate's own failures are a [`TokenError`](crate::TokenError) in the
 //!   `BoxError`; errors of the inner service pass through untouched.
 //! - A [`Scope`](crate::Scope) ([`BearerAuthLayer::scope`]) narrows which

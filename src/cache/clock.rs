@@ -58,6 +58,21 @@ pub(crate) mod skew {
         SKEW.with(|skew| skew.set(skew.get() + by));
     }
 
+    thread_local! {
+        static PREEMPTED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    /// Makes the next entry built on this thread lose `by` between its two
+    /// clock reads, as a preemption would.
+    pub(crate) fn preempt_next_entry(by: Duration) {
+        PREEMPTED.with(|p| p.set(by));
+    }
+
+    /// Between an entry's two clock reads: where a preemption would hurt.
+    pub(crate) fn between_reads() {
+        pass(PREEMPTED.with(|p| p.replace(Duration::ZERO)));
+    }
+
     pub(super) fn get() -> Duration {
         SKEW.with(Cell::get)
     }
@@ -80,10 +95,19 @@ pub(crate) fn coarse_slack() -> Duration {
 /// `remaining` from now may still be called fresh: early by up to the
 /// slack and the clock's lag, and never late while the lag stays within the
 /// slack. Saturates at "always" for a far future.
+#[cfg(test)]
 pub(crate) fn coarse_deadline(remaining: Duration) -> Coarse {
+    coarse_deadline_from(coarse_now(), remaining)
+}
+
+/// [`coarse_deadline`] from a coarse reading `from` taken before the
+/// instant `remaining` was measured from: reading it first can only move
+/// the deadline earlier (a preemption between the two reads counts against
+/// the token, never for it).
+pub(crate) fn coarse_deadline_from(from: Coarse, remaining: Duration) -> Coarse {
     let remaining = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
     let slack = u64::try_from(coarse_slack().as_nanos()).unwrap_or(u64::MAX);
-    match coarse_now().checked_add(remaining) {
+    match from.checked_add(remaining) {
         Some(deadline) => deadline.saturating_sub(slack),
         None => Coarse::MAX,
     }

@@ -125,6 +125,11 @@ impl Entry {
             Expiry::At(expiry) => Some(timing.schedule(started, expiry, granularity, rng)),
             Expiry::Never | Expiry::In(_) => None,
         };
+        // The coarse clock first: time lost between the two reads then makes
+        // the hot path's deadline earlier, never later than the due point.
+        let coarse = clock::coarse_now();
+        #[cfg(test)]
+        clock::skew::between_reads();
         let now = clock::now();
         let (state, fresh_until) = match (phase_at(schedule, now), schedule) {
             (Phase::Expired, _) => return Err(TokenError::expired()),
@@ -135,7 +140,7 @@ impl Entry {
             (Phase::Fresh, None) => (FRESH, Coarse::MAX),
             (Phase::Fresh, Some(s)) => (
                 FRESH,
-                clock::coarse_deadline(s.due_at.saturating_duration_since(now)),
+                clock::coarse_deadline_from(coarse, s.due_at.saturating_duration_since(now)),
             ),
         };
         Ok(Self {
@@ -379,6 +384,32 @@ mod tests {
             tokio::time::advance(Duration::from_secs(3 * 365 * 24 * 3600)).await;
             assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
         }
+    }
+
+    /// Time lost between the two clock reads of `Entry::new` (a
+    /// preemption) never lets the hot path call the token fresh past its
+    /// due point: the coarse clock is read first.
+    #[test]
+    fn a_preemption_between_the_clock_reads_never_makes_the_deadline_late() {
+        let started = clock::now();
+        let token = Token::new("t").expires_at(started + Duration::from_secs(10));
+        clock::skew::preempt_next_entry(Duration::from_millis(500));
+        let entry = Entry::new(
+            token,
+            Some("Bearer"),
+            started,
+            &Timing::default(),
+            &mut Rng::new(),
+        )
+        .unwrap();
+        // 10 ms past the due point (5 s), 500 ms of which went by between
+        // the two reads.
+        clock::skew::pass(Duration::from_millis(4510));
+        assert_eq!(entry.phase(clock::now()), Phase::Due);
+        assert!(
+            !entry.is_fresh(),
+            "fresh on the hot path past its due point"
+        );
     }
 
     #[test]

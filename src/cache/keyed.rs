@@ -55,8 +55,15 @@
 //!   beyond it evicts the least recently used key first.
 //! - [`idle_timeout`](KeyedTokenCache::idle_timeout) (default none): a key
 //!   unused for that long is dropped, with its tasks, by a sweep that runs a
-//!   few times per timeout (a key goes between `d` and `1.25 d` after its
-//!   last use).
+//!   few times per timeout. The sweep runs on a task, on the runtime where a
+//!   key was added, and also on any runtime, or none, from the lookups
+//!   that take the slow path (a new key, a token that is not fresh), from
+//!   [`len`](KeyedTokenCache::len) and from the stats, whenever one is due:
+//!   the timeout holds whichever runtime started the task and whether it
+//!   still runs. A key never goes before `d` after its last use; while the
+//!   task runs, it goes by `1.25 d`; when only lookups sweep, at the first
+//!   sweep after that (a key used only by the hot path in the meantime may
+//!   stay until the sweep after). The hot path itself never sweeps.
 //!
 //! A dropped key's fetch in flight still completes for the requests waiting
 //! on it; its next request starts a new cache for the key. Its counters are
@@ -110,7 +117,7 @@ use http::HeaderValue;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::clock;
+use super::clock::{self, AtomicInstant, Limit};
 use super::observe;
 use super::refresh::Config;
 use super::{Current, Entry, Lookup, Stats, TokenCache};
@@ -152,6 +159,11 @@ struct Keyed<K> {
     /// each idle sweep, read by every request.
     epoch: AtomicU64,
     write: Mutex<Writer<K>>,
+    /// When the next idle sweep is due, read by every slow-path lookup (and
+    /// `len`, `stats`): the idle timeout holds on any runtime, whichever
+    /// runtime started the sweep task and whether it runs. Never without an
+    /// idle timeout.
+    sweep_at: AtomicInstant,
 }
 
 struct Writer<K> {
@@ -278,6 +290,8 @@ where
     {
         let factory: Box<Factory<K>> =
             Box::new(move |key: &K| Arc::new(factory(key)) as Arc<dyn DynSource>);
+        let sweep_at = AtomicInstant::none();
+        sweep_at.store(Some(Limit::Never));
         Self {
             inner: Arc::new(Keyed {
                 map: Arc::new(ArcSwap::from_pointee(KeyMap::new())),
@@ -294,6 +308,7 @@ where
                     sweeper: None,
                     retired: Stats::default(),
                 }),
+                sweep_at,
             }),
         }
     }
@@ -320,8 +335,11 @@ where
     /// Drops a key unused for `idle`, with its cache and its tasks.
     /// Default: keys are only dropped by [`max_keys`](Self::max_keys).
     ///
-    /// The sweep runs on the runtime where the next key is added, a few
-    /// times per `idle`.
+    /// A sweep task runs on the runtime where the next key is added, a few
+    /// times per `idle`; the same sweep also runs, when one is due, on the
+    /// lookups that take the slow path (a new key, a token that is not
+    /// fresh), in [`len`](Self::len) and in the stats: the timeout holds
+    /// whatever runtime the keys were added on, and whether it still runs.
     pub fn idle_timeout(self, idle: Duration) -> Self {
         {
             let mut writer = self.inner.lock();
@@ -329,6 +347,7 @@ where
             if let Some(sweeper) = writer.sweeper.take() {
                 sweeper.abort();
             }
+            self.inner.sweep_at.store(Some(Limit::At(clock::now())));
         }
         self.inner.start_sweeper();
         self
@@ -437,8 +456,10 @@ where
             .is_some_and(|slot| slot.cache.invalidate(token))
     }
 
-    /// The number of keys held.
+    /// The number of keys held (after dropping those idle past the
+    /// [`idle_timeout`](Self::idle_timeout), if a sweep is due).
     pub fn len(&self) -> usize {
+        self.inner.sweep_if_due();
         self.inner.map.load().len()
     }
 
@@ -450,6 +471,7 @@ where
     /// What the cache of `key` has done so far, if the key is held. See
     /// [`Stats`].
     pub fn stats(&self, key: &K) -> Option<Stats> {
+        self.inner.sweep_if_due();
         let map = self.inner.map.load();
         map.get(key).map(|slot| slot.cache.stats())
     }
@@ -457,6 +479,7 @@ where
     /// The sum of every key's [`Stats`], those dropped included (as they
     /// stood when dropped).
     pub fn total_stats(&self) -> Stats {
+        self.inner.sweep_if_due();
         let mut total = self.inner.lock().retired;
         for (_, slot) in self.inner.map.load().slots() {
             total += slot.cache.stats();
@@ -466,6 +489,7 @@ where
 
     /// The cache of `key`, made if the key is new. The slow path.
     pub(crate) fn cache(&self, key: &K) -> TokenCache {
+        self.inner.sweep_if_due();
         let epoch = self.epoch();
         if let Some(slot) = self.inner.map.load().get(key) {
             slot.touch(epoch);
@@ -567,6 +591,11 @@ where
         };
         drop(map);
         self.map.store(Arc::new(next));
+        if let Some(idle) = writer.idle_timeout {
+            // Keys added from here on are told apart from the new one.
+            let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            writer.mark(epoch, clock::now(), sweep_period(idle));
+        }
         // Again if the runtime of the last sweep is gone.
         let start = writer.idle_timeout.is_some()
             && writer.sweeper.as_ref().is_none_or(AbortHandle::is_finished);
@@ -577,11 +606,26 @@ where
         cache
     }
 
-    /// Drops the keys idle past the timeout. Run by the sweeper.
+    /// Sweeps if a sweep is due: cheap otherwise (one atomic load and a
+    /// read of the clock), for the slow path.
+    fn sweep_if_due(&self) {
+        if !self.sweep_at.is_after(clock::now()) {
+            self.sweep();
+        }
+    }
+
+    /// Drops the keys idle past the timeout. Run by the sweep task, and by
+    /// lookups when it is due.
     fn sweep(&self) {
         let mut writer = self.lock();
+        let Some(timeout) = writer.idle_timeout else {
+            return;
+        };
+        let now = clock::now();
+        let period = sweep_period(timeout);
+        self.sweep_at.store(Some(Limit::after(now, period)));
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        writer.marks.push_back((epoch, clock::now()));
+        writer.mark(epoch, now, period);
         let Some(idle) = writer.idle_mark() else {
             return;
         };
@@ -611,7 +655,11 @@ where
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let period = (idle / SWEEPS_PER_TIMEOUT).clamp(Duration::from_millis(1), MAX_PERIOD);
+        // Its timer would panic there; lookups sweep instead.
+        if !super::sync::time_driver(&runtime) {
+            return;
+        }
+        let period = sweep_period(idle);
         let keyed = Arc::downgrade(self);
         let task = runtime.spawn(sweep_every(keyed, period));
         writer.sweeper = Some(task.abort_handle());
@@ -621,6 +669,11 @@ where
 /// A timeout this long (about 30 years) never drops a key; the sweep still
 /// runs now and then.
 const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the idle sweep runs.
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / SWEEPS_PER_TIMEOUT).clamp(Duration::from_millis(1), MAX_PERIOD)
+}
 
 async fn sweep_every<K>(keyed: Weak<Keyed<K>>, period: Duration)
 where
@@ -636,6 +689,20 @@ where
 }
 
 impl<K: Hash + Eq> Writer<K> {
+    /// Records that the use epoch was `epoch` at `now`. Within one sweep
+    /// period only the first mark and the latest are kept, so the marks stay
+    /// a few per timeout however many keys are added: a replaced mark only
+    /// makes its keys look used later than they were, never earlier.
+    fn mark(&mut self, epoch: u64, now: Instant, period: Duration) {
+        let recent = |&(_, at): &(u64, Instant)| now.saturating_duration_since(at) < period;
+        let len = self.marks.len();
+        let both_recent = len >= 2 && self.marks.range(len - 2..).all(recent);
+        match self.marks.back_mut() {
+            Some(last) if both_recent => *last = (epoch, now),
+            _ => self.marks.push_back((epoch, now)),
+        }
+    }
+
     /// The epoch before which a key is idle: that of the last sweep at least
     /// `idle_timeout` ago. Forgets older marks.
     fn idle_mark(&mut self) -> Option<u64> {
@@ -795,6 +862,104 @@ mod tests {
             cache.token(&key).await.unwrap();
             assert!(cache.len() <= 160);
         }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Item 5 of #20: keys added on a helper runtime that then idles (its
+    /// sweep task never runs again) still go after the idle timeout, while
+    /// the key in use stays.
+    #[test]
+    fn idle_keys_go_whichever_runtime_started_the_sweep() {
+        use super::clock::skew;
+        let cache = cache().idle_timeout(Duration::from_millis(100));
+        let helper = runtime();
+        helper.block_on(async {
+            for key in 0..4u64 {
+                cache.token(&key).await.unwrap();
+            }
+        });
+        assert_eq!(cache.len(), 4);
+        let app = runtime();
+        // One second, with key 0 in use every 20 ms.
+        for _ in 0..50 {
+            skew::pass(Duration::from_millis(20));
+            app.block_on(cache.token(&0)).unwrap();
+        }
+        assert_eq!(cache.len(), 1);
+        assert!(cache.stats(&0).is_some());
+        assert_eq!(cache.total_stats().fetches, 4);
+    }
+
+    /// Item 5 of #20, with the key in use served only by the hot path: the
+    /// keys idle past the timeout are gone by the time anyone counts them.
+    #[test]
+    fn idle_keys_go_while_the_key_in_use_stays_on_the_hot_path() {
+        use super::clock::skew;
+        let cache = cache().idle_timeout(Duration::from_millis(100));
+        runtime().block_on(async {
+            for key in 0..4u64 {
+                cache.token(&key).await.unwrap();
+            }
+        });
+        for _ in 0..50 {
+            skew::pass(Duration::from_millis(20));
+            let map = cache.inner.map.load();
+            assert!(map.fresh(&0, cache.epoch()).is_some());
+        }
+        assert_eq!(cache.len(), 1);
+        assert!(cache.stats(&0).is_some());
+    }
+
+    /// A runtime without a time driver gets no sweep task (whose timer
+    /// would panic); lookups sweep instead.
+    #[test]
+    fn idle_keys_go_on_a_runtime_without_timers() {
+        use super::clock::skew;
+        let cache = cache().idle_timeout(Duration::from_millis(100));
+        let fetch = runtime();
+        fetch.block_on(async {
+            for key in 0..4u64 {
+                cache.token(&key).await.unwrap();
+            }
+        });
+        drop(fetch); // and its sweep task with it
+        let timeless = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        timeless.block_on(async {
+            cache.inner.start_sweeper();
+            assert!(cache
+                .inner
+                .lock()
+                .sweeper
+                .as_ref()
+                .is_none_or(|s| s.is_finished()));
+        });
+        skew::pass(Duration::from_millis(300));
+        assert_eq!(cache.len(), 0);
+    }
+
+    /// However many keys are added, the marks stay a few per timeout.
+    #[tokio::test(start_paused = true)]
+    async fn idle_marks_stay_few() {
+        let cache = cache().idle_timeout(Duration::from_secs(3600));
+        for key in 0..2_000u64 {
+            cache.token(&key).await.unwrap();
+            if key % 100 == 0 {
+                tokio::time::advance(Duration::from_secs(60)).await;
+            }
+        }
+        let marks = cache.inner.lock().marks.len();
+        assert!(
+            marks <= 2 * (SWEEPS_PER_TIMEOUT as usize + 2),
+            "{marks} marks"
+        );
     }
 
     #[tokio::test]

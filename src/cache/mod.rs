@@ -53,16 +53,32 @@
 //! several paused runtimes sharing one cache each keep a clock of their own.
 //!
 //! **No request waits longer than the fetch timeout**, whichever runtime its
-//! fetch runs on (with a fleet-wide store, twice that plus four store
-//! timeouts: the wait for another process's fetch, then its own). A fetch past its deadline (its start plus
-//! [`fetch_timeout`](TokenCache::fetch_timeout)) is ended as a
+//! fetch runs on, and outside any runtime too (with a fleet-wide store,
+//! twice that plus five store timeouts: the wait for another process's
+//! fetch, then its own). A fetch that began and is past its deadline (its
+//! start plus [`fetch_timeout`](TokenCache::fetch_timeout)) is ended as a
 //! [`Timeout`](crate::TokenErrorKind::Timeout) by the first request or
 //! waiter that sees it, on any runtime, exactly as its own timer would have
 //! ended it had its runtime been driven; like any timeout it is paced by the
 //! backoff, and the next fetch starts on the runtime of the request that
-//! needs it. A fetch dropped by a runtime that shuts down is not a failure:
-//! a request waiting on it starts a new one on its own runtime at once.
-//! There is still one fetch at a time, as seen from the cache.
+//! needs it. A fetch that never began (its task was spawned on a runtime
+//! that then idled) asked the identity provider nothing: a request on
+//! another runtime replaces it once it has sat unpolled for a tenth of the
+//! fetch timeout (at most 1 s), any request past its deadline, with no error
+//! and no backoff, and that request gets a token from its own fetch (a
+//! request that was already waiting on it and whose own fetch timeout is up
+//! gets [`Abandoned`](crate::TokenErrorKind::Abandoned) instead, and no
+//! failure is recorded). A fetch
+//! dropped by a runtime that shuts down is not a failure either: a request
+//! waiting on it starts a new one on its own runtime at once. There is still
+//! one fetch at a time, as seen from the cache. A request made outside any
+//! runtime (a sync facade on a plain executor) that waits on a fetch is
+//! bounded the same way: a thread of its own wakes it at the deadline.
+//!
+//! **No expired token is sent late.** A request that waited for a token
+//! checks its phase when it is next polled: if the token expired (or was
+//! evicted) meanwhile, as when the caller polled it long after the token
+//! came, it looks up again rather than send it.
 //!
 //! **No input makes the cache panic**: lifetimes, margins, timeouts and
 //! backoffs from zero to `Duration::MAX`, and expiry instants in the past.
@@ -73,7 +89,12 @@
 //! The cache needs a tokio runtime with the time driver enabled
 //! (`enable_time` or `enable_all`) to fetch; outside a runtime it serves what
 //! it has and fails with [`NoRuntime`](crate::TokenErrorKind::NoRuntime)
-//! when it needs a fetch.
+//! when it needs a fetch, and on a runtime without the time driver with
+//! [`NoTimeDriver`](crate::TokenErrorKind::NoTimeDriver), whose message
+//! says to enable it: never a panic, in the request or in a fetch task.
+//! (Tokio has no way to ask whether a runtime has timers but to make one:
+//! the first fetch on such a runtime makes one under `catch_unwind`, and
+//! the panic hook prints that one panic message.)
 //!
 //! What a fresh-token request costs, against tower-http's static header and
 //! a mutex, is measured in the repository's `docs/performance.md`.
@@ -126,6 +147,28 @@
 //! - A `401` evicts the token it rejected, if it is still the current one
 //!   (see [`crate::auth`]); [`TokenCache::invalidate`] does the same for code
 //!   outside tower.
+//! - **Rejections are paced.** A resource that rejects every token (a wrong
+//!   audience, a revoked grant, `nbf` ahead of its clock) must not turn
+//!   every request into a token request. A token rejected *soon* after its
+//!   fetch (within 5 s, and within a tenth of its lifetime) counts as a
+//!   rejection in a row: the first one fetches again at once (one revoked
+//!   token, or one retry of a request, costs nothing), and from the second
+//!   in a row the next fetch waits random in `[d, 2d]`,
+//!   `d = base · 2ⁿ⁻¹` for the n-th in a row (2 to 4 s, then 4 to 8 s, ...
+//!   with the default 1 s base), up to an hour (or the backoff cap, if
+//!   longer). Meanwhile requests fail at once, unsent, with a
+//!   [`Rejected`](crate::TokenErrorKind::Rejected) error ("the resource
+//!   keeps rejecting fresh tokens") whose
+//!   [`retry_at`](crate::TokenError::retry_at) says when the next fetch may
+//!   start. Back-to-back rejected requests thus make at most 3 token
+//!   requests in 3 s and at most `log₂(T) + 2` in `T` seconds (`T` ≥ 1 s,
+//!   for the first hours; once the pause reaches its cap, one fetch per
+//!   half hour to hour). A rejection later in a
+//!   token's life is a revocation: it ends the run, and the next request
+//!   fetches at once; so does a token replaced on schedule. The rule lives
+//!   in the one eviction path, so the tower layer, `.grpc()`, each key of a
+//!   keyed cache and the reqwest middleware all follow it; a zero backoff
+//!   base turns it off.
 //! - A token that is empty or not a valid header value (a newline in it, say)
 //!   is an [`InvalidToken`](crate::TokenErrorKind::InvalidToken) error, from
 //!   the middleware and from [`TokenCache::token`] alike: never a panic, and
@@ -144,7 +187,8 @@
 //!
 //! **Counters.** [`TokenCache::stats`] returns [`Stats`]: `fetches` started,
 //! `failures`, `waits` (requests and [`token`](TokenCache::token) calls that
-//! had to wait for a fetch) and `invalidations` (tokens evicted by a `401` or
+//! had to wait for a fetch, each counted once however often it looked up
+//! again) and `invalidations` (tokens evicted by a `401` or
 //! [`invalidate`](TokenCache::invalidate)). Relaxed atomics, bumped on cold
 //! paths only.
 //!
@@ -159,7 +203,8 @@
 //!   (`expires_in`), each once per occurrence, not per request;
 //! - outside it, when a token is evicted, "token invalidated after a 401;
 //!   ..." or "token invalidated by the caller; ...", with the token's
-//!   generation number.
+//!   generation number, and a warning "the resource keeps rejecting fresh
+//!   tokens; pausing token fetches" (`retry_in`) when rejections are paced.
 //!
 //! The token never appears in a span or an event (a test records every one
 //! and checks), and a request served a fresh token emits nothing.
@@ -388,7 +433,9 @@ impl TokenCache {
     /// A token that has already been replaced is left alone, so a burst of
     /// rejections of one token causes one refresh, and a late rejection never
     /// evicts its successor. A token that was not returned by this cache
-    /// matches nothing.
+    /// matches nothing. Like a `401`, it is a rejection: fresh tokens
+    /// rejected in a row pace the next fetch (see "Failures" in the
+    /// [module docs](crate::cache)).
     ///
     /// ```
     /// # use tower_bearer::{Token, TokenCache};
@@ -500,6 +547,20 @@ mod tests {
             }
         });
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    /// The bound on a refresh through a store, as the module docs state it,
+    /// is the one `docs/design.md` states and the code applies (twice the
+    /// fetch timeout plus five op timeouts); these docs said four.
+    #[test]
+    fn the_documented_bound_with_a_store_is_the_codes() {
+        let docs = include_str!("mod.rs");
+        let design = include_str!("../../docs/design.md");
+        assert!(docs.contains("twice that plus five store timeouts"));
+        assert!(design.contains("twice the fetch timeout plus five op timeouts"));
+        assert!(!docs.contains(&["plus four", "store"].join(" ")));
+        #[cfg(feature = "store")]
+        assert!(include_str!("store.rs").contains("store.op_timeout().saturating_mul(5)"));
     }
 
     #[test]

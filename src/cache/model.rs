@@ -109,6 +109,11 @@ shuttle::thread_local! {
     static RUNTIME: Cell<State> = const { Cell::new(State::Running) };
 }
 
+/// Every model thread is a runtime of its own (its id, for `sync::runtime_id`).
+pub(crate) fn runtime_id(_: &Handle) -> u64 {
+    usize::from(shuttle::current::me()) as u64
+}
+
 /// The runtime of the calling model thread. Every model thread has one.
 #[derive(Debug)]
 pub(crate) struct Handle(());

@@ -137,6 +137,20 @@ pub(crate) fn invalidated(generation: u64, cause: Cause, key: Option<&str>) {
     let _ = (generation, cause, key);
 }
 
+/// A token was rejected soon after its fetch, again: the next fetch waits
+/// `retry_in`. Once per rejection, not per request.
+#[inline]
+pub(crate) fn rejections_paced(retry_in: Duration, key: Option<&str>) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        ?retry_in,
+        key,
+        "the resource keeps rejecting fresh tokens; pausing token fetches"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (retry_in, key);
+}
+
 /// A keyed cache dropped a key: `reason` is `"max_keys"` or
 /// `"idle_timeout"`.
 #[inline]

@@ -9,7 +9,15 @@
 //!   waiter on any runtime: it ends as a timeout, even when its own runtime
 //!   is idle and its timer never fires;
 //! - its task is dropped by a runtime that shuts down: it ends abandoned,
-//!   and its waiters start a new fetch on their own runtime.
+//!   and its waiters start a new fetch on their own runtime;
+//! - its task never ran, and a request on another runtime needs a token, or
+//!   its deadline passes: it is replaced (abandoned, not failed: the
+//!   identity provider was never asked), and the request starts a new fetch
+//!   on its own runtime.
+//!
+//! A rejection (`unauthorized`, `invalidate`) evicts a token; one that comes
+//! soon after the token was fetched counts as a rejection in a row and
+//! paces the next fetch (see `evict`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,13 +34,23 @@ use super::clock::{self, AtomicInstant, Limit};
 use super::entry::{Entry, Phase};
 use super::observe::{self, Cause, FetchSpan};
 use super::stats::Counters;
-use super::sync::{self, AbortHandle, Handle, Mutex, MutexGuard};
+use super::sync::{self, AbortHandle, Handle, Mutex, MutexGuard, RuntimeId};
 use super::timing::{Rng, Timing};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenErrorKind};
 
 /// What a fetch ends with; shared by every request that waited on it.
 type Outcome = Result<Arc<Entry>, TokenError>;
+
+/// A token rejected within this long of its fetch (and within a tenth of
+/// its lifetime) counts as rejected "soon": the resource keeps rejecting
+/// fresh tokens, and the next fetch is paced. Later, a rejection is a
+/// revocation, and the next request fetches at once.
+pub(crate) const SOON: Duration = Duration::from_secs(5);
+
+/// How long a fetch may sit unpolled on its runtime before a request on
+/// another runtime replaces it (at most a tenth of the fetch timeout).
+const UNPOLLED_GRACE: Duration = Duration::from_secs(1);
 
 /// The configuration of a cache.
 #[derive(Clone, Debug)]
@@ -103,6 +121,13 @@ pub(crate) struct Refresh {
     last_error: Option<TokenError>,
     retry_at: Option<Limit>,
     rng: Rng,
+    /// Tokens rejected soon after their fetch, in a row.
+    rejections: u32,
+    /// The generation of the last token rejected soon after its fetch.
+    rejected: u64,
+    /// The current token's generation, and until when a rejection of it
+    /// comes "soon" after its fetch.
+    soon: Option<(u64, Instant)>,
 }
 
 /// The fetch in flight, as the cache sees it.
@@ -114,6 +139,11 @@ struct InFlight {
     timeout: Duration,
     task: AbortHandle,
     span: FetchSpan,
+    /// The runtime its task was spawned on.
+    runtime: RuntimeId,
+    /// Whether its task began (set under the lock): until then, it has not
+    /// asked the identity provider anything and may be replaced.
+    began: bool,
 }
 
 impl InFlight {
@@ -166,8 +196,9 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     pub(crate) async fn wait(mut self) -> Outcome {
-        // Timers need a runtime; outside one, wait for the outcome alone.
-        let timed = Handle::try_current().is_ok();
+        // Tokio's timers need a runtime with a time driver; without one, a
+        // thread of its own bounds the wait.
+        let timed = Handle::try_current().is_ok_and(|runtime| sync::has_time_driver(&runtime));
         let mut yielded = false;
         loop {
             let until = match (self.watch.deadline, self.give_up) {
@@ -183,8 +214,9 @@ impl Waiter {
                         Err(_closed) => None,
                     }
                 };
-                match until.filter(|_| timed) {
-                    Some(at) => sync::timeout_at(at, outcome).await.ok(),
+                match until {
+                    Some(at) if timed => sync::timeout_at(at, outcome).await.ok(),
+                    Some(at) => sync::timeout_at_without_runtime(at, outcome).await.ok(),
                     None => Some(outcome.await),
                 }
             };
@@ -210,14 +242,25 @@ impl Waiter {
                     return Err(TokenError::timeout(self.timeout));
                 }
             };
-            let abandoned = matches!(&outcome, Err(e) if e.kind() == TokenErrorKind::Abandoned);
-            if !abandoned || self.give_up.reached(clock::now()) {
+            let now = clock::now();
+            let again = match &outcome {
+                // The fetch's runtime went away, or its task never ran: ask
+                // again, which starts a new fetch on this runtime.
+                Err(e) => e.kind() == TokenErrorKind::Abandoned && !self.give_up.reached(now),
+                // Polled late (the token came while nobody polled this
+                // request): an expired token is never handed out. The wait
+                // was the caller's, so a new one starts from here.
+                Ok(entry) if entry.phase(now) == Phase::Expired => {
+                    self.give_up = Limit::after(now, self.timeout);
+                    true
+                }
+                Ok(_) => false,
+            };
+            if !again {
                 return outcome;
             }
-            // The fetch's runtime went away: ask again, which starts a new
-            // fetch on this one.
             let current = self.shared.current.load_full();
-            match self.shared.lookup(&current) {
+            match self.shared.lookup_with(&current, false) {
                 Lookup::Ready(entry) => return Ok(entry),
                 Lookup::Wait(waiter) => {
                     self.watch = waiter.watch;
@@ -262,6 +305,12 @@ impl Shared {
 
     /// The slow path, for a request that found `seen` not fresh.
     pub(crate) fn lookup(self: &Arc<Self>, seen: &Arc<Entry>) -> Lookup {
+        self.lookup_with(seen, true)
+    }
+
+    /// [`lookup`](Self::lookup); a waiter that asks again is not counted
+    /// as a new wait.
+    fn lookup_with(self: &Arc<Self>, seen: &Arc<Entry>, count: bool) -> Lookup {
         let now = clock::now();
         match seen.phase(now) {
             Phase::Fresh => return Lookup::Ready(Arc::clone(seen)),
@@ -284,13 +333,13 @@ impl Shared {
             }
             Phase::Expired => {
                 if let Some(watch) = self.flight(&mut refresh, now) {
-                    return self.waiter(&refresh, watch, now);
+                    return self.waiter(&refresh, watch, now, count);
                 }
                 if let Some(error) = self.backing_off(&refresh, now) {
                     return Lookup::Fail(error);
                 }
                 match self.start(&mut refresh, now) {
-                    Ok(watch) => self.waiter(&refresh, watch, now),
+                    Ok(watch) => self.waiter(&refresh, watch, now, count),
                     Err(error) => Lookup::Fail(error),
                 }
             }
@@ -304,14 +353,29 @@ impl Shared {
     }
 
     /// The fetch in flight, if it can still deliver. One that ended without
-    /// the lock (dropped by its runtime) is forgotten, and one past its
-    /// deadline is ended as a timeout.
+    /// the lock (dropped by its runtime) is forgotten; one whose task never
+    /// ran is replaced when asked from another runtime or past its deadline;
+    /// one that ran past its deadline is ended as a timeout.
     fn flight(&self, refresh: &mut Refresh, now: Instant) -> Option<Watch> {
         let flight = refresh.flight.as_ref()?;
         if flight.tx.borrow().is_some() {
             refresh.flight = None;
             self.flight_deadline.store(None);
             return None;
+        }
+        if !flight.began {
+            // Another runtime that is driven gets a token from its own fetch
+            // once this one has sat unpolled a while; the grace keeps
+            // runtimes that all start at once from replacing each other's.
+            let grace = (flight.timeout / 10).min(UNPOLLED_GRACE);
+            let elsewhere = now.saturating_duration_since(flight.started) >= grace
+                && Handle::try_current()
+                    .is_ok_and(|runtime| sync::runtime_id(&runtime) != flight.runtime);
+            if elsewhere || flight.deadline.reached(now) {
+                let id = flight.id;
+                self.replace_unstarted(refresh, id);
+                return None;
+            }
         }
         if flight.deadline.reached(now) {
             let id = flight.id;
@@ -321,15 +385,27 @@ impl Shared {
         Some(flight.watch())
     }
 
-    /// The error to fail with while a backoff is in force.
+    /// The error to fail with while a backoff is in force: after rejections,
+    /// the rejection itself; after a failure, `BackingOff` with the failure.
     fn backing_off(&self, refresh: &Refresh, now: Instant) -> Option<TokenError> {
         let retry_at = refresh.retry_at.filter(|at| !at.reached(now))?;
         let last = refresh.last_error.clone()?;
+        if last.kind() == TokenErrorKind::Rejected {
+            return Some(last);
+        }
         Some(TokenError::backing_off(last, retry_at.instant()))
     }
 
-    fn waiter(self: &Arc<Self>, refresh: &Refresh, watch: Watch, now: Instant) -> Lookup {
-        self.counters.wait();
+    fn waiter(
+        self: &Arc<Self>,
+        refresh: &Refresh,
+        watch: Watch,
+        now: Instant,
+        count: bool,
+    ) -> Lookup {
+        if count {
+            self.counters.wait();
+        }
         let timeout = refresh.config.flight_timeout();
         Lookup::Wait(Waiter {
             shared: Arc::clone(self),
@@ -346,6 +422,10 @@ impl Shared {
             return Err(error.clone());
         }
         let runtime = Handle::try_current().map_err(|_| TokenError::no_runtime())?;
+        // Its timeout would panic on a runtime without timers.
+        if !sync::has_time_driver(&runtime) {
+            return Err(TokenError::no_time_driver());
+        }
         let timeout = refresh.config.flight_timeout();
         refresh.flights += 1;
         let id = refresh.flights;
@@ -374,6 +454,8 @@ impl Shared {
             timeout,
             task: task.abort_handle(),
             span,
+            runtime: sync::runtime_id(&runtime),
+            began: false,
         };
         let watch = flight.watch();
         refresh.flight = Some(flight);
@@ -396,6 +478,32 @@ impl Shared {
         deliver(&flight.tx, outcome);
     }
 
+    /// The task of fetch `id` begins: whether it is still the fetch in
+    /// flight (it may have been replaced before it ran).
+    fn begin(&self, id: u64) -> bool {
+        let mut refresh = self.lock();
+        match refresh.flight.as_mut() {
+            Some(flight) if flight.id == id => {
+                flight.began = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets fetch `id`, whose task never ran: not a failure, since the
+    /// identity provider was never asked. Its waiters get `Abandoned` and
+    /// ask again, which starts a new fetch on their own runtime; its task,
+    /// if it ever runs, finds itself replaced and fetches nothing.
+    fn replace_unstarted(&self, refresh: &mut Refresh, id: u64) {
+        let Some(flight) = refresh.flight.take_if(|flight| flight.id == id) else {
+            return;
+        };
+        self.flight_deadline.store(None);
+        deliver(&flight.tx, Err(TokenError::abandoned()));
+        flight.task.abort();
+    }
+
     /// A waiter saw the deadline of fetch `id` pass: end it, if nothing else
     /// has.
     fn stall(&self, id: u64, now: Instant) {
@@ -404,6 +512,13 @@ impl Shared {
     }
 
     fn stall_locked(&self, refresh: &mut Refresh, id: u64, now: Instant) {
+        if refresh
+            .flight
+            .as_ref()
+            .is_some_and(|flight| flight.id == id && !flight.began)
+        {
+            return self.replace_unstarted(refresh, id);
+        }
         let Some(flight) = refresh
             .flight
             .take_if(|flight| flight.id == id && flight.deadline.reached(now))
@@ -444,6 +559,16 @@ impl Shared {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 entry.arm();
+                // A token replaced without a rejection soon after its fetch
+                // ends a run of rejections.
+                if self.current.load().generation != refresh.rejected {
+                    refresh.rejections = 0;
+                }
+                let now = clock::now();
+                let soon = entry.token.expiry().map_or(SOON, |expiry| {
+                    (expiry.saturating_duration_since(now) / 10).min(SOON)
+                });
+                refresh.soon = Some((entry.generation, now.checked_add(soon).unwrap_or(now)));
                 self.current.store(Arc::clone(&entry));
                 refresh.failures = 0;
                 refresh.last_error = None;
@@ -481,19 +606,66 @@ impl Shared {
         self.evict(generation, Cause::Unauthorized)
     }
 
+    /// Evicts the token of `generation` if it is still the current one: the
+    /// one place every rejection goes through (the tower layer, `.grpc()`,
+    /// each key of a keyed cache, the reqwest middleware, `invalidate`).
+    ///
+    /// A token rejected soon after its fetch (see [`SOON`]) means the
+    /// resource may keep rejecting fresh tokens (a wrong audience, a revoked
+    /// grant, a clock ahead of ours). The first such rejection fetches at
+    /// once; from the second in a row, the next fetch waits a doubling
+    /// backoff ([`Timing::rejection_delay`]), during which requests fail
+    /// with [`TokenErrorKind::Rejected`]. A rejection later in a token's
+    /// life is a revocation: it ends the run, and the next request fetches
+    /// at once.
     fn evict(&self, generation: u64, cause: Cause) -> bool {
-        let current = self.current.load();
-        let evicted =
-            generation != 0 && current.generation == generation && current.expire(clock::now());
-        if evicted {
-            #[cfg(feature = "store")]
-            if let Some(origin) = &current.token.origin {
-                origin.rejected();
-            }
-            self.counters.invalidation();
-            observe::invalidated(generation, cause, self.label.as_deref());
+        if generation == 0 {
+            return false;
         }
-        evicted
+        // Under the lock, so that no fetch lands between the compare and the
+        // eviction, and the pacing is set before the next lookup.
+        let mut refresh = self.lock();
+        let current = self.current.load_full();
+        let now = clock::now();
+        if current.generation != generation || !current.expire(now) {
+            return false;
+        }
+        let soon = matches!(refresh.soon, Some((g, until)) if g == generation && now < until);
+        refresh.rejections = match soon {
+            true => refresh.rejections.saturating_add(1),
+            false => 0,
+        };
+        // The first is free: one revoked token, or one retry of a request
+        // (`RetryOn401`), fetches at once.
+        let paced = if refresh.rejections >= 2 {
+            refresh.rejected = generation;
+            let Refresh {
+                config,
+                rng,
+                rejections,
+                ..
+            } = &mut *refresh;
+            let delay = config.timing.rejection_delay(*rejections, rng);
+            let retry_at = Limit::after(now, delay);
+            refresh.retry_at = Some(retry_at);
+            self.retry_at.store(Some(retry_at));
+            refresh.last_error = Some(TokenError::rejected(retry_at.instant()));
+            Some(delay)
+        } else {
+            refresh.rejected = if soon { generation } else { 0 };
+            None
+        };
+        drop(refresh);
+        #[cfg(feature = "store")]
+        if let Some(origin) = &current.token.origin {
+            origin.rejected();
+        }
+        self.counters.invalidation();
+        observe::invalidated(generation, cause, self.label.as_deref());
+        if let Some(delay) = paced {
+            observe::rejections_paced(delay, self.label.as_deref());
+        }
+        true
     }
 
     /// Counts and reports how a fetch ended.
@@ -583,9 +755,17 @@ struct Flight {
 impl Flight {
     async fn run(mut self, timeout: Duration) {
         self.polled = true;
-        let Some(fetch) = self.shared.upgrade().map(|shared| shared.fetch()) else {
+        let Some(shared) = self.shared.upgrade() else {
             return;
         };
+        if !shared.begin(self.id) {
+            // Replaced before it ran: its waiters were told, and another
+            // fetch is in flight.
+            self.settled = true;
+            return;
+        }
+        let fetch = shared.fetch();
+        drop(shared);
         let result = match sync::timeout(timeout, self.span.instrument(fetch)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(TokenError::timeout(timeout)),

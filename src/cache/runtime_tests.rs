@@ -10,9 +10,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
@@ -316,6 +317,12 @@ fn a_waiter_replaces_a_fetch_whose_runtime_is_gone() {
     assert_eq!(result, Ok("Bearer token-2".into()));
     assert_eq!(script.fetches(), 2);
     assert_eq!(cache.stats().failures, 0, "a fetch abandoned is no failure");
+    // The request that gave up, and the one that asked again: two waits.
+    assert_eq!(
+        cache.stats().waits,
+        2,
+        "a waiter that asked again counted twice"
+    );
 }
 
 /// Scenario 4: with tokio's paused clock, the request right after `advance`
@@ -491,4 +498,279 @@ fn runtimes_on_several_threads_share_one_cache() {
         }
     });
     assert_eq!(script.fetches(), 1);
+}
+
+// ===== round 3 (#20): never hammer the identity provider, never strand a caller =====
+
+/// Runs `future` on this thread with no tokio runtime at all, as a sync
+/// facade on a plain executor does.
+fn block_on_without_runtime<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// Item 2: a due refresh spawned on a runtime that then idles never ran,
+/// so the identity provider was never asked. Past its deadline, the next
+/// request replaces it on its own runtime: a token, no failure, no backoff.
+#[test]
+fn a_refresh_that_never_ran_is_replaced_past_its_deadline_without_a_failure() {
+    let script = Scripted::new(Next::Token(2 * SECOND));
+    let cache = script.cache().fetch_timeout(500 * MS);
+    let client = client(&cache);
+    let app = current_thread();
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
+
+    // Due at 1 s: a helper runtime serves the due token and spawns the
+    // refresh, then is never driven again (its task never runs).
+    let helper = current_thread();
+    skew::pass(1200 * MS);
+    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
+    assert_eq!(script.fetches(), 1, "the refresh never ran");
+
+    skew::pass(2 * SECOND); // expired, and the refresh past its deadline
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-2".into()));
+    assert_eq!(cache.stats().failures, 0);
+    assert_eq!(script.fetches(), 2);
+}
+
+/// Item 2, before the deadline: a request on another runtime does not wait
+/// for a fetch that has not begun on a runtime nobody drives.
+#[test]
+fn a_refresh_that_never_ran_is_replaced_at_once_from_another_runtime() {
+    let script = Scripted::new(Next::Token(2 * SECOND));
+    let cache = script.cache(); // a 10 s fetch timeout
+    let client = client(&cache);
+    let app = current_thread();
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
+
+    let helper = current_thread();
+    skew::pass(1200 * MS);
+    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
+
+    // Expired, the refresh unpolled for 1.5 s (past the 1 s grace), and its
+    // deadline 8.5 s away.
+    skew::pass(1500 * MS);
+    let result = app.block_on(async { tokio::time::timeout(SECOND, send(&client)).await });
+    assert_eq!(
+        result.expect("waited on a fetch that never began"),
+        Ok("Bearer token-2".into())
+    );
+    assert_eq!(cache.stats().failures, 0);
+    // The replaced task, if its runtime ever runs it, fetches nothing.
+    helper.block_on(async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(script.fetches(), 2);
+}
+
+/// Item 3: a request outside any runtime that waits on a fetch stalled on
+/// an idle runtime returns within the fetch timeout, with a typed error.
+#[test]
+fn a_waiter_outside_any_runtime_returns_within_the_fetch_timeout() {
+    let script = Scripted::new(Next::Hang);
+    let cache = script.cache().fetch_timeout(300 * MS);
+    let a = current_thread();
+    // A request on A starts the fetch (which runs, and hangs) and gives up;
+    // A then idles.
+    let gave_up = a.block_on(async { tokio::time::timeout(10 * MS, cache.token()).await });
+    assert!(gave_up.is_err());
+    assert_eq!(script.fetches(), 1);
+
+    let (done, result) = mpsc::channel();
+    let waiter = cache.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(block_on_without_runtime(waiter.token()).map_err(|e| e.kind()));
+    });
+    // A guard against a hang, not a measure of time: the wait is bounded
+    // by the 300 ms fetch timeout.
+    let result = result.recv_timeout(10 * SECOND).expect("the waiter hung");
+    assert_eq!(result.unwrap_err(), TokenErrorKind::Timeout);
+    assert_eq!(script.fetches(), 1);
+}
+
+/// Item 4: a runtime built without `enable_time` gets a typed error that
+/// says so, not a panic in the request or in the fetch task.
+#[test]
+fn a_runtime_without_a_time_driver_gets_a_typed_error() {
+    let script = Scripted::new(Next::Token(60 * SECOND));
+    let cache = script.cache();
+    let client = client(&cache);
+    let runtime = Builder::new_current_thread().build().unwrap();
+    let error = runtime.block_on(cache.token()).unwrap_err();
+    assert_eq!(error.kind(), TokenErrorKind::NoTimeDriver);
+    assert!(error.to_string().contains("enable_time"), "{error}");
+    assert_eq!(
+        runtime.block_on(send(&client)),
+        Err(TokenErrorKind::NoTimeDriver)
+    );
+    assert_eq!(script.fetches(), 0, "no fetch task to panic");
+
+    // A token fetched elsewhere is still served there.
+    assert_eq!(
+        current_thread().block_on(send(&client)),
+        Ok("Bearer token-1".into())
+    );
+    assert_eq!(runtime.block_on(send(&client)), Ok("Bearer token-1".into()));
+}
+
+/// Item 4, for a waiter: a request on a runtime without timers that
+/// waits on a fetch running elsewhere is bounded by the fetch's deadline
+/// like any other (no panic from a timer it cannot have).
+#[test]
+fn a_waiter_on_a_runtime_without_timers_is_bounded_without_a_panic() {
+    let script = Scripted::new(Next::Hang);
+    let cache = script.cache().fetch_timeout(300 * MS);
+    let a = current_thread();
+    let gave_up = a.block_on(async { tokio::time::timeout(10 * MS, cache.token()).await });
+    assert!(gave_up.is_err(), "the fetch runs on A and hangs");
+
+    let (done, result) = mpsc::channel();
+    let waiter = cache.clone();
+    std::thread::spawn(move || {
+        let timeless = Builder::new_current_thread().build().unwrap();
+        let _ = done.send(timeless.block_on(waiter.token()).map_err(|e| e.kind()));
+    });
+    let result = result
+        .recv_timeout(10 * SECOND)
+        .expect("the waiter hung or panicked");
+    assert_eq!(result.unwrap_err(), TokenErrorKind::Timeout);
+}
+
+/// Item 6: a request that waited for a token and is polled again only
+/// after that token expired looks it up again instead of sending it.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_polled_late_never_sends_an_expired_token() {
+    let script = Scripted::new(Next::Token(10 * SECOND));
+    let client = client(&script.cache());
+    let mut late = pin!(client.clone().oneshot(Request::new(())));
+    let poll = late.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    assert!(poll.is_pending(), "it waits for the first fetch");
+    for _ in 0..10 {
+        tokio::task::yield_now().await; // the fetch delivers token-1
+    }
+    assert_eq!(script.fetches(), 1);
+    tokio::time::advance(30 * SECOND).await; // token-1 expired at 9 s
+    let sent = late.await.unwrap().into_body();
+    assert_eq!(sent, "Bearer token-2");
+}
+
+/// Sends back-to-back requests for `secs` seconds of the paused clock to a
+/// resource that rejects every token, through `TokenCache::token` and the
+/// one eviction path (`unauthorized`) every adapter uses. Returns the
+/// fetches made.
+async fn rejected_back_to_back(script: &Scripted, cache: &TokenCache, secs: u32) -> usize {
+    let before = script.fetches();
+    let end = tokio::time::Instant::now() + SECOND * secs;
+    while tokio::time::Instant::now() < end {
+        match cache.token().await {
+            Ok(token) => {
+                cache.shared().unauthorized(token.generation);
+            }
+            Err(error) => {
+                assert_eq!(error.kind(), TokenErrorKind::Rejected);
+                assert!(error.retry_at().is_some());
+            }
+        }
+        tokio::time::advance(10 * MS).await;
+    }
+    script.fetches() - before
+}
+
+/// Item 1: a resource that rejects every token gets at most 5 token
+/// requests in 3 s, and at most log2(T) + 2 in T seconds.
+#[tokio::test(start_paused = true)]
+async fn rejections_soon_after_the_fetch_are_paced() {
+    let script = Scripted::new(Next::Token(3600 * SECOND));
+    let fetches = rejected_back_to_back(&script, &script.cache(), 3).await;
+    assert!(fetches <= 5, "{fetches} token requests in 3 s");
+    assert!(fetches >= 2, "the first rejection fetches at once");
+
+    for secs in [10, 60, 600] {
+        let script = Scripted::new(Next::Token(3600 * SECOND));
+        let fetches = rejected_back_to_back(&script, &script.cache(), secs).await;
+        let bound = (secs as f64).log2() + 2.0;
+        assert!(fetches as f64 <= bound, "{fetches} in {secs} s");
+    }
+}
+
+/// Item 1: a token that served a while and is then rejected was revoked:
+/// the next request fetches at once, and a run of rejections ends with it.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_after_a_while_refetches_at_once() {
+    let script = Scripted::new(Next::Token(3600 * SECOND));
+    let cache = script.cache();
+    // A run of rejections first: the backoff has grown.
+    rejected_back_to_back(&script, &cache, 10).await;
+    tokio::time::advance(60 * SECOND).await;
+    let token = cache.token().await.unwrap();
+    let fetches = script.fetches();
+
+    tokio::time::advance(60 * SECOND).await; // served for a minute
+    assert!(cache.shared().unauthorized(token.generation));
+    let next = cache.token().await.unwrap();
+    assert_eq!(script.fetches(), fetches + 1);
+    // Its own rejection, soon after its fetch, is the first of a new run:
+    // fetched at once too.
+    assert!(cache.shared().unauthorized(next.generation));
+    cache.token().await.unwrap();
+    assert_eq!(script.fetches(), fetches + 2);
+    // The second in a row is paced.
+    let third = cache.token().await.unwrap();
+    assert!(cache.shared().unauthorized(third.generation));
+    let error = cache.token().await.unwrap_err();
+    assert_eq!(error.kind(), TokenErrorKind::Rejected);
+    assert_eq!(script.fetches(), fetches + 2);
+}
+
+/// Item 1 as a sync facade drives it: a `block_on` per request, on two
+/// current_thread runtimes sharing the cache, against a resource that
+/// rejects every token; real time passes between requests (the skew).
+#[test]
+fn rejections_are_paced_across_runtimes_driven_by_block_on() {
+    let script = Scripted::new(Next::Token(3600 * SECOND));
+    let cache = script.cache();
+    let rejecting = service_fn(|_: Request<()>| async {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+        Ok::<_, Infallible>(response)
+    });
+    let client = BearerAuth::new(
+        tower::util::BoxCloneSyncService::new(rejecting),
+        cache.clone(),
+    );
+    let runtimes = [current_thread(), current_thread()];
+    let mut paced = 0;
+    for i in 0..300 {
+        let runtime = &runtimes[i % 2];
+        match runtime.block_on(client.clone().oneshot(Request::new(()))) {
+            Ok(response) => assert_eq!(response.status(), 401),
+            Err(error) => {
+                let kind = error.downcast_ref::<crate::TokenError>().unwrap().kind();
+                assert_eq!(kind, TokenErrorKind::Rejected);
+                paced += 1;
+            }
+        }
+        skew::pass(10 * MS);
+    }
+    let fetches = script.fetches();
+    assert!(fetches <= 5, "{fetches} token requests in 3 s");
+    assert!(
+        fetches >= 2 && paced > 0,
+        "{fetches} fetches, {paced} paced"
+    );
 }

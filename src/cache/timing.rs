@@ -146,6 +146,26 @@ impl Timing {
     }
 }
 
+/// The longest pause after rejections, unless the backoff cap is longer.
+pub(crate) const REJECTION_CAP: Duration = Duration::from_secs(60 * 60);
+
+impl Timing {
+    /// How long to wait before the next fetch after the `rejections`-th
+    /// rejection in a row (from 2; the first is not paced) of a token soon
+    /// after its fetch: random in `[d, 2d]`, `d = base * 2^(rejections - 1)`,
+    /// up to an hour (or the backoff cap, if longer). Never less than `d`,
+    /// so that the `n`-th fetch of a run comes at least `2^(n-1) - 2` bases
+    /// after the first: at most `log2(T / base) + 2` fetches in `T >= base`.
+    pub(crate) fn rejection_delay(&self, rejections: u32, rng: &mut Rng) -> Duration {
+        let doubling = Timing {
+            backoff_cap: self.backoff_cap.max(REJECTION_CAP),
+            ..self.clone()
+        };
+        // `backoff(n + 1)` is random in `[d, 2d]` for `d = base * 2^(n-1)`.
+        doubling.backoff(rejections.saturating_add(1), rng)
+    }
+}
+
 /// A small xorshift generator for jitter; no need for a cryptographic one,
 /// only for fleets that do not move in lockstep.
 #[derive(Debug)]

@@ -270,6 +270,14 @@ fn model_a_stalled_fetch_races_its_own_settle() {
         let current = current(&cache);
         match &outcome {
             Ok(entry) => assert_eq!(entry.generation, current.generation),
+            // The deadline passed before the fetch's task began: it asked
+            // the identity provider nothing, so it is replaced, not failed
+            // (#20), and this waiter's own time is up.
+            Err(error) if error.kind() == TokenErrorKind::Abandoned => {
+                assert_eq!(probe.fetches.load(Ordering::SeqCst), 0);
+                assert_eq!(cache.stats().failures, 0, "a fetch that never began failed");
+                assert_eq!(current.generation, 0);
+            }
             Err(error) => {
                 assert_eq!(error.kind(), TokenErrorKind::Timeout);
                 assert_eq!(current.generation, 0, "a stalled fetch installed its token");
@@ -365,5 +373,44 @@ fn model_a_failure_backs_off_without_fetching() {
         token(&cache);
         assert_eq!(probe.fetches.load(Ordering::SeqCst), 2);
         assert_eq!(cache.stats().failures, 1);
+    });
+}
+
+/// Each request's token is rejected at once, from two threads (a resource
+/// that rejects every token): the first rejection fetches again at once,
+/// the second in a row starts a backoff, and within a backoff window at
+/// most one fetch starts however the rejections and lookups interleave.
+#[test]
+fn model_rejections_fetch_at_most_once_per_backoff_window() {
+    fn reject_all(cache: TokenCache) -> impl FnOnce() + Send + 'static {
+        move || {
+            for _ in 0..3 {
+                match request(&cache) {
+                    Ok(entry) => {
+                        cache.shared().unauthorized(entry.generation);
+                    }
+                    Err(error) => assert_eq!(error.kind(), TokenErrorKind::Rejected),
+                }
+            }
+        }
+    }
+    check(|| {
+        let (probe, cache) = opened(ten_seconds);
+        let cache = cache.backoff(SECS(1), SECS(30));
+        let fetches = || probe.fetches.load(Ordering::SeqCst);
+        let threads: Vec<_> = (0..2).map(|_| spawn(reject_all(cache.clone()))).collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        // The first rejection is free; the second paces for 2 to 4 s.
+        assert_eq!(fetches(), 2, "fetched inside the first backoff window");
+        assert_eq!(kind(&request(&cache)), Some(TokenErrorKind::Rejected));
+
+        // One window later: one fetch for both threads, then 4 to 8 s more.
+        advance(SECS(4));
+        let threads: Vec<_> = (0..2).map(|_| spawn(reject_all(cache.clone()))).collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(fetches(), 3, "more than one fetch in a backoff window");
+        advance(SECS(3));
+        assert_eq!(kind(&request(&cache)), Some(TokenErrorKind::Rejected));
+        assert_eq!(fetches(), 3);
     });
 }
