@@ -75,6 +75,8 @@ fn live(state: &State) -> std::sync::MutexGuard<'_, Vec<String>> {
 async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let state = state.clone();
