@@ -159,8 +159,8 @@
 //!
 //! # What it costs, and whom
 //!
-//! Nothing for HTTP clients: [`BearerAuthLayer`] alone is unchanged, its
-//! response body is the inner service's own, and its response future never
+//! Nothing for HTTP clients: [`BearerAuthLayer`] alone does not look at
+//! gRPC at all, its response body is the inner service's own, and its response future never
 //! looks for a `grpc-status` (the instruction count of its hot path is the
 //! same, see `docs/performance.md`). Handling gRPC is a choice made where
 //! the layer is built, rather than a `content-type` check on every

@@ -23,18 +23,28 @@
 //!
 //! # Features
 //!
-//! | feature | default | gives |
-//! |---|---|---|
-//! | `oauth2` | on | `oauth2::ClientCredentials`, a token source for the OAuth2 client-credentials grant |
-//! | `rustls` | on | https for its built-in HTTP client (rustls with `ring`, webpki roots) |
-//! | `private-key-jwt` | on | `private_key_jwt` client authentication for `oauth2::ClientCredentials` (ring) |
-//! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 |
-//! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything |
-//! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) |
-//! | `grpc` | on | `BearerAuthLayer::grpc()`: gRPC's `UNAUTHENTICATED`, in the headers or the trailers, evicts the token as a 401 does; with `retry`, `grpc::RetryOnUnauthenticated` retries the call once |
-//! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest through reqwest-middleware |
+// The TLS rows (`rustls`, and the provider features beside it) describe the
+// built-in client's TLS: edit them with the features.
+//! | feature | default | gives | pulls in |
+//! |---|---|---|---|
+//! | `oauth2` | on | `oauth2::ClientCredentials` and `oauth2::TokenExchange`, token sources for the OAuth2 client-credentials grant and RFC 8693, with a built-in HTTP client | hyper, hyper-util, http-body(-util), bytes, serde, serde_json, base64, zeroize |
+//! | `rustls` | on | https for the built-in HTTP client (implies `oauth2`): rustls with `ring`, webpki roots | hyper-rustls, rustls, webpki-roots |
+//! | `private-key-jwt` | on | `private_key_jwt` client authentication for `oauth2::ClientCredentials`, assertions signed with ring (RS256, PS256, ES256, EdDSA) (implies `oauth2`) | ring |
+//! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 | tower (`retry`) |
+//! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything | tracing |
+//! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) | base64, serde_json |
+//! | `grpc` | on | `BearerAuthLayer::grpc()`: gRPC's `UNAUTHENTICATED`, in the headers or the trailers, evicts the token as a 401 does; with `retry`, `grpc::RetryOnUnauthenticated` retries the call once | http-body, bytes |
+//! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest through reqwest-middleware | reqwest, reqwest-middleware, async-trait |
+//! | `dpop` | off | `dpop`: sender-constrained tokens (RFC 9449), `oauth2::ClientCredentials::dpop`, a signed proof per request (implies `private-key-jwt`) | nothing more |
+//! | `store` | off | `store`: one token for a whole fleet through a shared store, the `store::TokenStore` trait and `TokenCache::store` | sha2, getrandom, zeroize |
+//! | `redis` | off | `store::RedisStore`, the Redis backend of `store` (implies `store`) | redis |
+//! | `seal` | off | `store::Sealed`: tokens encrypted at rest (ChaCha20-Poly1305) in any store (implies `store`) | chacha20poly1305, zeroize |
 //!
-//! Without them the crate is the cache and the middleware alone.
+//! Without them the crate is the cache and the middleware alone, on
+//! arc-swap, http, tokio, pin-project-lite and tower's two interface crates.
+//! Every feature builds with Rust 1.85 but two: at their newest versions,
+//! `reqwest-middleware`'s URL crates (icu 2) and `redis` (redis 1.8) need
+//! 1.88.
 //!
 //! # Example
 //!
@@ -195,8 +205,15 @@ pub use self::scope::{InvalidHost, RequestHead, Scope};
 pub use self::source::{RetryHint, TokenSource};
 pub use self::token::Token;
 
-// The README's code compiles too.
-#[cfg(doctest)]
+// The README's examples compile as doctests too, where every crate they use
+// is there (all features); `scripts/readme_examples.py` builds each one as a
+// crate of its own, with exactly the dependencies the README lists.
+#[cfg(all(
+    doctest,
+    feature = "oauth2",
+    feature = "retry",
+    feature = "reqwest-middleware"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

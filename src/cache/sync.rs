@@ -3,7 +3,8 @@
 //! with.
 //!
 //! In every normal build these are the std and tokio items themselves,
-//! re-exported: nothing is wrapped, and the hot path compiles as before.
+//! re-exported: nothing is wrapped, and the hot path compiles to the same
+//! code as without the model check.
 //! Built with `RUSTFLAGS="--cfg shuttle"`, they are the model checker's
 //! (see `model.rs` and `docs/model-check.md`), so that the
 //! real cache runs under shuttle's scheduler on a clock the test moves.

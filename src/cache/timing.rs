@@ -123,11 +123,20 @@ impl Timing {
             None => None,
         };
         let ceiling = match doubled {
-            Some(nanos) if nanos < self.backoff_cap.as_nanos() => Duration::from_nanos_u128(nanos),
+            Some(nanos) if nanos < self.backoff_cap.as_nanos() => from_nanos(nanos),
             _ => self.backoff_cap,
         };
         ceiling / 2 + rng.below(ceiling - ceiling / 2)
     }
+}
+
+/// `Duration::from_nanos_u128` (Rust 1.93) for our MSRV; `nanos` is below a
+/// `Duration`'s nanoseconds, so its seconds fit a `u64`.
+fn from_nanos(nanos: u128) -> Duration {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    let secs = u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX);
+    // Below 10^9, so the cast is exact.
+    Duration::new(secs, (nanos % NANOS_PER_SEC) as u32)
 }
 
 impl Timing {

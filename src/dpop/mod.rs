@@ -15,7 +15,8 @@
 //!   `Authorization: DPoP <token>` and a `DPoP` proof with `htm`, `htu` =
 //!   `scheme://authority/path`, `iat`, a random `jti`, `ath` =
 //!   base64url(SHA-256(token)) and the origin's nonce. A token that is not
-//!   bound is sent as before: the bearer path does not pay for DPoP.
+//!   bound is sent as a plain bearer token: the bearer path does not pay
+//!   for DPoP.
 //! - Nonces: the last `DPoP-Nonce` of each resource origin, from any
 //!   response, and the token endpoint's, kept apart even on one origin. A
 //!   token endpoint's nonce challenge (`400`, `error` `use_dpop_nonce`) is

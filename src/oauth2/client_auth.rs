@@ -2,13 +2,13 @@
 //! what each method needs beside it (the secret, a [`PrivateKey`], an
 //! assertion source).
 //!
-//! `ClientAuth` stays a plain `Copy + Eq` tag, as it was before keys existed:
-//! the key or the assertion source is held beside it, set with
+//! `ClientAuth` is a plain `Copy + Eq` tag: the key or the assertion source
+//! is held beside it, set with
 //! [`ClientCredentials::private_key_jwt`](super::ClientCredentials::private_key_jwt)
 //! or [`ClientCredentials::client_assertion`](super::ClientCredentials::client_assertion).
-//! A key inside the enum would have made it neither `Copy` nor `Eq` (a key
-//! has no meaningful equality), a breaking change for every
-//! `auth_method(ClientAuth::Post)` caller, for no gain.
+//! A key inside the enum would make it neither `Copy` nor `Eq` (a key has
+//! no meaningful equality), for no gain to an `auth_method(ClientAuth::Post)`
+//! caller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub(super) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3,
 /// RFC 7523 §2.2).
 ///
-/// A `Copy + Eq` tag, as it was before keys existed. The key of
+/// A `Copy + Eq` tag. The key of
 /// `PrivateKeyJwt` and the source
 /// of [`Assertion`](Self::Assertion) are set beside it, with
 /// [`private_key_jwt`](super::ClientCredentials::private_key_jwt) and

@@ -120,7 +120,7 @@
 //! # drop(source);
 //! ```
 //!
-//! [`ClientAuth`] is a `Copy + Eq` tag, as before: the key and the source
+//! [`ClientAuth`] is a `Copy + Eq` tag: the key and the source
 //! are held beside it (see [`ClientAuth`] for why).
 //!
 //! # Token exchange
