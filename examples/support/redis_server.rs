@@ -90,6 +90,9 @@ impl RedisServer {
                 file.to_string_lossy().into_owned(),
                 "--cluster-node-timeout".to_owned(),
                 "1000".to_owned(),
+                // Replicas sync at once, not after the default 5 s.
+                "--repl-diskless-sync-delay".to_owned(),
+                "0".to_owned(),
                 "--dir".to_owned(),
                 dir.to_string_lossy().into_owned(),
             ];
@@ -223,7 +226,8 @@ impl RedisServer {
 
 /// Makes one Redis Cluster of `nodes` (started with `start_cluster_node`)
 /// with `replicas` replicas per primary, with `redis-cli --cluster create`,
-/// and waits until every node says the cluster is ok.
+/// and waits until every node says the cluster is ok and every replica is
+/// in sync.
 pub fn create_cluster(nodes: &[&RedisServer], replicas: usize) -> Result<(), BoxError> {
     let mut create = Command::new("redis-cli");
     create.arg("--cluster").arg("create");
@@ -240,7 +244,13 @@ pub fn create_cluster(nodes: &[&RedisServer], replicas: usize) -> Result<(), Box
     }
     let deadline = Instant::now() + START_TIMEOUT;
     for node in nodes {
-        while !node.cli(&["CLUSTER", "INFO"])?.contains("cluster_state:ok") {
+        // Ok, and every replica in sync with its primary.
+        let ready = || -> Result<bool, BoxError> {
+            let role = node.cli(&["ROLE"])?;
+            Ok(node.cli(&["CLUSTER", "INFO"])?.contains("cluster_state:ok")
+                && (!role.starts_with("slave") || role.contains("connected")))
+        };
+        while !ready()? {
             if Instant::now() > deadline {
                 return Err("the cluster did not become ok".into());
             }
