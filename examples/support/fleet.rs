@@ -134,9 +134,15 @@ impl Member {
     }
 }
 
-/// `cache` sharing its tokens through the Redis at `url`, under `prefix`.
+/// `cache` sharing its tokens through the Redis at `url`, under `prefix`
+/// (several URLs, comma-separated: the seed nodes of a Redis Cluster).
 #[cfg(feature = "redis")]
 pub fn shared(cache: TokenCache, url: &str, prefix: &str) -> Result<TokenCache, BoxError> {
+    #[cfg(feature = "redis-cluster")]
+    if url.contains(',') {
+        let store = tower_bearer::store::RedisStore::cluster(url.split(','))?.prefix(prefix);
+        return Ok(cache.store(store));
+    }
     let store = tower_bearer::store::RedisStore::new(url)?.prefix(prefix);
     Ok(cache.store(store))
 }

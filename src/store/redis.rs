@@ -24,16 +24,19 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Lua compare-and-delete scripts for releases and `401` deletes. See
 /// [`crate::store`] for how the cache uses it.
 ///
-/// - [`new`](Self::new) parses a URL (`redis://`, `rediss://` with redis-rs's
-///   TLS features, `unix://`) and connects on first use, so a fleet may
-///   start before its Redis. It keeps one multiplexed connection, made with
-///   the operation timeout as connect and response timeouts, drops it on any
+/// - [`new`](Self::new) parses a URL (`redis://`, `unix://`, or
+///   `rediss://` with the feature `redis-tls`, see
+///   [`tls_ca_pem`](Self::tls_ca_pem)), with an ACL user and password if
+///   you give one, and connects on first use, so a fleet may start before
+///   its Redis. It keeps one multiplexed connection, drops it on any
 ///   connection error and connects again on the next operation, with no
 ///   backoff of its own: sharing resumes at the first refresh after Redis
 ///   is back.
+/// - `cluster` (feature `redis-cluster`) does the same for a Redis
+///   Cluster, from its seed nodes.
 /// - [`from_connection`](Self::from_connection) uses your own redis-rs
-///   connection: a `ConnectionManager`, a cluster or sentinel connection,
-///   with your TLS and ACL settings. Reconnection is then the connection's
+///   connection: a `ConnectionManager`, a sentinel connection, a cluster
+///   over redis-rs's own TLS. Reconnection is then the connection's
 ///   own: configure a `ConnectionManager` with a short `max_delay` (say
 ///   500 ms), or its default backoff may keep it from seeing a restarted
 ///   Redis for several seconds.
@@ -310,7 +313,11 @@ impl RedisStore {
         }
     }
 
-    /// What every key starts with. Default: `tower-bearer:`.
+    /// What every key starts with. Default: `tower-bearer:`. Applications
+    /// that share one Redis stay apart by prefix, and an ACL user's key
+    /// pattern names it (`~orders:*`). The hash after it is in braces (a
+    /// Redis Cluster hash tag): keep braces out of the prefix unless you
+    /// mean every token of the application to share one slot (`{orders}:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
         self

@@ -756,6 +756,15 @@ async fn store_events_never_show_the_token() {
         "the failures were reported: {seen}"
     );
     assert!(seen.contains("no store identity"), "{seen}");
+    // What the store's counters count, as events too.
+    for event in [
+        "token read from the store",
+        "fleet fetch lease",
+        "won=true",
+        "fetching outside the fleet's single flight",
+    ] {
+        assert!(seen.contains(event), "{event}: {seen}");
+    }
     assert!(!seen.contains("token-"), "{seen}");
 }
 
