@@ -234,3 +234,50 @@ async fn a_refused_password_shows_in_no_error_nor_debug() {
         "{shown}"
     );
 }
+
+/// A TCP proxy to `port` that holds each new connection for `delay` before
+/// passing bytes: a Redis slow to connect to (a cluster's slot map and
+/// connections on a loaded host, a far-away TLS handshake).
+async fn slow_proxy(port: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_slower_than_the_op_timeout_is_left_to_finish() {
+    let redis = RedisServer::start().unwrap();
+    // Slower than the op timeout, within redis-rs's own (twice it).
+    let port = slow_proxy(redis.port(), Duration::from_millis(300)).await;
+    let store = RedisStore::new(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .op_timeout(Duration::from_millis(200));
+    let idp = Idp::default();
+    let first = idp.cache(store.clone());
+    first.token().await.unwrap();
+    assert_eq!(
+        first.stats().store.timeouts,
+        1,
+        "the first operation gave up"
+    );
+    // The connect went on without it; the next refresh finds the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = idp.cache(store.clone());
+    let shared = second.token().await.unwrap();
+    let stats = second.stats().store;
+    assert_eq!((stats.timeouts, stats.leases_won), (0, 1), "{stats:?}");
+    let third = idp.cache(store);
+    assert_eq!(third.token().await.unwrap().secret(), shared.secret());
+    assert_eq!(third.stats().store.hits, 1);
+}

@@ -365,12 +365,7 @@ impl RedisStore {
                     .clone();
                 let conn = match cached {
                     Some(conn) => conn,
-                    None => {
-                        let conn = self.connect(target).await.map_err(error)?;
-                        *current.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Some(Arc::clone(&conn));
-                        conn
-                    }
+                    None => self.connect(target, current).await?,
                 };
                 (conn.handle(), Some(current))
             }
@@ -392,17 +387,27 @@ impl RedisStore {
 // ===== connecting =====
 
 impl RedisStore {
-    /// A new connection to `target`.
-    async fn connect(&self, target: &Target) -> redis::RedisResult<Arc<dyn Share>> {
-        match target {
-            Target::Node(node) => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.inner_timeout()))
-                    .set_response_timeout(Some(self.inner_timeout()));
-                node.connect(&config).await
-            }
-            #[cfg(feature = "redis-cluster")]
-            Target::Cluster(seeds) => cluster::connect(seeds, self.inner_timeout()).await,
+    /// A new connection to `target`, kept in `current`, made by a task of
+    /// its own: an operation that gives up after its op timeout leaves it
+    /// to finish, and the next operation finds the connection. (A cluster's
+    /// connection, the slot map and then a connection per node, can take
+    /// longer than one op timeout on a loaded host: cancelled with each
+    /// operation, it would never be made.) redis-rs's own timeouts bound it.
+    async fn connect(
+        &self,
+        target: &Arc<Target>,
+        current: &Arc<Mutex<Option<Arc<dyn Share>>>>,
+    ) -> Result<Arc<dyn Share>, StoreError> {
+        let (target, current) = (Arc::clone(target), Arc::clone(current));
+        let timeout = self.inner_timeout();
+        let task = tokio::spawn(async move {
+            let conn = connect(&target, timeout).await?;
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&conn));
+            Ok::<_, redis::RedisError>(conn)
+        });
+        match task.await {
+            Ok(conn) => conn.map_err(error),
+            Err(_) => Err(StoreError::new("connecting to redis ended abruptly")),
         }
     }
 
@@ -412,6 +417,21 @@ impl RedisStore {
     /// still bounded should an operation be left to finish on its own.
     fn inner_timeout(&self) -> Duration {
         self.timeout.saturating_mul(2)
+    }
+}
+
+/// A new connection to `target`, with `timeout` as redis-rs's connect and
+/// response timeouts.
+async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Arc<dyn Share>> {
+    match target {
+        Target::Node(node) => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            node.connect(&config).await
+        }
+        #[cfg(feature = "redis-cluster")]
+        Target::Cluster(seeds) => cluster::connect(seeds, timeout).await,
     }
 }
 
