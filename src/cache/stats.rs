@@ -57,6 +57,19 @@ pub struct Stats {
 /// lease (and fetches) or waits for the replica that holds it. In a fleet
 /// that shares well, most refreshes are `hits` (or `waits` ending in a
 /// hit), and `fallbacks` stays near zero.
+///
+/// ```
+/// use tower_bearer::{StoreStats, Token, TokenCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_bearer::TokenError> {
+/// // No store: the source answers, and the store's counters stay at zero.
+/// let cache = TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("abcd1234")) });
+/// cache.token().await?;
+/// assert_eq!(cache.stats().store, StoreStats::default());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
