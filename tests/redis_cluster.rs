@@ -62,6 +62,22 @@ fn server(servers: &[RedisServer], port: u16) -> &RedisServer {
     servers.iter().find(|s| s.port() == port).unwrap()
 }
 
+/// The store's rights (`docs/store.md`), and what a cluster client needs.
+const CLUSTER_ACL: &[&str] = &[
+    "resetkeys",
+    "~tower-bearer:*",
+    "resetchannels",
+    "-@all",
+    "+get",
+    "+set",
+    "+del",
+    "+pttl",
+    "+evalsha",
+    "+script|load",
+    "+cluster|slots",
+    "+asking",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_follows_a_migrating_slot_and_a_failover_and_no_request_fails() {
     let dir = std::env::temp_dir().join(format!("tower-bearer-cluster-{}", std::process::id()));
@@ -70,7 +86,17 @@ async fn the_store_follows_a_migrating_slot_and_a_failover_and_no_request_fails(
         .map(|_| RedisServer::start_cluster_node(&dir).unwrap())
         .collect();
     create_cluster(&servers.iter().collect::<Vec<_>>(), 1).unwrap();
-    let seeds: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    // Everything below runs as an ACL user with the rights docs/store.md
+    // lists for a cluster (ACLs are per node).
+    for node in &servers {
+        let mut setuser = vec!["ACL", "SETUSER", "fleet", "on", ">cluster-pass"];
+        setuser.extend_from_slice(CLUSTER_ACL);
+        assert_eq!(node.cli(&setuser).unwrap().trim(), "OK");
+    }
+    let seeds: Vec<String> = servers
+        .iter()
+        .map(|s| s.url().replace("redis://", "redis://fleet:cluster-pass@"))
+        .collect();
 
     // One store (one cluster connection) that replicas clone, so that its
     // slot map is stale after the migration: redis-rs must follow ASK and
