@@ -26,6 +26,11 @@ impl RedisStore {
     /// [`op_timeout`](Self::op_timeout) and fetches alone, as with a single
     /// Redis that is down: no request fails for it.
     ///
+    /// Connecting (the slot map from a seed, then a connection per node)
+    /// takes a few round trips: with many processes starting at once, an
+    /// op timeout of about a second lets their first refresh share rather
+    /// than fall back (see the repository's `docs/fleet.md`).
+    ///
     /// TLS to a cluster is not made by this constructor: use
     /// [`from_connection`](Self::from_connection) with a redis-rs
     /// `ClusterClient` built with its `tls-rustls` features (which then take
