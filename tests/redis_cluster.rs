@@ -14,7 +14,7 @@ mod redis_common;
 #[path = "../examples/support/redis_server.rs"]
 mod redis_server;
 
-use redis_common::Idp;
+use redis_common::{acl_setuser, Idp};
 use redis_server::{create_cluster, RedisServer};
 
 /// A node of `CLUSTER NODES`: its id, port, whether it is a primary, and
@@ -62,22 +62,6 @@ fn server(servers: &[RedisServer], port: u16) -> &RedisServer {
     servers.iter().find(|s| s.port() == port).unwrap()
 }
 
-/// The store's rights (`docs/store.md`), and what a cluster client needs.
-const CLUSTER_ACL: &[&str] = &[
-    "resetkeys",
-    "~tower-bearer:*",
-    "resetchannels",
-    "-@all",
-    "+get",
-    "+set",
-    "+del",
-    "+pttl",
-    "+evalsha",
-    "+script|load",
-    "+cluster|slots",
-    "+asking",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_follows_a_migrating_slot_and_a_failover_and_no_request_fails() {
     let dir = std::env::temp_dir().join(format!("tower-bearer-cluster-{}", std::process::id()));
@@ -89,8 +73,10 @@ async fn the_store_follows_a_migrating_slot_and_a_failover_and_no_request_fails(
     // Everything below runs as an ACL user with the rights docs/store.md
     // lists for a cluster (ACLs are per node).
     for node in &servers {
-        let mut setuser = vec!["ACL", "SETUSER", "fleet", "on", ">cluster-pass"];
-        setuser.extend_from_slice(CLUSTER_ACL);
+        // What a cluster client needs besides: the slot map, and `ASK`.
+        let more = ["+cluster|slots", "+asking"];
+        let setuser = acl_setuser("fleet", "cluster-pass", "tower-bearer:", &more);
+        let setuser: Vec<&str> = setuser.iter().map(String::as_str).collect();
         assert_eq!(node.cli(&setuser).unwrap().trim(), "OK");
     }
     let seeds: Vec<String> = servers

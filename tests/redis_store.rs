@@ -12,7 +12,7 @@ mod redis_common;
 #[path = "../examples/support/redis_server.rs"]
 mod redis_server;
 
-use redis_common::Idp;
+use redis_common::{acl_setuser, Idp};
 use redis_server::RedisServer;
 
 async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
@@ -122,26 +122,12 @@ async fn two_applications_with_their_own_prefix_share_one_redis_apart() {
     assert_eq!(orders2.token().await.unwrap().secret(), o.secret());
 }
 
-/// The commands and key pattern `docs/store.md` lists, as an ACL rule.
-const FLEET_ACL: &[&str] = &[
-    "resetkeys",
-    "~app:*",
-    "resetchannels",
-    "-@all",
-    "+get",
-    "+set",
-    "+del",
-    "+pttl",
-    "+evalsha",
-    "+script|load",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_limited_to_the_documented_commands_shares_and_may_do_nothing_more() {
     let redis = RedisServer::start().unwrap();
     let admin = redis.url();
-    let mut setuser = vec!["ACL", "SETUSER", "fleet", "on", ">fleet-pass-42"];
-    setuser.extend_from_slice(FLEET_ACL);
+    let setuser = acl_setuser("fleet", "fleet-pass-42", "app:", &[]);
+    let setuser: Vec<&str> = setuser.iter().map(String::as_str).collect();
     command(&admin, &setuser).await.unwrap();
     let user = format!("redis://fleet:fleet-pass-42@127.0.0.1:{}/", redis.port());
 

@@ -52,3 +52,16 @@ impl Idp {
         .store_identity(StoreIdentity::new("redis-tests").with("client_id", "fleet"))
     }
 }
+
+/// `ACL SETUSER <user> on ><password>` and the rights `docs/store.md` lists
+/// for a store under `prefix`, with `more` (a cluster's) after them.
+pub fn acl_setuser(user: &str, password: &str, prefix: &str, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["ACL", "SETUSER", user, "on"].map(str::to_owned).to_vec();
+    args.push(format!(">{password}"));
+    args.extend(["resetkeys".to_owned(), format!("~{prefix}*")]);
+    let rights = ["resetchannels", "-@all", "+get", "+set", "+del", "+pttl"];
+    args.extend(rights.map(str::to_owned));
+    args.extend(["+evalsha", "+script|load"].map(str::to_owned));
+    args.extend(more.iter().map(|right| (*right).to_owned()));
+    args
+}
