@@ -185,7 +185,7 @@ pub use self::auth::{
     BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey,
 };
 #[doc(inline)]
-pub use self::cache::{KeyedTokenCache, Stats, TokenCache};
+pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]

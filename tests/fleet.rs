@@ -92,6 +92,30 @@ fn member(idp: &MockIdp, n: usize, seconds: f64, store: Option<(String, String)>
     }
 }
 
+/// The Redis the sharing fleet uses, and its URL: one `redis-server`, or
+/// with `FLEET_REDIS=cluster` (feature `redis-cluster`) a Redis Cluster of
+/// three primaries on loopback, its nodes' URLs comma-separated.
+fn shared_redis() -> Result<(Vec<RedisServer>, String), BoxError> {
+    if std::env::var("FLEET_REDIS").as_deref() != Ok("cluster") {
+        let redis = RedisServer::start()?;
+        let url = redis.url();
+        return Ok((vec![redis], url));
+    }
+    #[cfg(feature = "redis-cluster")]
+    {
+        let dir = std::env::temp_dir().join(format!("tower-bearer-fleet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_cluster_node(&dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        redis_server::create_cluster(&nodes.iter().collect::<Vec<_>>(), 0)?;
+        let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
+        Ok((nodes, urls.join(",")))
+    }
+    #[cfg(not(feature = "redis-cluster"))]
+    Err("FLEET_REDIS=cluster needs the feature `redis-cluster`".into())
+}
+
 /// An identity provider with 2 s tokens whose `exp` is floored.
 fn idp() -> MockIdp {
     MockIdp::start_with(TOKEN_LIFETIME, &[("EXP_ROUNDING", "floor".to_owned())])
@@ -121,10 +145,10 @@ fn count(stats: &Value, name: &str) -> u64 {
 fn a_fleet_sharing_through_redis_costs_one_process() -> Result<(), BoxError> {
     let n: usize = env_or("FLEET_PROCESSES", 8);
     let seconds: f64 = env_or("FLEET_SECONDS", 20.0);
-    let redis = RedisServer::start()?;
+    let (_redis, url) = shared_redis()?;
     // Two servers, so that the fleets run at once and count apart.
     let (shared_idp, alone_idp) = (idp(), idp());
-    let store = Some((redis.url(), "fleet-test".to_owned()));
+    let store = Some((url, "fleet-test".to_owned()));
 
     let shared_member = member(&shared_idp, n, seconds, store);
     let alone_member = member(&alone_idp, n, seconds, None);

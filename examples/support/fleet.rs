@@ -134,10 +134,22 @@ impl Member {
     }
 }
 
-/// `cache` sharing its tokens through the Redis at `url`, under `prefix`.
+/// `cache` sharing its tokens through the Redis at `url`, under `prefix`
+/// (several URLs, comma-separated: the seed nodes of a Redis Cluster),
+/// with the store's op timeout from `FLEET_OP_TIMEOUT_MS` if set.
 #[cfg(feature = "redis")]
 pub fn shared(cache: TokenCache, url: &str, prefix: &str) -> Result<TokenCache, BoxError> {
-    let store = tower_bearer::store::RedisStore::new(url)?.prefix(prefix);
+    let op_timeout =
+        |store: tower_bearer::store::RedisStore| match std::env::var("FLEET_OP_TIMEOUT_MS") {
+            Ok(ms) => Ok::<_, BoxError>(store.op_timeout(Duration::from_millis(ms.parse()?))),
+            Err(_) => Ok(store),
+        };
+    #[cfg(feature = "redis-cluster")]
+    if url.contains(',') {
+        let store = tower_bearer::store::RedisStore::cluster(url.split(','))?.prefix(prefix);
+        return Ok(cache.store(op_timeout(store)?));
+    }
+    let store = op_timeout(tower_bearer::store::RedisStore::new(url)?.prefix(prefix))?;
     Ok(cache.store(store))
 }
 

@@ -255,7 +255,7 @@ pub use self::keyed::KeyedTokenCache;
 pub(crate) use self::refresh::invalidate_by_id;
 use self::refresh::{Config, Shared};
 pub(crate) use self::refresh::{Current, Lookup};
-pub use self::stats::Stats;
+pub use self::stats::{Stats, StoreStats};
 #[cfg(feature = "store")]
 pub(crate) use self::store::{Binding, Origin, MAX_CLOCK_SKEW};
 use crate::source::DynSource;

@@ -703,7 +703,7 @@ impl Shared {
                 let refresh = self.lock();
                 (refresh.config.store.clone(), refresh.config.timing.clone())
             };
-            if let Some(fleet) = binding.fleet(&*self.source) {
+            if let Some(fleet) = binding.fleet(&*self.source, self.counters.store()) {
                 return Box::pin(fleet.fetch(Arc::clone(&self.source), timing));
             }
         }

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::clock::{self, Limit};
 use super::refresh::fetch_once;
+use super::stats::StoreCounters;
 use super::sync;
 use super::timing::Timing;
 use crate::source::DynSource;
@@ -139,7 +140,11 @@ impl Binding {
 
     /// The store and stored key for a fetch from `source`, if the cache has
     /// a store and the source an identity.
-    pub(crate) fn fleet(&self, source: &dyn DynSource) -> Option<Fleet> {
+    pub(crate) fn fleet(
+        &self,
+        source: &dyn DynSource,
+        counters: &Arc<StoreCounters>,
+    ) -> Option<Fleet> {
         let cache_key = match &self.cache_key {
             CacheKey::Single => None,
             CacheKey::Keyed(Some(key)) => Some(&key[..]),
@@ -165,6 +170,7 @@ impl Binding {
             store: Arc::clone(store),
             key: identity.key(cache_key).into(),
             rejected: Arc::clone(&self.rejected),
+            counters: Arc::clone(counters),
         })
     }
 }
@@ -195,6 +201,7 @@ pub(crate) struct Fleet {
     store: Arc<dyn TokenStore>,
     key: Arc<str>,
     rejected: Rejected,
+    counters: Arc<StoreCounters>,
 }
 
 /// Where a token from a refresh through the store came from: the start of
@@ -206,6 +213,7 @@ pub(crate) struct Origin {
     key: Arc<str>,
     fingerprint: Fingerprint,
     rejected: Rejected,
+    counters: Arc<StoreCounters>,
 }
 
 impl Origin {
@@ -225,13 +233,15 @@ impl Origin {
         let Ok(runtime) = sync::Handle::try_current() else {
             return;
         };
-        let (store, key, fingerprint) = (
+        let (store, key, fingerprint, counters) = (
             Arc::clone(&self.store),
             Arc::clone(&self.key),
             self.fingerprint,
+            Arc::clone(&self.counters),
         );
         runtime.spawn(async move {
-            let _ = op(&*store, "delete", store.delete_if(&key, &fingerprint)).await;
+            let delete = store.delete_if(&key, &fingerprint);
+            let _ = op(&*store, &counters, "delete", delete).await;
         });
     }
 }
@@ -252,14 +262,16 @@ impl Fleet {
         let lease = lease_ttl(timing.fetch_timeout, self.store.op_timeout());
         let mut pause = FIRST_POLL;
         loop {
-            match op(
-                &*self.store,
-                "lease",
-                self.store.lease(&self.key, &owner, lease),
-            )
-            .await
-            {
+            let outcome = self.op("lease", self.store.lease(&self.key, &owner, lease));
+            let won = outcome.await;
+            if let Ok(won) = won {
+                self.counters.lease(won);
+                #[cfg(feature = "tracing")]
+                tracing::debug!(won, "fleet fetch lease");
+            }
+            match won {
                 Ok(true) => return self.fetch_as_owner(&*source, &timing, owner).await,
+                Ok(false) if pause == FIRST_POLL => self.counters.wait(),
                 Ok(false) => {}
                 // A lease that timed out here may still land: never wait on it.
                 Err(()) => return self.fetch_and_share(&*source, &timing, After::Skip).await,
@@ -309,11 +321,24 @@ impl Fleet {
     /// at the earliest due point its jitter could draw, so that the entry
     /// made of it is fresh too, and a due token is refreshed, not read back.
     async fn read(&self, timing: &Timing) -> Result<Option<Token>, ()> {
+        let token = self.read_fresh(timing).await?;
+        match &token {
+            Some(_) => {
+                self.counters.hit();
+                #[cfg(feature = "tracing")]
+                tracing::debug!("token read from the store");
+            }
+            None => self.counters.miss(),
+        }
+        Ok(token)
+    }
+
+    async fn read_fresh(&self, timing: &Timing) -> Result<Option<Token>, ()> {
         // What is left (the TTL) was measured somewhere during the read:
         // anchored at its start, the read's own latency is never credited
         // to the token as lifetime.
         let asked = clock::now();
-        let Some(stored) = op(&*self.store, "read", self.store.read(&self.key)).await? else {
+        let Some(stored) = self.op("read", self.store.read(&self.key)).await? else {
             return Ok(None);
         };
         let value = Zeroizing::new(stored.value);
@@ -361,6 +386,11 @@ impl Fleet {
         timing: &Timing,
         after: After,
     ) -> Result<Token, TokenError> {
+        if !matches!(after, After::Release(_)) {
+            self.counters.fallback();
+            #[cfg(feature = "tracing")]
+            tracing::debug!("fetching outside the fleet's single flight");
+        }
         let started = clock::now();
         let issued = self.store.now();
         let fetched = fetch_once(source, timing.fetch_timeout).await;
@@ -373,7 +403,7 @@ impl Fleet {
             (After::Skip, _) => false,
             (_, Some((value, expires_at))) => {
                 let write = self.store.write(&self.key, value, *expires_at);
-                op(&*self.store, "write", write).await.is_ok()
+                self.op("write", write).await.is_ok()
             }
             // Nothing to share (the fetch failed, or its token is not for
             // other processes): release at once.
@@ -392,12 +422,13 @@ impl Fleet {
     }
 
     async fn release(&self, owner: &str) {
-        let _ = op(
-            &*self.store,
-            "release",
-            self.store.release(&self.key, owner),
-        )
-        .await;
+        let _ = self
+            .op("release", self.store.release(&self.key, owner))
+            .await;
+    }
+
+    async fn op<T>(&self, what: &'static str, op: StoreFuture<'_, T>) -> Result<T, ()> {
+        self::op(&*self.store, &self.counters, what, op).await
     }
 
     fn origin(&self, started: Instant, fingerprint: Fingerprint) -> Arc<Origin> {
@@ -407,6 +438,7 @@ impl Fleet {
             key: Arc::clone(&self.key),
             fingerprint,
             rejected: Arc::clone(&self.rejected),
+            counters: Arc::clone(&self.counters),
         })
     }
 }
@@ -415,6 +447,7 @@ impl Fleet {
 /// reported (never with a value) and counts as a miss.
 async fn op<T>(
     store: &dyn TokenStore,
+    counters: &StoreCounters,
     what: &'static str,
     op: StoreFuture<'_, T>,
 ) -> Result<T, ()> {
@@ -425,11 +458,13 @@ async fn op<T>(
     match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(_error)) => {
+            counters.error();
             #[cfg(feature = "tracing")]
             tracing::debug!(operation = what, error = %_error, "token store failed; going on without it");
             Err(())
         }
         Err(_elapsed) => {
+            counters.timeout();
             #[cfg(feature = "tracing")]
             tracing::debug!(
                 operation = what,

@@ -4,10 +4,18 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::aio::ConnectionLike;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    Pipeline, RedisFuture, Script, Value,
+};
 
 use super::{Fingerprint, StoreError, StoreFuture, Stored, TokenStore};
+
+#[cfg(feature = "redis-cluster")]
+mod cluster;
+#[cfg(feature = "redis-tls")]
+mod tls;
 
 const DEFAULT_PREFIX: &str = "tower-bearer:";
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -16,22 +24,26 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Lua compare-and-delete scripts for releases and `401` deletes. See
 /// [`crate::store`] for how the cache uses it.
 ///
-/// - [`new`](Self::new) parses a URL (`redis://`, `rediss://` with redis-rs's
-///   TLS features, `unix://`) and connects on first use, so a fleet may
-///   start before its Redis. It keeps one multiplexed connection, made with
-///   the operation timeout as connect and response timeouts, drops it on any
+/// - [`new`](Self::new) parses a URL (`redis://`, `unix://`, or
+///   `rediss://` with the feature `redis-tls`, see
+///   [`tls_ca_pem`](Self::tls_ca_pem)), with an ACL user and password if
+///   you give one, and connects on first use, so a fleet may start before
+///   its Redis. It keeps one multiplexed connection, drops it on any
 ///   connection error and connects again on the next operation, with no
 ///   backoff of its own: sharing resumes at the first refresh after Redis
 ///   is back.
+/// - `cluster` (feature `redis-cluster`) does the same for a Redis
+///   Cluster, from its seed nodes.
 /// - [`from_connection`](Self::from_connection) uses your own redis-rs
-///   connection: a `ConnectionManager`, a cluster or sentinel connection,
-///   with your TLS and ACL settings. Reconnection is then the connection's
+///   connection: a `ConnectionManager`, a sentinel connection, a cluster
+///   over redis-rs's own TLS. Reconnection is then the connection's
 ///   own: configure a `ConnectionManager` with a short `max_delay` (say
 ///   500 ms), or its default backoff may keep it from seeing a restarted
 ///   Redis for several seconds.
 ///
-/// Keys are `<prefix><hex SHA-256 of the token's identity>` for the token
-/// and the same with `:lease` for the fetch lease. Each value is the
+/// Keys are `<prefix>{<hex SHA-256 of the token's identity>}` for the
+/// token and the same with `:lease` for the fetch lease: the braces are a
+/// Redis Cluster hash tag, so that both keys are in one slot. Each value is the
 /// SHA-256 of what the cache wrote, then what it wrote, so that a delete
 /// after a `401` compares 32 bytes on the server; a read checks it, and a
 /// key of another Redis type reads as a miss.
@@ -62,13 +74,62 @@ pub struct RedisStore {
 
 #[derive(Clone)]
 enum Connection {
-    /// Ours, made from a URL on first use.
+    /// Ours, made from URLs on first use, and again after a connection error.
     Lazy {
-        client: Client,
-        current: Arc<Mutex<Option<MultiplexedConnection>>>,
+        target: Arc<Target>,
+        current: Arc<Mutex<Option<Arc<dyn Share>>>>,
     },
     /// The user's.
     Theirs(Arc<dyn Share>),
+}
+
+/// What a store made from URLs connects to.
+enum Target {
+    /// One server (or a proxy in front of several).
+    Node(Node),
+    /// The seed nodes of a Redis Cluster.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// One server's address and credentials, and TLS for `rediss://`.
+struct Node {
+    info: ConnectionInfo,
+    #[cfg(feature = "redis-tls")]
+    tls: Option<tls::Tls>,
+}
+
+impl Node {
+    async fn connect(&self, config: &AsyncConnectionConfig) -> redis::RedisResult<Arc<dyn Share>> {
+        #[cfg(feature = "redis-tls")]
+        if let Some(tls) = &self.tls {
+            return Ok(Arc::new(tls.connect(&self.info, config.clone()).await?));
+        }
+        let client = Client::open(self.info.clone())?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?;
+        Ok(Arc::new(conn))
+    }
+}
+
+/// A Redis URL's connection info, and whether it asks for TLS (`rediss://`,
+/// `valkeys://`): we make TLS connections ourselves (see `tls.rs`), so
+/// redis-rs parses the URL as a plain one. A message never quotes the URL
+/// (it may hold a password).
+fn parse(url: &str) -> Result<(ConnectionInfo, bool), StoreError> {
+    let (scheme, rest) = url.split_once("://").unwrap_or((url, ""));
+    let tls = scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys");
+    let info = if tls {
+        format!("redis://{rest}").into_connection_info()
+    } else {
+        url.into_connection_info()
+    }
+    .map_err(error)?;
+    if tls && !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
+        return Err(StoreError::new("a rediss:// URL needs a host"));
+    }
+    Ok((info, tls))
 }
 
 /// A user's connection, cloned for each operation.
@@ -104,15 +165,29 @@ impl ConnectionLike for Boxed {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (a `&str`, a `String`, or anything
-    /// else redis-rs takes as connection info). Only parses the URL: it
-    /// connects on first use, and needs no runtime until then. A URL that
-    /// does not parse is an error whose message does not quote it.
-    pub fn new(url: impl redis::IntoConnectionInfo) -> Result<Self, StoreError> {
-        // The message of a bad URL does not quote it (it may hold a password).
-        let client = Client::open(url).map_err(error)?;
+    /// A store on the Redis at `url`:
+    /// `redis://[<user>][:<password>@]<host>[:<port>][/<db>]`, `unix://`,
+    /// or `rediss://` for TLS (feature `redis-tls`; see
+    /// [`tls_ca_pem`](Self::tls_ca_pem)). The user and password are
+    /// those of a Redis 6+ ACL user (see `docs/store.md` for the rights the
+    /// store needs); neither ever shows in `Debug`, errors or events.
+    ///
+    /// Only parses the URL: it connects on first use, and needs no runtime
+    /// until then. A URL that does not parse is an error whose message does
+    /// not quote it.
+    pub fn new(url: impl AsRef<str>) -> Result<Self, StoreError> {
+        let (info, tls) = parse(url.as_ref())?;
+        #[cfg(not(feature = "redis-tls"))]
+        if tls {
+            return Err(StoreError::new("rediss:// needs the feature `redis-tls`"));
+        }
+        let node = Node {
+            info,
+            #[cfg(feature = "redis-tls")]
+            tls: tls.then(tls::Tls::default),
+        };
         Ok(Self::with(Connection::Lazy {
-            client,
+            target: Arc::new(Target::Node(node)),
             current: Arc::default(),
         }))
     }
@@ -150,6 +225,85 @@ impl RedisStore {
         Self::with(Connection::Theirs(Arc::new(connection)))
     }
 
+    /// Trusts only the CA certificates in `pem` (PEM, one or more) for a
+    /// `rediss://` store, instead of webpki's compiled-in roots: the CA of a
+    /// self-run Redis, say. The server's certificate must name the URL's
+    /// host (a DNS name or an IP address). Feature `redis-tls`.
+    ///
+    /// TLS is made with rustls and the application's process-level crypto
+    /// provider when it installed one, else ring; this crate never installs
+    /// a provider. An error (a PEM that does not parse, a store that is not
+    /// `rediss://`) never quotes the PEM.
+    ///
+    /// ```no_run
+    /// use tower_bearer::store::RedisStore;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::new("rediss://fleet:password@redis.internal:6380/")?
+    ///     .tls_ca_pem(std::fs::read("/etc/redis/ca.pem")?)?
+    ///     .tls_client_pem(
+    ///         std::fs::read("/etc/redis/client.pem")?,
+    ///         std::fs::read("/etc/redis/client.key")?,
+    ///     )?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_ca_pem(self, pem: impl AsRef<[u8]>) -> Result<Self, StoreError> {
+        self.map_tls(|tls| tls.with_ca_pem(pem.as_ref()))
+    }
+
+    /// Presents a client certificate (mutual TLS) on a `rediss://` store:
+    /// the chain in `chain_pem`, leaf first, and its private key in
+    /// `key_pem` (PKCS#8, PKCS#1 or SEC1). Feature `redis-tls`.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_client_pem(
+        self,
+        chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, StoreError> {
+        self.map_tls(|tls| tls.with_client_pem(chain_pem.as_ref(), key_pem.as_ref()))
+    }
+
+    /// Uses your own rustls config for a `rediss://` store, as it is (its
+    /// provider, roots, client certificate), instead of
+    /// [`tls_ca_pem`](Self::tls_ca_pem) and
+    /// [`tls_client_pem`](Self::tls_client_pem). Feature `redis-tls`.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_config(self, config: Arc<rustls::ClientConfig>) -> Result<Self, StoreError> {
+        self.map_tls(|tls| Ok(tls.with_config(config)))
+    }
+
+    #[cfg(feature = "redis-tls")]
+    fn map_tls(
+        mut self,
+        f: impl FnOnce(tls::Tls) -> Result<tls::Tls, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let Connection::Lazy { target, .. } = &self.connection else {
+            return Err(StoreError::new("TLS settings need a rediss:// URL"));
+        };
+        let Target::Node(Node {
+            info,
+            tls: Some(tls),
+        }) = &**target
+        else {
+            return Err(StoreError::new("TLS settings need a rediss:// URL"));
+        };
+        let node = Node {
+            info: info.clone(),
+            tls: Some(f(tls.clone())?),
+        };
+        self.connection = Connection::Lazy {
+            target: Arc::new(Target::Node(node)),
+            current: Arc::default(),
+        };
+        Ok(self)
+    }
+
     fn with(connection: Connection) -> Self {
         Self {
             connection,
@@ -160,7 +314,11 @@ impl RedisStore {
         }
     }
 
-    /// What every key starts with. Default: `tower-bearer:`.
+    /// What every key starts with. Default: `tower-bearer:`. Applications
+    /// that share one Redis stay apart by prefix, and an ACL user's key
+    /// pattern names it (`~orders:*`). The hash after it is in braces (a
+    /// Redis Cluster hash tag): keep braces out of the prefix unless you
+    /// mean every token of the application to share one slot (`{orders}:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
         self
@@ -182,12 +340,17 @@ impl RedisStore {
         self
     }
 
+    /// `<prefix>{<key>}`: the braces are a Redis Cluster hash tag, so that
+    /// the token and its lease live in one slot (on one node), whatever the
+    /// prefix.
     fn token_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        format!("{}{{{key}}}", self.prefix)
     }
 
+    /// `<prefix>{<key>}:lease`: the token's key and a suffix, so that its
+    /// first hash tag is the token's.
     fn lease_key(&self, key: &str) -> String {
-        format!("{}{key}:lease", self.prefix)
+        format!("{}:lease", self.token_key(key))
     }
 
     async fn run<T>(
@@ -196,27 +359,16 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let (mut conn, current) = match &self.connection {
             Connection::Theirs(theirs) => (theirs.handle(), None),
-            Connection::Lazy { client, current } => {
+            Connection::Lazy { target, current } => {
                 let cached = current
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
                 let conn = match cached {
                     Some(conn) => conn,
-                    None => {
-                        let config = AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout));
-                        let conn = client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await
-                            .map_err(error)?;
-                        *current.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Some(conn.clone());
-                        conn
-                    }
+                    None => self.connect(target, current).await?,
                 };
-                (Boxed(Box::new(conn)), Some(current))
+                (conn.handle(), Some(current))
             }
         };
         let result = job(&mut conn).await;
@@ -230,6 +382,57 @@ impl RedisStore {
             }
         }
         result.map_err(error)
+    }
+}
+
+// ===== connecting =====
+
+impl RedisStore {
+    /// A new connection to `target`, kept in `current`, made by a task of
+    /// its own: an operation that gives up after its op timeout leaves it
+    /// to finish, and the next operation finds the connection. (A cluster's
+    /// connection, the slot map and then a connection per node, can take
+    /// longer than one op timeout on a loaded host: cancelled with each
+    /// operation, it would never be made.) redis-rs's own timeouts bound it.
+    async fn connect(
+        &self,
+        target: &Arc<Target>,
+        current: &Arc<Mutex<Option<Arc<dyn Share>>>>,
+    ) -> Result<Arc<dyn Share>, StoreError> {
+        let (target, current) = (Arc::clone(target), Arc::clone(current));
+        let timeout = self.inner_timeout();
+        let task = tokio::spawn(async move {
+            let conn = connect(&target, timeout).await?;
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&conn));
+            Ok::<_, redis::RedisError>(conn)
+        });
+        match task.await {
+            Ok(conn) => conn.map_err(error),
+            Err(_) => Err(StoreError::new("connecting to redis ended abruptly")),
+        }
+    }
+
+    /// redis-rs's own connect and response timeouts: past the op timeout,
+    /// so that the cache's bound on each operation fires first (a slow
+    /// Redis counts as a timeout in [`StoreStats`](crate::StoreStats)), and
+    /// still bounded should an operation be left to finish on its own.
+    fn inner_timeout(&self) -> Duration {
+        self.timeout.saturating_mul(2)
+    }
+}
+
+/// A new connection to `target`, with `timeout` as redis-rs's connect and
+/// response timeouts.
+async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Arc<dyn Share>> {
+    match target {
+        Target::Node(node) => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            node.connect(&config).await
+        }
+        #[cfg(feature = "redis-cluster")]
+        Target::Cluster(seeds) => cluster::connect(seeds, timeout).await,
     }
 }
 
@@ -424,7 +627,13 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let connection = match &self.connection {
             // The URL may carry a password: show neither.
-            Connection::Lazy { .. } => "url",
+            Connection::Lazy { target, .. } => match &**target {
+                #[cfg(feature = "redis-tls")]
+                Target::Node(Node { tls: Some(_), .. }) => "rediss url",
+                Target::Node(_) => "url",
+                #[cfg(feature = "redis-cluster")]
+                Target::Cluster(_) => "cluster urls",
+            },
             Connection::Theirs(_) => "user's connection",
         };
         f.debug_struct("RedisStore")
@@ -450,6 +659,37 @@ mod tests {
         let error = RedisStore::new("redis://user:hunter2@[bad/").unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    /// What Redis Cluster hashes of a key: its first non-empty `{...}`.
+    fn hash_tag(key: &str) -> &str {
+        let Some(open) = key.find('{') else {
+            return key;
+        };
+        match key[open + 1..].find('}') {
+            Some(0) | None => key,
+            Some(len) => &key[open + 1..open + 1 + len],
+        }
+    }
+
+    #[test]
+    fn a_token_and_its_lease_hash_to_one_slot_whatever_the_prefix() {
+        let hash = "0a1b".repeat(16);
+        for prefix in ["tower-bearer:", "", "orders:", "}{", "{app}:", "x{"] {
+            let store = RedisStore::new("redis://127.0.0.1:1/")
+                .unwrap()
+                .prefix(prefix);
+            let (token, lease) = (store.token_key(&hash), store.lease_key(&hash));
+            assert!(token.starts_with(prefix) && lease.starts_with(&token));
+            assert_ne!(hash_tag(&token), token, "{token} has a hash tag");
+            assert_eq!(hash_tag(&token), hash_tag(&lease), "{prefix:?}");
+        }
+        let store = RedisStore::new("redis://127.0.0.1:1/").unwrap();
+        assert_eq!(
+            hash_tag(&store.token_key(&hash)),
+            hash,
+            "one slot per token"
+        );
     }
 
     #[cfg(feature = "seal")]
