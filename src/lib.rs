@@ -168,6 +168,8 @@ mod source;
 #[cfg(feature = "store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
 pub mod store;
+#[cfg(feature = "rustls")]
+mod tls;
 mod token;
 
 #[doc(inline)]

@@ -22,7 +22,7 @@ use super::client_auth::{ClientAuth, Credentials};
 use super::error::Error;
 use super::response::{self, Context, MAX_BODY};
 use super::token_exchange::Exchange;
-use super::transport::{self, HttpClient, ResponseBody, Tower};
+use super::transport::{self, Builtin, HttpClient, Proxy, ResponseBody, Tower};
 use crate::{BoxError, RetryHint, Token, TokenSource};
 
 /// A [`TokenSource`] that asks an OAuth2 token endpoint for a token with the
@@ -65,8 +65,9 @@ pub struct ClientCredentials {
 
 #[derive(Clone)]
 enum Client {
-    /// The built-in hyper-util client, built on the first fetch.
-    Default(Arc<OnceLock<Result<Arc<dyn HttpClient>, Error>>>),
+    /// The built-in hyper-util client with its settings, built on the
+    /// first fetch.
+    Default(Builtin, Arc<OnceLock<Result<Arc<dyn HttpClient>, Error>>>),
     /// The user's own service.
     Custom(Arc<dyn HttpClient>),
 }
@@ -128,7 +129,7 @@ impl ClientCredentials {
             grant: Grant::ClientCredentials,
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
-            client: Client::Default(Arc::default()),
+            client: Client::Default(Builtin::default(), Arc::default()),
             #[cfg(feature = "dpop")]
             dpop: None,
         }
@@ -349,19 +350,93 @@ impl ClientCredentials {
         self
     }
 
+    /// Sends token requests through the application's own
+    /// `reqwest::Client` (reqwest 0.13), with its proxy, roots, TLS provider
+    /// and timeouts, instead of the built-in client.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// let http = reqwest::Client::new();
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?
+    ///     .reqwest_client(http);
+    /// # Ok::<_, tower_bearer::oauth2::Error>(())
+    /// ```
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(mut self, client: ::reqwest::Client) -> Self {
+        self.client = Client::Custom(Arc::new(transport::Reqwest(client)));
+        self
+    }
+
+    /// How the built-in client reaches the token endpoint: through the
+    /// proxy the environment names (the default), directly, or through a
+    /// proxy of your own. See [`Proxy`]. A client of your own
+    /// ([`with_client`](Self::with_client),
+    /// [`reqwest_client`](Self::reqwest_client)) uses its own proxy
+    /// settings instead.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::{ClientCredentials, Proxy};
+    ///
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?
+    ///     .proxy(Proxy::Url("http://proxy.internal:3128".into()));
+    /// # Ok::<_, tower_bearer::oauth2::Error>(())
+    /// ```
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.builtin(|settings| settings.proxy = proxy);
+        self
+    }
+
+    /// Makes the built-in client trust the certificates of `pem` (one or
+    /// more `CERTIFICATE` blocks) as roots, beside the platform's roots
+    /// (`native-roots`) and Mozilla's (`webpki-roots`): for an identity
+    /// provider behind a private CA or a TLS-inspecting proxy. A PEM that
+    /// holds no valid certificate makes every fetch fail with a permanent
+    /// [`Config`](super::ErrorKind::Config) error.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let path = std::env::temp_dir().join("tower-bearer-doc-ca.pem");
+    /// # std::fs::write(&path, "")?;
+    /// let ca = std::fs::read(&path)?;
+    /// let source = ClientCredentials::try_new("https://idp.corp.internal/token", "id", "secret")?
+    ///     .add_root_certificate_pem(ca);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        let pem: Arc<[u8]> = Arc::from(pem.as_ref());
+        self.builtin(|settings| settings.roots_pem.push(pem));
+        self
+    }
+
+    /// Changes the built-in client's settings; it is built again on the
+    /// next fetch. Ignored with a client of your own.
+    fn builtin(&mut self, change: impl FnOnce(&mut Builtin)) {
+        if let Client::Default(settings, client) = &mut self.client {
+            change(settings);
+            *client = Arc::default();
+        }
+    }
+
     /// The token request, and the client to send it with.
     fn prepare(&self, assertion: Option<&str>, subject: Option<&str>) -> Result<Prepared, Error> {
         let uri = self.uri.clone()?;
         let client = match &self.client {
             Client::Custom(client) => Arc::clone(client),
-            Client::Default(client) => {
+            Client::Default(settings, client) => {
                 if uri.scheme_str() == Some("https") && !transport::DEFAULT_CLIENT_HAS_TLS {
                     return Err(Error::config(
                         "an https token URL needs the `rustls` feature, or a client of your own \
                          (with_client)",
                     ));
                 }
-                client.get_or_init(transport::default_client).clone()?
+                client
+                    .get_or_init(|| transport::default_client(settings))
+                    .clone()?
             }
         };
         let mut masked = Vec::new();
@@ -633,7 +708,7 @@ impl fmt::Debug for ClientCredentials {
             .field(
                 "client",
                 &match self.client {
-                    Client::Default(_) => "built-in",
+                    Client::Default(..) => "built-in",
                     Client::Custom(_) => "custom",
                 },
             )

@@ -205,6 +205,27 @@ impl TokenExchange {
         self.inner = self.inner.with_client(client);
         self
     }
+
+    /// Sends token requests through the application's `reqwest::Client`;
+    /// see [`ClientCredentials::reqwest_client`].
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(mut self, client: ::reqwest::Client) -> Self {
+        self.inner = self.inner.reqwest_client(client);
+        self
+    }
+
+    /// See [`ClientCredentials::proxy`].
+    pub fn proxy(mut self, proxy: super::Proxy) -> Self {
+        self.inner = self.inner.proxy(proxy);
+        self
+    }
+
+    /// See [`ClientCredentials::add_root_certificate_pem`].
+    pub fn add_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.inner = self.inner.add_root_certificate_pem(pem);
+        self
+    }
 }
 
 impl TokenSource for TokenExchange {
