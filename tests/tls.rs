@@ -28,6 +28,8 @@ async fn an_added_ca_is_trusted_and_an_installed_provider_is_used() {
     let untrusted = TokenCache::new(ClientCredentials::try_new(&idp.url, "id", "secret").unwrap());
     let error = untrusted.token().await.unwrap_err();
     assert_eq!(cause(&error).kind(), ErrorKind::Transport);
+    // The summary says why, from the innermost cause.
+    assert!(format!("{error}").contains("UnknownIssuer"), "{error}");
 
     let trusting = || {
         TokenCache::new(

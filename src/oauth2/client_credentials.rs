@@ -35,13 +35,14 @@ use crate::{BoxError, RetryHint, Token, TokenSource};
 /// use std::time::Duration;
 /// use tower_bearer::oauth2::{ClientAuth, ClientCredentials};
 ///
-/// let source = ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "s3cret")
+/// let source = ClientCredentials::try_new("https://idp.example.com/oauth/token", "my-client", "s3cret")?
 ///     .scopes(["orders:read", "orders:write"])
 ///     .audience("https://api.example.com")
 ///     .auth_method(ClientAuth::Post)
 ///     .default_lifetime(Duration::from_secs(600));
 /// // Never shows the secret.
 /// assert!(!format!("{source:?}").contains("s3cret"));
+/// # Ok::<_, tower_bearer::oauth2::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct ClientCredentials {
@@ -111,11 +112,11 @@ impl ClientCredentials {
     /// fail with a permanent [`Config`](super::ErrorKind::Config) error.
     /// [`try_new`](Self::try_new) checks it up front.
     pub fn new(
-        token_url: impl Into<String>,
+        token_url: impl AsRef<str>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Self {
-        let token_url = token_url.into();
+        let token_url = token_url.as_ref().to_owned();
         Self {
             uri: transport::check_url(&token_url, false),
             token_url,
@@ -136,7 +137,9 @@ impl ClientCredentials {
     }
 
     /// Like [`new`](Self::new), but fails at once if the token URL is not a
-    /// valid `https` URL (or plain `http` to a loopback host).
+    /// valid `https` URL (or plain `http` to a loopback host). The URL is
+    /// anything that is `AsRef<str>`: a `&str`, a `String`, or a
+    /// `&url::Url`.
     ///
     /// ```
     /// use tower_bearer::oauth2::{ClientCredentials, ErrorKind};
@@ -147,7 +150,7 @@ impl ClientCredentials {
     /// assert!(ClientCredentials::try_new("http://127.0.0.1:8080/token", "id", "secret").is_ok());
     /// ```
     pub fn try_new(
-        token_url: impl Into<String>,
+        token_url: impl AsRef<str>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Result<Self, Error> {
@@ -240,9 +243,10 @@ impl ClientCredentials {
     /// use tower_bearer::dpop::ProofKey;
     /// use tower_bearer::oauth2::ClientCredentials;
     ///
-    /// # fn main() -> Result<(), tower_bearer::dpop::Error> {
-    /// let source = ClientCredentials::new("https://idp.example.com/token", "my-client", "s3cret")
-    ///     .dpop(ProofKey::generate()?);
+    /// # fn main() -> Result<(), String> {
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "my-client", "s3cret")
+    ///     .map_err(|error| error.to_string())?
+    ///     .dpop(ProofKey::generate().map_err(|error| error.to_string())?);
     /// # let _ = source;
     /// # Ok(())
     /// # }
@@ -324,14 +328,14 @@ impl ClientCredentials {
     /// use tower_bearer::TokenCache;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tower_bearer::TokenError> {
+    /// # async fn main() -> Result<(), tower_bearer::BoxError> {
     /// // Stands in for your own HTTP client.
     /// let idp = service_fn(|_request: Request<Full<Bytes>>| async {
     ///     let body = r#"{"access_token":"abcd1234","token_type":"Bearer","expires_in":3600}"#;
     ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
     /// });
     /// let cache = TokenCache::new(
-    ///     ClientCredentials::new("https://idp.example.com/token", "id", "secret").with_client(idp),
+    ///     ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?.with_client(idp),
     /// );
     /// assert_eq!(cache.token().await?.secret(), "abcd1234");
     /// # Ok(())
@@ -781,6 +785,24 @@ pub(super) fn form_encode(text: &str) -> Zeroizing<String> {
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    #[test]
+    fn a_url_by_reference_is_a_token_url() {
+        let url = url::Url::parse("https://idp.example.com/token").unwrap();
+        let source = ClientCredentials::try_new(&url, "id", "secret").unwrap();
+        assert_eq!(source.token_url, "https://idp.example.com/token");
+        let exchange = crate::oauth2::TokenExchange::try_new(&url, "id", "", || async {
+            Ok::<_, std::io::Error>(Token::new("subject"))
+        });
+        assert!(exchange.is_ok());
+        let bad = url::Url::parse("http://idp.example.com/token").unwrap();
+        assert!(
+            crate::oauth2::TokenExchange::try_new(&bad, "id", "", || async {
+                Ok::<_, std::io::Error>(Token::new("subject"))
+            })
+            .is_err()
+        );
+    }
 
     fn body_of(request: Request<Full<Bytes>>) -> String {
         let body = futures_body(request.into_body());

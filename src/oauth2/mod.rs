@@ -18,7 +18,7 @@
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), tower_bearer::BoxError> {
-//! let source = ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "s3cret")
+//! let source = ClientCredentials::try_new("https://idp.example.com/oauth/token", "my-client", "s3cret")?
 //!     .scope("orders:read");
 //! let mut client = ServiceBuilder::new()
 //!     .layer(BearerAuthLayer::new(source))
@@ -100,7 +100,7 @@
 //! // let pem = std::fs::read_to_string("/etc/my-app/client-key.pem")?;
 //! let key = PrivateKey::from_pkcs8_pem(Algorithm::PS256, &pem)?.key_id("2026-11");
 //! let cache = TokenCache::new(
-//!     ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "")
+//!     ClientCredentials::try_new("https://idp.example.com/oauth/token", "my-client", "")?
 //!         .private_key_jwt(key),
 //! );
 //! # drop(cache);
@@ -117,10 +117,11 @@
 //! ```
 //! use tower_bearer::oauth2::{ClientCredentials, FileAssertion};
 //!
-//! let source = ClientCredentials::new("https://login.example.com/tenant/oauth2/v2.0/token", "app-id", "")
+//! let source = ClientCredentials::try_new("https://login.example.com/tenant/oauth2/v2.0/token", "app-id", "")?
 //!     .client_assertion(FileAssertion::new("/var/run/secrets/azure/tokens/azure-identity-token"))
 //!     .scope("https://api.example.com/.default");
 //! # drop(source);
+//! # Ok::<_, tower_bearer::oauth2::Error>(())
 //! ```
 //!
 //! [`ClientAuth`] is a `Copy + Eq` tag, as before: the key and the source

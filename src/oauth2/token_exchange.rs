@@ -42,12 +42,13 @@ use crate::{BoxError, RetryHint, TokenSource};
 ///
 /// let subject = FileToken::new("/var/run/secrets/tokens/sts-token");
 /// let cache = TokenCache::new(
-///     TokenExchange::new("https://sts.example.com/token", "my-workload", "", subject)
+///     TokenExchange::try_new("https://sts.example.com/token", "my-workload", "", subject)?
 ///         .auth_method(ClientAuth::Post)
 ///         .audience("https://api.example.com")
 ///         .requested_token_type(TokenExchange::ACCESS_TOKEN),
 /// );
 /// # drop(cache);
+/// # Ok::<_, tower_bearer::oauth2::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct TokenExchange {
@@ -99,7 +100,7 @@ impl TokenExchange {
     /// choose another [`auth_method`](Self::auth_method) for a client
     /// without one). The subject token type is [`JWT`](Self::JWT).
     pub fn new(
-        token_url: impl Into<String>,
+        token_url: impl AsRef<str>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
         subject: impl TokenSource,
@@ -111,6 +112,18 @@ impl TokenExchange {
             requested_token_type: None,
         }));
         Self { inner }
+    }
+
+    /// Like [`new`](Self::new), but fails at once if the token URL is not
+    /// valid or not allowed, as [`ClientCredentials::try_new`] does.
+    pub fn try_new(
+        token_url: impl AsRef<str>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        subject: impl TokenSource,
+    ) -> Result<Self, Error> {
+        ClientCredentials::try_new(token_url.as_ref(), "", "")?;
+        Ok(Self::new(token_url, client_id, client_secret, subject))
     }
 
     fn exchange(&mut self) -> &mut Exchange {
