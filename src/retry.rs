@@ -108,7 +108,8 @@ impl Budget {
         once(&mut self.retried)
     }
 
-    /// Retries once if `rejected`.
+    /// Retries once if `rejected` (gRPC's `UNAUTHENTICATED`).
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn once_if(&mut self, rejected: bool) -> bool {
         rejected && once(&mut self.retried)
     }
