@@ -163,6 +163,7 @@ impl<B> RetryOn401<B> {
 impl<B> RetryOn401<B> {
     /// Retries once if `rejected`: the one-retry rule, shared with
     /// `grpc::RetryOnUnauthenticated`.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn once_if(&mut self, rejected: bool) -> Option<Ready<()>> {
         self.budget.once_if(rejected).then(|| ready(()))
     }
