@@ -108,6 +108,10 @@ pub enum TokenErrorKind {
     Abandoned,
     /// A fetch was needed outside a tokio runtime.
     NoRuntime,
+    /// A keyed layer or middleware set to
+    /// [`require_key`](crate::auth::KeyedBearerAuthLayer::require_key) found
+    /// no key for the request. No request was sent. Permanent.
+    NoKey,
     /// The token is DPoP-bound, and no proof could be made for the request
     /// (its URI is not absolute, say): the [`source`](Error::source) is the
     /// [`dpop::Error`](crate::dpop::Error). No request was sent.
@@ -195,6 +199,14 @@ impl TokenError {
         Self::new(TokenErrorKind::NoRuntime, None)
     }
 
+    pub(crate) fn no_key() -> Self {
+        let mut error = Self::new(TokenErrorKind::NoKey, None);
+        if let Some(inner) = Arc::get_mut(&mut error.inner) {
+            inner.hint = RetryHint::Permanent;
+        }
+        error
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> TokenErrorKind {
         self.inner.kind
@@ -270,6 +282,7 @@ impl TokenError {
             TokenErrorKind::Panicked => "token source panicked",
             TokenErrorKind::Abandoned => "token fetch was abandoned",
             TokenErrorKind::NoRuntime => "token fetch needs a tokio runtime",
+            TokenErrorKind::NoKey => "the request has no token key",
             #[cfg(feature = "dpop")]
             TokenErrorKind::Proof => "no DPoP proof could be made for the request",
             #[allow(unreachable_patterns)]

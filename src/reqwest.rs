@@ -284,6 +284,7 @@ impl BearerAuthMiddleware {
             cache,
             key: KeyOf::new(key),
             options: Options::default(),
+            require_key: false,
         }
     }
 
@@ -360,6 +361,7 @@ pub struct KeyedBearerAuthMiddleware<K> {
     cache: KeyedTokenCache<K>,
     key: KeyOf<K>,
     options: Options,
+    require_key: bool,
 }
 
 impl<K> KeyedBearerAuthMiddleware<K> {
@@ -388,6 +390,15 @@ impl<K> KeyedBearerAuthMiddleware<K> {
         self
     }
 
+    /// As [`KeyedBearerAuthLayer::require_key`](crate::auth::KeyedBearerAuthLayer::require_key):
+    /// with `true`, a request in scope without a key fails with a
+    /// [`TokenError`] of kind [`NoKey`](crate::TokenErrorKind::NoKey)
+    /// instead of going out without a token.
+    pub fn require_key(mut self, require: bool) -> Self {
+        self.require_key = require;
+        self
+    }
+
     /// The cache this middleware takes its tokens from.
     pub fn cache(&self) -> &KeyedTokenCache<K> {
         &self.cache
@@ -400,6 +411,7 @@ impl<K> Clone for KeyedBearerAuthMiddleware<K> {
             cache: self.cache.clone(),
             key: self.key.clone(),
             options: self.options.clone(),
+            require_key: self.require_key,
         }
     }
 }
@@ -419,8 +431,14 @@ where
             .options
             .wants_token(&request)
             .then(|| self.key_of(&request, extensions));
-        let Some(Some(key)) = key else {
-            return next.run(request, extensions).await;
+        let key = match key {
+            Some(Some(key)) => key,
+            Some(None) if self.require_key => {
+                return Err(reqwest_middleware::Error::Middleware(
+                    TokenError::no_key().into(),
+                ))
+            }
+            _ => return next.run(request, extensions).await,
         };
         let entry = || self.cache.entry(&key);
         self.options.send(request, extensions, next, entry).await
@@ -446,6 +464,7 @@ impl<K> fmt::Debug for KeyedBearerAuthMiddleware<K> {
         f.debug_struct("KeyedBearerAuthMiddleware")
             .field("cache", &self.cache)
             .field("key", &self.key)
+            .field("require_key", &self.require_key)
             .field("header", &self.options.header)
             .field("keep_existing", &self.options.keep_existing)
             .field("scope", &self.options.scope)

@@ -27,6 +27,12 @@
 //!   only sometimes be copied (a streaming body cannot): a request whose body
 //!   it cannot copy gets its `401` back.
 //! - Any other response or error is returned as it is.
+//! - With the `tracing` feature, a request that reaches the policy with its
+//!   `Authorization` header already set (the retry inside the bearer layer,
+//!   where each attempt resends the rejected token) makes one `warn` event,
+//!   once per process. A request that carries its own `Authorization` on
+//!   purpose (with [`keep_existing`](crate::BearerAuthLayer::keep_existing))
+//!   causes it too.
 //!
 //! # Example
 //!
@@ -190,6 +196,10 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        #[cfg(feature = "tracing")]
+        if request.headers().contains_key(http::header::AUTHORIZATION) {
+            warn_wrong_order();
+        }
         if self.budget.spent() {
             return None;
         }
@@ -201,6 +211,23 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
         *clone.headers_mut() = request.headers().clone();
         *clone.extensions_mut() = request.extensions().clone();
         Some(clone)
+    }
+}
+
+/// A request reached the policy with its `Authorization` already set: the
+/// retry is most likely inside the bearer layer, where every attempt
+/// resends the rejected token. Said once per process.
+#[cfg(feature = "tracing")]
+#[cold]
+fn warn_wrong_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "RetryOn401 saw a request that already carries Authorization: put the retry \
+             outside the bearer layer (ServiceBuilder::new().retry(..).layer(bearer)), or \
+             each retry resends the rejected token"
+        );
     }
 }
 

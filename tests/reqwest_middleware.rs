@@ -478,9 +478,19 @@ async fn a_keyed_middleware_sends_each_audience_its_own_token() -> Result<(), Bo
         .await?;
     assert_eq!(response.status(), StatusCode::OK);
     // No key: no token.
-    let response = client.get(url).send().await?;
+    let response = client.get(&url).send().await?;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(backend.fetch_count(), 2);
+    // Unless a key is required: then the request fails and is not sent.
+    let strict = ClientBuilder::new(reqwest::Client::new())
+        .with(BearerAuthMiddleware::keyed(cache.clone(), |_| None::<String>).require_key(true))
+        .build();
+    let error = strict.get(&url).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("{error:?}")
+    };
+    let error = error.downcast_ref::<TokenError>().unwrap();
+    assert_eq!(error.kind(), TokenErrorKind::NoKey);
 
     // A revoked token is evicted from its own audience only.
     let billing = cache.token(&"billing".to_owned()).await?;
