@@ -98,6 +98,7 @@
 //! default its `Debug` form). Never the token. Dropping a key is a `debug`
 //! event with its label and the reason.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
@@ -239,7 +240,11 @@ impl<K: Hash + Eq> KeyMap<K> {
     /// `recent` is empty most of the time, and an empty map answers
     /// without hashing.
     #[inline]
-    fn get(&self, key: &K) -> Option<&Arc<KeySlot>> {
+    fn get<Q>(&self, key: &Q) -> Option<&Arc<KeySlot>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.main.get(key).or_else(|| self.recent.get(key))
     }
 
@@ -395,9 +400,33 @@ where
     }
 
     /// A valid token for `key`: its cached one, or a new one from the key's
-    /// single refresh.
-    pub async fn token(&self, key: &K) -> Result<Token, TokenError> {
-        Ok(self.entry(key).await?.1.token.clone())
+    /// single refresh. The key may be given borrowed, as for a `HashMap`
+    /// (`&str` for a `String` key); it is copied only when it is new.
+    ///
+    /// ```
+    /// use tower_bearer::{KeyedTokenCache, Token};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_bearer::TokenError> {
+    /// let cache = KeyedTokenCache::new(|audience: &String| {
+    ///     let token = format!("token-for-{audience}");
+    ///     move || {
+    ///         let token = token.clone();
+    ///         async move { Ok::<_, std::io::Error>(Token::new(token)) }
+    ///     }
+    /// });
+    /// assert_eq!(cache.token("orders").await?.secret(), "token-for-orders");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn token<Q>(&self, key: &Q) -> Result<Token, TokenError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let cache = self.cache(key);
+        let entry = cache.entry().await?;
+        Ok(entry.token.clone())
     }
 
     /// Stops serving `token` for `key` if it is still that key's current
@@ -440,13 +469,17 @@ where
     }
 
     /// The cache of `key`, made if the key is new. The slow path.
-    pub(crate) fn cache(&self, key: &K) -> TokenCache {
+    pub(crate) fn cache<Q>(&self, key: &Q) -> TokenCache
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let epoch = self.epoch();
         if let Some(slot) = self.inner.map.load().get(key) {
             slot.touch(epoch);
             return slot.cache.clone();
         }
-        self.inner.insert(key)
+        self.inner.insert(&key.to_owned())
     }
 
     /// What a request for `key` that found no fresh token does next, and the

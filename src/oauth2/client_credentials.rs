@@ -161,6 +161,32 @@ impl ClientCredentials {
         }
     }
 
+    /// Sets the client secret from a `secrecy::SecretString` (the `secrecy`
+    /// feature), replacing the one given to [`new`](Self::new) (pass `""`
+    /// there). It is copied once, into the source's own buffer, wiped when
+    /// the source is dropped; no plain `String` copy is made on the way.
+    ///
+    /// ```
+    /// use secrecy::SecretString;
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// let secret = SecretString::from("s3cret");
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "")?
+    ///     .client_secret(&secret);
+    /// assert!(!format!("{source:?}").contains("s3cret"));
+    /// # Ok::<_, tower_bearer::oauth2::Error>(())
+    /// ```
+    #[cfg(feature = "secrecy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "secrecy")))]
+    pub fn client_secret(mut self, secret: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret as _;
+        let secret = secret.expose_secret();
+        let mut copy = Zeroizing::new(String::with_capacity(secret.len()));
+        copy.push_str(secret);
+        self.credentials.secret = copy;
+        self
+    }
+
     /// Asks for one more scope. Scopes are sent space-joined as `scope`.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scopes.push(scope.into());
@@ -785,6 +811,19 @@ pub(super) fn form_encode(text: &str) -> Zeroizing<String> {
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    #[cfg(feature = "secrecy")]
+    #[test]
+    fn a_secret_string_is_the_secret_sent() {
+        let secret = secrecy::SecretString::from("from-secrecy");
+        let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "")
+            .unwrap()
+            .auth_method(ClientAuth::Post)
+            .client_secret(&secret);
+        let prepared = source.prepare(None, None).unwrap();
+        let body = body_of(prepared.request);
+        assert!(body.contains("client_secret=from-secrecy"), "{body}");
+    }
 
     #[test]
     fn a_url_by_reference_is_a_token_url() {

@@ -228,6 +228,14 @@ impl TokenExchange {
         self
     }
 
+    /// See [`ClientCredentials::client_secret`].
+    #[cfg(feature = "secrecy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "secrecy")))]
+    pub fn client_secret(mut self, secret: &secrecy::SecretString) -> Self {
+        self.inner = self.inner.client_secret(secret);
+        self
+    }
+
     /// See [`ClientCredentials::proxy`].
     pub fn proxy(mut self, proxy: super::Proxy) -> Self {
         self.inner = self.inner.proxy(proxy);
