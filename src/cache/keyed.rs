@@ -492,6 +492,7 @@ where
     }
 
     /// The key's cache and a valid entry.
+    #[cfg(feature = "reqwest-middleware")]
     pub(crate) async fn entry(&self, key: &K) -> Result<(TokenCache, Arc<Entry>), TokenError> {
         let cache = self.cache(key);
         let entry = cache.entry().await?;
