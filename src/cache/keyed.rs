@@ -114,7 +114,7 @@ use tokio::time::Instant;
 use super::clock;
 use super::observe;
 use super::refresh::Config;
-use super::{Current, Entry, Lookup, Stats, TokenCache};
+use super::{Current, Lookup, Stats, TokenCache};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 
@@ -493,7 +493,10 @@ where
 
     /// The key's cache and a valid entry.
     #[cfg(feature = "reqwest-middleware")]
-    pub(crate) async fn entry(&self, key: &K) -> Result<(TokenCache, Arc<Entry>), TokenError> {
+    pub(crate) async fn entry(
+        &self,
+        key: &K,
+    ) -> Result<(TokenCache, Arc<super::Entry>), TokenError> {
         let cache = self.cache(key);
         let entry = cache.entry().await?;
         Ok((cache, entry))
