@@ -14,6 +14,38 @@
 //! }
 //! # }
 //! ```
+//!
+//! `Display` names the kind and summarizes the cause: "token fetch failed:
+//! the token endpoint rejected the client (invalid_client, 401
+//! Unauthorized)", "token fetch is backing off (next try in 4.2s) after:
+//! token fetch failed: ...". `Debug` shows retry times as durations.
+//!
+//! # Through tonic
+//!
+//! tonic turns an error of the service under a client into `Unknown`. One
+//! `map_err` layer above the bearer layer gives the caller `UNAVAILABLE`
+//! for a transient failure and `UNAUTHENTICATED` for a permanent one
+//! ([`TokenError::grpc_code`]), with the summary as the message; errors of
+//! the channel itself pass through:
+//!
+//! ```
+//! use tower::{BoxError, ServiceBuilder};
+//! use tower_bearer::TokenError;
+//!
+//! fn to_status(error: BoxError) -> BoxError {
+//!     match error.downcast::<TokenError>() {
+//!         Ok(error) => Box::new(tonic::Status::new(error.grpc_code().into(), error.to_string())),
+//!         Err(error) => error,
+//!     }
+//! }
+//! # fn build(channel: tonic::transport::Channel, cache: tower_bearer::TokenCache) {
+//! let service = ServiceBuilder::new()
+//!     .map_err(to_status)
+//!     .layer(tower_bearer::BearerAuthLayer::from_cache(cache))
+//!     .service(channel);
+//! # let _ = tonic_health::pb::health_client::HealthClient::new(service);
+//! # }
+//! ```
 
 use std::error::Error;
 use std::fmt;
@@ -86,6 +118,10 @@ pub enum TokenErrorKind {
     /// [`retry_at`](TokenError::retry_at) says when it may start. No
     /// request was sent.
     Rejected,
+    /// A keyed layer or middleware set to
+    /// [`require_key`](crate::auth::KeyedBearerAuthLayer::require_key) found
+    /// no key for the request. No request was sent. Permanent.
+    NoKey,
     /// The token is DPoP-bound, and no proof could be made for the request
     /// (its URI is not absolute, say): the [`source`](Error::source) is the
     /// [`dpop::Error`](crate::dpop::Error). No request was sent.
@@ -184,6 +220,14 @@ impl TokenError {
         error
     }
 
+    pub(crate) fn no_key() -> Self {
+        let mut error = Self::new(TokenErrorKind::NoKey, None);
+        if let Some(inner) = Arc::get_mut(&mut error.inner) {
+            inner.hint = RetryHint::Permanent;
+        }
+        error
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> TokenErrorKind {
         self.inner.kind
@@ -231,15 +275,31 @@ impl TokenError {
     }
 }
 
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.inner.kind {
+impl TokenError {
+    /// The gRPC status code this failure maps to: `UNAUTHENTICATED` (16)
+    /// when it is [permanent](Self::is_permanent) (retrying cannot help
+    /// until the configuration changes), else `UNAVAILABLE` (14), which
+    /// gRPC clients treat as transient.
+    ///
+    /// tonic turns a service error it does not know into `Unknown`; map it
+    /// with one line, as the [module docs](crate::error#through-tonic) show.
+    pub fn grpc_code(&self) -> i32 {
+        if self.is_permanent() {
+            16
+        } else {
+            14
+        }
+    }
+
+    /// What the kind says, without the cause.
+    fn kind_message(&self) -> &'static str {
+        match self.inner.kind {
             TokenErrorKind::Fetch => "token fetch failed",
             TokenErrorKind::Timeout => "token fetch timed out",
             TokenErrorKind::InvalidToken => "token is not a valid header value",
             TokenErrorKind::InvalidScheme => "token scheme is not a valid header value",
             TokenErrorKind::Expired => "token source returned an expired token",
-            TokenErrorKind::BackingOff => "token fetch is backing off after a failure",
+            TokenErrorKind::BackingOff => "token fetch is backing off",
             TokenErrorKind::Panicked => "token source panicked",
             TokenErrorKind::Abandoned => "token fetch was abandoned",
             TokenErrorKind::NoRuntime => "token fetch needs a tokio runtime",
@@ -249,19 +309,56 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Rejected => {
                 "the resource keeps rejecting fresh tokens; the next fetch waits for a backoff"
             }
+            TokenErrorKind::NoKey => "the request has no token key",
             #[cfg(feature = "dpop")]
             TokenErrorKind::Proof => "no DPoP proof could be made for the request",
-        })
+        }
+    }
+
+    /// How long until [`retry_at`](Self::retry_at), from now (zero once it
+    /// has passed), rounded to the millisecond.
+    fn retry_in(&self) -> Option<Duration> {
+        let left = self
+            .inner
+            .retry_at?
+            .saturating_duration_since(Instant::now());
+        Some(Duration::from_millis(
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        ))
     }
 }
 
+/// The kind, then a summary of the cause: the token source's error message
+/// (an [`oauth2::Error`](crate::oauth2::Error) never quotes a secret; a
+/// source of your own is quoted as it wrote its message), and for a
+/// backoff, how long until the next try and the failure behind it.
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind_message())?;
+        match &self.inner.source {
+            Some(Source::Token(last)) => {
+                match self.retry_in() {
+                    Some(wait) => write!(f, " (next try in {wait:?})")?,
+                    None => f.write_str(" (no next try)")?,
+                }
+                write!(f, " after: {last}")
+            }
+            Some(Source::Boxed(source)) => write!(f, ": {source}"),
+            Some(Source::Header(source)) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `retry_at` is shown as `retry_in`, a duration from now.
 impl fmt::Debug for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("TokenError");
         debug.field("kind", &self.inner.kind);
-        if let Some(retry_at) = self.inner.retry_at {
-            debug.field("retry_at", &retry_at);
+        if let Some(retry_in) = self.retry_in() {
+            debug.field("retry_in", &retry_in);
         }
+        debug.field("permanent", &self.is_permanent());
         match &self.inner.source {
             Some(Source::Boxed(source)) => debug.field("source", source),
             Some(Source::Token(source)) => debug.field("source", source),
@@ -321,9 +418,45 @@ mod tests {
     }
 
     #[test]
-    fn display_is_short_and_lowercase() {
+    fn display_names_the_kind_and_the_cause() {
         let error = TokenError::timeout(Duration::from_secs(10));
-        assert_eq!(error.to_string(), "token fetch timed out");
+        assert_eq!(
+            error.to_string(),
+            "token fetch timed out: no token after 10s"
+        );
         assert_eq!(error.source().unwrap().to_string(), "no token after 10s");
+        assert_eq!(
+            TokenError::expired().to_string(),
+            "token source returned an expired token"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_shows_durations_not_instants() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let fetch = TokenError::fetch(Box::new(io), RetryHint::Backoff);
+        let retry_at = Instant::now() + Duration::from_millis(4_250);
+        let backoff = TokenError::backing_off(fetch.clone(), Some(retry_at));
+        assert_eq!(
+            backoff.to_string(),
+            "token fetch is backing off (next try in 4.25s) after: token fetch failed: refused"
+        );
+        let debug = format!("{backoff:?}");
+        assert!(debug.contains("retry_in: 4.25s"), "{debug}");
+        assert!(!debug.contains("Instant"), "{debug}");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(backoff.to_string().contains("(next try in 0ns)"));
+        let forever = TokenError::backing_off(fetch, None);
+        assert!(forever.to_string().contains("(no next try)"), "{forever}");
+    }
+
+    #[test]
+    fn grpc_codes_tell_transient_from_permanent() {
+        let io = || Box::new(std::io::Error::other("x"));
+        assert_eq!(TokenError::fetch(io(), RetryHint::Backoff).grpc_code(), 14);
+        assert_eq!(
+            TokenError::fetch(io(), RetryHint::Permanent).grpc_code(),
+            16
+        );
     }
 }

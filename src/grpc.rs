@@ -950,10 +950,7 @@ mod tests {
                 async move { Ok::<_, Infallible>(Token::new(key)) }
             }
         });
-        let (a, b) = (
-            cache.token(&"a".into()).await,
-            cache.token(&"b".into()).await,
-        );
+        let (a, b) = (cache.token("a").await, cache.token("b").await);
         let server = service_fn(|request: Request<()>| async move {
             let mut response = Response::new(Frames(VecDeque::new()));
             *response.headers_mut() = headers(&[GRPC]);

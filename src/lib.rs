@@ -117,9 +117,10 @@
 //!
 //! - **A token failure** reaches the caller as the `tonic::Status` that tonic
 //!   makes of the layer's error (`Status::from_error`): code `Unknown`, the
-//!   [`TokenError`]'s message (`"token fetch failed"`, `"token fetch is
-//!   backing off after a failure"`, ...), and the `TokenError` as its
-//!   `source()`.
+//!   [`TokenError`]'s message (`"token fetch failed: <cause>"`, ...), and
+//!   the `TokenError` as its `source()`. One `map_err` gives `UNAVAILABLE`
+//!   or `UNAUTHENTICATED` instead ([`TokenError::grpc_code`], see
+//!   [`error`](crate::error#through-tonic)).
 //! - **A rejected token.** A gRPC server rejects a token with
 //!   `UNAUTHENTICATED` inside an HTTP `200`, in the headers or in the
 //!   trailers. With the `grpc` feature, `BearerAuthLayer::grpc()` evicts
@@ -178,6 +179,8 @@ mod source;
 #[cfg(feature = "store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
 pub mod store;
+#[cfg(feature = "rustls")]
+pub(crate) mod tls;
 mod token;
 
 #[doc(inline)]

@@ -20,6 +20,22 @@
 //! with a proof for the request's URL, the origin's nonce remembered from
 //! each response, and a nonce challenge that does not evict the token.
 //!
+//! Supported versions: reqwest 0.13 and reqwest-middleware 0.5 (with older
+//! ones, the compiler reports an unsatisfied `Middleware` bound).
+//!
+//! # 401 retry
+//!
+//! A request answered `401 Unauthorized` is sent once more, with the token
+//! the cache gives after evicting the rejected one: the rules of the tower
+//! [`RetryOn401`](crate::RetryOn401), decided by the same code. Once per
+//! request; a DPoP nonce challenge gets one retry of its own, with the
+//! server's new nonce and the same token; a second `401` is returned as it
+//! is. A request whose body cannot be copied (a stream) gets its `401`
+//! back. Each request is copied before it is sent, for the retry (a
+//! `Bytes` body's copy is a reference count).
+//! [`retry_on_unauthorized(false)`](BearerAuthMiddleware::retry_on_unauthorized)
+//! turns it off.
+//!
 //! A failure to get a token is a `reqwest_middleware::Error::Middleware`
 //! whose `anyhow::Error` is the [`TokenError`]:
 //! `error.downcast_ref::<TokenError>()` on it recovers the kind and the
@@ -90,6 +106,7 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
 
 use ::reqwest::{Request, Response, StatusCode};
@@ -100,6 +117,7 @@ use reqwest_middleware::{Middleware, Next};
 use crate::auth::keyed::KeyOf;
 use crate::auth::present::{present, rejects};
 use crate::cache::Entry;
+use crate::retry::Budget;
 use crate::{KeyedTokenCache, RequestHead, Scope, TokenCache, TokenError, TokenSource};
 
 /// Middleware for [reqwest-middleware](reqwest_middleware) clients that
@@ -120,6 +138,7 @@ struct Options {
     header: HeaderName,
     keep_existing: bool,
     scope: Option<Scope>,
+    retry: bool,
 }
 
 impl Default for Options {
@@ -128,6 +147,7 @@ impl Default for Options {
             header: AUTHORIZATION,
             keep_existing: false,
             scope: None,
+            retry: true,
         }
     }
 }
@@ -153,36 +173,54 @@ impl Options {
         })
     }
 
-    /// Sends `request` with the token of `entry` (or fails with `entry`'s
-    /// error), and evicts the token from `cache` on a `401`.
-    async fn send(
+    /// Sends `request` with the token `entry` gives (or fails with its
+    /// error), and evicts the token from its cache on a `401`. A `401` is
+    /// answered as [`RetryOn401`](crate::RetryOn401) answers it, by the same
+    /// rules: once, with the token `entry` then gives, and once more for a
+    /// DPoP nonce challenge.
+    async fn send<F>(
         &self,
         mut request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
-        entry: Result<(TokenCache, std::sync::Arc<Entry>), TokenError>,
-    ) -> reqwest_middleware::Result<Response> {
+        entry: impl Fn() -> F,
+    ) -> reqwest_middleware::Result<Response>
+    where
+        F: Future<Output = Result<(TokenCache, std::sync::Arc<Entry>), TokenError>>,
+    {
         let failed = |error: TokenError| reqwest_middleware::Error::Middleware(error.into());
-        let (cache, entry) = entry.map_err(failed)?;
-        // The same seam as the tower layer's: the header, and a proof for a
-        // DPoP-bound token.
-        let url = request.url();
-        let presented = present(&entry, request.method(), || url.as_str().parse().ok());
-        let proof = presented
-            .map_err(failed)?
-            .insert(request.headers_mut(), &self.header);
-        let generation = entry.generation;
-        drop(entry);
+        let mut budget = Budget::default();
+        loop {
+            let (cache, entry) = entry().await.map_err(failed)?;
+            // The same seam as the tower layer's: the header, and a proof for
+            // a DPoP-bound token.
+            let url = request.url();
+            let presented = present(&entry, request.method(), || url.as_str().parse().ok());
+            let proof = presented
+                .map_err(failed)?
+                .insert(request.headers_mut(), &self.header);
+            let generation = entry.generation;
+            drop(entry);
+            // A streaming body cannot be sent twice: its 401 is returned.
+            let copy = (self.retry && !budget.spent())
+                .then(|| request.try_clone())
+                .flatten();
 
-        let response = next.run(request, extensions).await?;
-        let rejected = match &proof {
-            None => response.status() == StatusCode::UNAUTHORIZED,
-            Some(proof) => rejects(proof, response.status(), response.headers()),
-        };
-        if rejected {
-            cache.shared().unauthorized(generation);
+            let response = next.clone().run(request, extensions).await?;
+            let rejected = match &proof {
+                None => response.status() == StatusCode::UNAUTHORIZED,
+                Some(proof) => rejects(proof, response.status(), response.headers()),
+            };
+            if rejected {
+                cache.shared().unauthorized(generation);
+            }
+            match copy {
+                Some(copy) if budget.retry(response.status(), response.headers()) => {
+                    request = copy;
+                }
+                _ => return Ok(response),
+            }
         }
-        Ok(response)
     }
 }
 
@@ -246,6 +284,7 @@ impl BearerAuthMiddleware {
             cache,
             key: KeyOf::new(key),
             options: Options::default(),
+            require_key: false,
         }
     }
 
@@ -270,6 +309,15 @@ impl BearerAuthMiddleware {
         self
     }
 
+    /// Whether a request answered `401 Unauthorized` is sent once more,
+    /// with the token the cache then gives, by
+    /// [`RetryOn401`](crate::RetryOn401)'s rules (see the
+    /// [module docs](crate::reqwest#401-retry)). Default: `true`.
+    pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
+        self.options.retry = retry;
+        self
+    }
+
     /// The cache this middleware takes its tokens from.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
@@ -287,8 +335,10 @@ impl Middleware for BearerAuthMiddleware {
         if !self.options.wants_token(&request) {
             return next.run(request, extensions).await;
         }
-        let entry = self.cache.entry().await;
-        let entry = entry.map(|entry| (self.cache.clone(), entry));
+        let entry = || async {
+            let entry = self.cache.entry().await?;
+            Ok((self.cache.clone(), entry))
+        };
         self.options.send(request, extensions, next, entry).await
     }
 }
@@ -300,6 +350,7 @@ impl fmt::Debug for BearerAuthMiddleware {
             .field("header", &self.options.header)
             .field("keep_existing", &self.options.keep_existing)
             .field("scope", &self.options.scope)
+            .field("retry_on_unauthorized", &self.options.retry)
             .finish()
     }
 }
@@ -310,6 +361,7 @@ pub struct KeyedBearerAuthMiddleware<K> {
     cache: KeyedTokenCache<K>,
     key: KeyOf<K>,
     options: Options,
+    require_key: bool,
 }
 
 impl<K> KeyedBearerAuthMiddleware<K> {
@@ -332,6 +384,21 @@ impl<K> KeyedBearerAuthMiddleware<K> {
         self
     }
 
+    /// As [`BearerAuthMiddleware::retry_on_unauthorized`].
+    pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
+        self.options.retry = retry;
+        self
+    }
+
+    /// As [`KeyedBearerAuthLayer::require_key`](crate::auth::KeyedBearerAuthLayer::require_key):
+    /// with `true`, a request in scope without a key fails with a
+    /// [`TokenError`] of kind [`NoKey`](crate::TokenErrorKind::NoKey)
+    /// instead of going out without a token.
+    pub fn require_key(mut self, require: bool) -> Self {
+        self.require_key = require;
+        self
+    }
+
     /// The cache this middleware takes its tokens from.
     pub fn cache(&self) -> &KeyedTokenCache<K> {
         &self.cache
@@ -344,6 +411,7 @@ impl<K> Clone for KeyedBearerAuthMiddleware<K> {
             cache: self.cache.clone(),
             key: self.key.clone(),
             options: self.options.clone(),
+            require_key: self.require_key,
         }
     }
 }
@@ -363,10 +431,16 @@ where
             .options
             .wants_token(&request)
             .then(|| self.key_of(&request, extensions));
-        let Some(Some(key)) = key else {
-            return next.run(request, extensions).await;
+        let key = match key {
+            Some(Some(key)) => key,
+            Some(None) if self.require_key => {
+                return Err(reqwest_middleware::Error::Middleware(
+                    TokenError::no_key().into(),
+                ))
+            }
+            _ => return next.run(request, extensions).await,
         };
-        let entry = self.cache.entry(&key).await;
+        let entry = || self.cache.entry(&key);
         self.options.send(request, extensions, next, entry).await
     }
 }
@@ -390,9 +464,11 @@ impl<K> fmt::Debug for KeyedBearerAuthMiddleware<K> {
         f.debug_struct("KeyedBearerAuthMiddleware")
             .field("cache", &self.cache)
             .field("key", &self.key)
+            .field("require_key", &self.require_key)
             .field("header", &self.options.header)
             .field("keep_existing", &self.options.keep_existing)
             .field("scope", &self.options.scope)
+            .field("retry_on_unauthorized", &self.options.retry)
             .finish()
     }
 }

@@ -32,6 +32,12 @@
 //!   only sometimes be copied (a streaming body cannot): a request whose body
 //!   it cannot copy gets its `401` back.
 //! - Any other response or error is returned as it is.
+//! - With the `tracing` feature, a request that reaches the policy with its
+//!   `Authorization` header already set (the retry inside the bearer layer,
+//!   where each attempt resends the rejected token) makes one `warn` event,
+//!   once per process. A request that carries its own `Authorization` on
+//!   purpose (with [`keep_existing`](crate::BearerAuthLayer::keep_existing))
+//!   causes it too.
 //!
 //! # Example
 //!
@@ -85,9 +91,45 @@ use tower::retry::Policy;
 /// `401 Unauthorized`. See the [module docs](crate::retry).
 pub struct RetryOn401<B> {
     clone_body: fn(&B) -> Option<B>,
+    budget: Budget,
+}
+
+/// The one place that decides whether a `401` is answered by sending the
+/// request once more: [`RetryOn401`] (tower) and the reqwest middleware both
+/// ask it. A rejection gets one retry, a DPoP nonce challenge one of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Budget {
     retried: bool,
     // A DPoP nonce challenge was retried (never set without `dpop`).
     nonce_retried: bool,
+}
+
+impl Budget {
+    /// Whether a request answered with `status` and `headers` goes once
+    /// more (and the budget it takes is spent).
+    pub(crate) fn retry(&mut self, status: StatusCode, headers: &http::HeaderMap) -> bool {
+        if status != StatusCode::UNAUTHORIZED {
+            return false;
+        }
+        #[cfg(feature = "dpop")]
+        if crate::dpop::is_nonce_challenge(headers) {
+            return once(&mut self.nonce_retried);
+        }
+        let _ = headers;
+        once(&mut self.retried)
+    }
+
+    /// Retries once if `rejected` (gRPC's `UNAUTHENTICATED`).
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+    pub(crate) fn once_if(&mut self, rejected: bool) -> bool {
+        rejected && once(&mut self.retried)
+    }
+
+    /// Whether no retry is left, so that no copy of a request is needed.
+    pub(crate) fn spent(&self) -> bool {
+        // Without `dpop` there is no nonce challenge to retry.
+        self.retried && (self.nonce_retried || !cfg!(feature = "dpop"))
+    }
 }
 
 impl<B: Clone> RetryOn401<B> {
@@ -124,8 +166,7 @@ impl<B> RetryOn401<B> {
     pub fn cloning_body_with(clone_body: fn(&B) -> Option<B>) -> Self {
         Self {
             clone_body,
-            retried: false,
-            nonce_retried: false,
+            budget: Budget::default(),
         }
     }
 }
@@ -133,21 +174,16 @@ impl<B> RetryOn401<B> {
 impl<B> RetryOn401<B> {
     /// Retries once if `rejected`: the one-retry rule, shared with
     /// `grpc::RetryOnUnauthenticated`.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn once_if(&mut self, rejected: bool) -> Option<Ready<()>> {
-        if !rejected {
-            return None;
-        }
-        once(&mut self.retried)
+        self.budget.once_if(rejected).then(|| ready(()))
     }
 }
 
-/// A retry, unless its budget of one is `spent` (and then it is).
-fn once(spent: &mut bool) -> Option<Ready<()>> {
-    if *spent {
-        return None;
-    }
-    *spent = true;
-    Some(ready(()))
+/// Whether a retry is left of a budget of one that is `spent` (and then it
+/// is).
+fn once(spent: &mut bool) -> bool {
+    !std::mem::replace(spent, true)
 }
 
 impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
@@ -159,20 +195,17 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
         result: &mut Result<Response<ResBody>, E>,
     ) -> Option<Self::Future> {
         let Ok(response) = result else { return None };
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return None;
-        }
-        #[cfg(feature = "dpop")]
-        if crate::dpop::is_nonce_challenge(response.headers()) {
-            return once(&mut self.nonce_retried);
-        }
-        self.once_if(true)
+        self.budget
+            .retry(response.status(), response.headers())
+            .then(|| ready(()))
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        // Without `dpop` there is no nonce challenge to retry.
-        let nonce_spent = self.nonce_retried || !cfg!(feature = "dpop");
-        if self.retried && nonce_spent {
+        #[cfg(feature = "tracing")]
+        if request.headers().contains_key(http::header::AUTHORIZATION) {
+            warn_wrong_order();
+        }
+        if self.budget.spent() {
             return None;
         }
         let body = (self.clone_body)(request.body())?;
@@ -186,12 +219,28 @@ impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
     }
 }
 
+/// A request reached the policy with its `Authorization` already set: the
+/// retry is most likely inside the bearer layer, where every attempt
+/// resends the rejected token. Said once per process.
+#[cfg(feature = "tracing")]
+#[cold]
+fn warn_wrong_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "RetryOn401 saw a request that already carries Authorization: put the retry \
+             outside the bearer layer (ServiceBuilder::new().retry(..).layer(bearer)), or \
+             each retry resends the rejected token"
+        );
+    }
+}
+
 impl<B> Clone for RetryOn401<B> {
     fn clone(&self) -> Self {
         Self {
             clone_body: self.clone_body,
-            retried: self.retried,
-            nonce_retried: self.nonce_retried,
+            budget: self.budget,
         }
     }
 }
@@ -199,8 +248,8 @@ impl<B> Clone for RetryOn401<B> {
 impl<B> fmt::Debug for RetryOn401<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryOn401")
-            .field("retried", &self.retried)
-            .field("nonce_retried", &self.nonce_retried)
+            .field("retried", &self.budget.retried)
+            .field("nonce_retried", &self.budget.nonce_retried)
             .finish()
     }
 }

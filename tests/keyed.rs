@@ -447,3 +447,46 @@ async fn no_token_crosses_keys_under_races_evictions_and_401s() -> Result<(), Bo
     assert!(cache.len() <= 12);
     Ok(())
 }
+
+/// "No key" is a choice: by default the request goes out without a token;
+/// with `require_key(true)` it fails with `NoKey`, and is not sent.
+#[tokio::test]
+async fn a_request_without_a_key_is_sent_bare_or_fails_as_chosen() {
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let sent = sent.clone();
+        service_fn(move |request: Request<()>| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            let auth = request.headers().get(AUTHORIZATION).cloned();
+            async move { Ok::<_, Infallible>(Response::new(auth)) }
+        })
+    };
+    let cache = KeyedTokenCache::new(|host: &String| {
+        let token = format!("token-for-{host}");
+        move || {
+            let token = token.clone();
+            async move { Ok::<_, Infallible>(Token::new(token)) }
+        }
+    });
+    let by_host = |head: &tower_bearer::RequestHead<'_>| head.uri().host().map(str::to_owned);
+    // A tonic request's URI is a path: no host.
+    let request = || {
+        Request::get("/grpc.health.v1.Health/Check")
+            .body(())
+            .unwrap()
+    };
+
+    let bare = BearerAuthLayer::keyed(cache.clone(), by_host).layer(server.clone());
+    let response = bare.oneshot(request()).await.unwrap();
+    assert!(response.body().is_none());
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+
+    let strict = BearerAuthLayer::keyed(cache, by_host)
+        .require_key(true)
+        .layer(server);
+    let error = strict.oneshot(request()).await.unwrap_err();
+    let error = error.downcast_ref::<tower_bearer::TokenError>().unwrap();
+    assert_eq!(error.kind(), TokenErrorKind::NoKey);
+    assert!(error.is_permanent());
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "not sent");
+}

@@ -159,7 +159,7 @@ async fn a_wrong_secret_is_a_permanent_error() {
     assert_eq!(response.description(), Some("Client authentication failed"));
     assert_eq!(
         cause.to_string(),
-        "token endpoint rejected the request (401 Unauthorized): invalid_client: Client authentication failed"
+        "the token endpoint rejected the client (invalid_client, 401 Unauthorized): Client authentication failed"
     );
     assert!(!format!("{error:?} {cause}").contains("not-the-secret"));
 

@@ -378,3 +378,46 @@ async fn a_keyed_cache_labels_its_spans_and_events_with_the_key_never_the_token(
     recorder.assert_never_shows("secret-token");
     recorder.assert_never_shows("client-secret");
 }
+
+/// `RetryOn401` inside the bearer layer (the wrong order) is said once, as
+/// a `warn` event; the right order says nothing.
+#[cfg(feature = "retry")]
+#[tokio::test(start_paused = true)]
+async fn a_retry_inside_the_bearer_layer_is_warned_about_once() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_bearer::{BearerAuthLayer, RetryOn401, Token};
+
+    let (recorder, _guard) = record();
+    let server = tower::service_fn(|_request: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let source = || async { Ok::<_, std::convert::Infallible>(Token::new("token-1")) };
+    let mut right = ServiceBuilder::new()
+        .retry(RetryOn401::new())
+        .layer(BearerAuthLayer::new(source))
+        .service(server);
+    let mut wrong = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(source))
+        .retry(RetryOn401::new())
+        .service(server);
+    const WARNING: &str = "already carries Authorization";
+
+    right
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    assert!(recorder.events(WARNING).is_empty());
+    for _ in 0..2 {
+        wrong
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(recorder.events(WARNING).len(), 1);
+}

@@ -84,17 +84,65 @@ async fn a_revoked_token_is_replaced_after_a_401() -> Result<(), BoxError> {
     );
 
     backend.revoke_all();
-    // The 401 reaches the caller as the backend sent it ...
-    assert_eq!(
-        get(&client, &backend).await?,
-        (StatusCode::UNAUTHORIZED, "unknown token".into())
-    );
-    // ... and the next request carries a new token.
+    // The 401 evicts the token, and the request goes once more with a new
+    // one, as `RetryOn401` sends it for tower.
     assert_eq!(
         get(&client, &backend).await?,
         (StatusCode::OK, "hello, token #2".into())
     );
     assert_eq!(backend.fetch_count(), 2);
+
+    // Without the retry, the 401 reaches the caller, and the next request
+    // carries a new token.
+    let client = reqwest_client(
+        BearerAuthMiddleware::from_cache(cache(&backend)).retry_on_unauthorized(false),
+    );
+    assert_eq!(get(&client, &backend).await?.0, StatusCode::OK);
+    backend.revoke_all();
+    assert_eq!(
+        get(&client, &backend).await?,
+        (StatusCode::UNAUTHORIZED, "unknown token".into())
+    );
+    assert_eq!(
+        get(&client, &backend).await?,
+        (StatusCode::OK, "hello, token #4".into())
+    );
+    Ok(())
+}
+
+/// Answers every request `401` without sending it, and counts them.
+struct AlwaysUnauthorized(Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait::async_trait]
+impl Middleware for AlwaysUnauthorized {
+    async fn handle(
+        &self,
+        _request: reqwest::Request,
+        _extensions: &mut Extensions,
+        _next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let mut unauthorized = http::Response::new("");
+        *unauthorized.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok(unauthorized.into())
+    }
+}
+
+/// A second 401 is returned as it is: one retry per request.
+#[tokio::test]
+async fn a_second_401_is_returned_as_it_is() -> Result<(), BoxError> {
+    let backend = Backend::start(Duration::from_secs(60)).await?;
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(BearerAuthMiddleware::from_cache(cache(&backend)))
+        .with(AlwaysUnauthorized(attempts.clone()))
+        .build();
+    let url = backend.protected_url().to_string();
+    let response = client.get(&url).send().await?;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.fetch_count(), 2, "the retry waited for a new token");
+
     Ok(())
 }
 
@@ -102,7 +150,10 @@ async fn a_revoked_token_is_replaced_after_a_401() -> Result<(), BoxError> {
 async fn one_cache_feeds_a_reqwest_client_and_a_tower_client() -> Result<(), BoxError> {
     let backend = Backend::start(Duration::from_secs(60)).await?;
     let cache = cache(&backend);
-    let reqwest = reqwest_client(BearerAuthMiddleware::from_cache(cache.clone()));
+    // Without its 401 retry, so that the tower client is the one to fetch.
+    let reqwest = reqwest_client(
+        BearerAuthMiddleware::from_cache(cache.clone()).retry_on_unauthorized(false),
+    );
     let tower = ServiceBuilder::new()
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(support::client());
@@ -336,15 +387,15 @@ async fn after_retry_each_attempt_reads_the_cache() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// reqwest-retry's attempts under the auth middleware resend the first
+/// token; only the middleware's own 401 retry brings the new one.
 #[tokio::test]
 async fn before_retry_every_attempt_resends_the_first_token() -> Result<(), BoxError> {
     let (status, body, carried) = retry_then_get(false).await?;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::UNAUTHORIZED, "unknown token")
-    );
-    assert_eq!(carried.len(), 2);
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello, token #2"));
+    assert_eq!(carried.len(), 3);
     assert_eq!(carried[0], carried[1]);
+    assert_ne!(carried[1], carried[2]);
     Ok(())
 }
 
@@ -427,17 +478,24 @@ async fn a_keyed_middleware_sends_each_audience_its_own_token() -> Result<(), Bo
         .await?;
     assert_eq!(response.status(), StatusCode::OK);
     // No key: no token.
-    let response = client.get(url).send().await?;
+    let response = client.get(&url).send().await?;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(backend.fetch_count(), 2);
+    // Unless a key is required: then the request fails and is not sent.
+    let strict = ClientBuilder::new(reqwest::Client::new())
+        .with(BearerAuthMiddleware::keyed(cache.clone(), |_| None::<String>).require_key(true))
+        .build();
+    let error = strict.get(&url).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("{error:?}")
+    };
+    let error = error.downcast_ref::<TokenError>().unwrap();
+    assert_eq!(error.kind(), TokenErrorKind::NoKey);
 
     // A revoked token is evicted from its own audience only.
     let billing = cache.token(&"billing".to_owned()).await?;
     backend.revoke_all();
-    assert_eq!(
-        get("orders").send().await?.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    // The 401 evicts, and the retry carries the audience's new token.
     assert_eq!(get("orders").send().await?.status(), StatusCode::OK);
     assert_eq!(cache.stats(&"orders".to_owned()).unwrap().invalidations, 1);
     assert_eq!(cache.stats(&"billing".to_owned()).unwrap().invalidations, 0);

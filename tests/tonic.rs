@@ -74,7 +74,10 @@ async fn a_token_failure_reaches_the_caller_as_a_status() -> Result<(), BoxError
 
     let status = check(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unknown);
-    assert_eq!(status.message(), "token fetch failed");
+    assert_eq!(
+        status.message(),
+        "token fetch failed: identity provider unavailable"
+    );
     let error = status
         .source()
         .unwrap()
@@ -89,11 +92,70 @@ async fn a_token_failure_reaches_the_caller_as_a_status() -> Result<(), BoxError
     // During the backoff the call fails at once, with its own message.
     let status = check(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unknown);
-    assert_eq!(
-        status.message(),
-        "token fetch is backing off after a failure"
+    assert!(
+        status
+            .message()
+            .starts_with("token fetch is backing off (next try in "),
+        "{}",
+        status.message()
     );
     assert_eq!(issuer.checked(), 0, "no call was sent without a token");
+    server.abort();
+    Ok(())
+}
+
+/// The documented one-line mapping (`tower_bearer::error`): a transient
+/// failure reaches the caller as `UNAVAILABLE`, a permanent one as
+/// `UNAUTHENTICATED`, each with the summary of its cause.
+#[tokio::test]
+async fn mapped_token_failures_are_unavailable_or_unauthenticated() -> Result<(), BoxError> {
+    struct Refused;
+    impl tower_bearer::TokenSource for Refused {
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<tower_bearer::Token, std::io::Error>>;
+        fn fetch(&self) -> Self::Future {
+            std::future::ready(Err(std::io::Error::other("the client was rejected")))
+        }
+        fn retry_hint(_: &std::io::Error) -> tower_bearer::RetryHint {
+            tower_bearer::RetryHint::Permanent
+        }
+    }
+    fn to_status(error: BoxError) -> BoxError {
+        match error.downcast::<TokenError>() {
+            Ok(error) => Box::new(Status::new(error.grpc_code().into(), error.to_string())),
+            Err(error) => error,
+        }
+    }
+
+    let issuer = Issuer::new(Duration::from_secs(3600), Duration::ZERO);
+    issuer.set_failing(true);
+    let (addr, server) = grpc::serve(&issuer).await?;
+    let channel = grpc::channel(addr).await?;
+    for (cache, code, cause) in [
+        (
+            TokenCache::new(issuer.source()),
+            Code::Unavailable,
+            "identity provider unavailable",
+        ),
+        (
+            TokenCache::new(Refused),
+            Code::Unauthenticated,
+            "the client was rejected",
+        ),
+    ] {
+        let mut client = HealthClient::new(
+            ServiceBuilder::new()
+                .map_err(to_status)
+                .layer(BearerAuthLayer::from_cache(cache))
+                .service(channel.clone()),
+        );
+        let status = client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(status.message(), format!("token fetch failed: {cause}"));
+    }
     server.abort();
     Ok(())
 }

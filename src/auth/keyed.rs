@@ -22,7 +22,7 @@ use super::future::{Pending, ResponseFuture, Sent};
 use super::BearerAuthLayer;
 use crate::cache::keyed::KeyMap;
 use crate::cache::Lookup;
-use crate::{BoxError, KeyedTokenCache, RequestHead, Scope};
+use crate::{BoxError, KeyedTokenCache, RequestHead, Scope, TokenError};
 
 /// A request extension that names the key of its token, for keys the
 /// request's head cannot show (a tenant known to the caller, say). It wins
@@ -82,7 +82,9 @@ impl BearerAuthLayer {
     ///
     /// The key is the request's [`TokenKey<K>`] extension if it has one, or
     /// else `key(&head)`; `None` means no token, and the request passes
-    /// through untouched (no header, no fetch, and a `401` evicts nothing).
+    /// through untouched (no header, no fetch, and a `401` evicts nothing),
+    /// unless [`require_key`](KeyedBearerAuthLayer::require_key) makes it a
+    /// failure.
     ///
     /// ```
     /// use std::convert::Infallible;
@@ -129,6 +131,7 @@ impl BearerAuthLayer {
             key: KeyOf::new(key),
             header: AUTHORIZATION,
             keep_existing: false,
+            require_key: false,
             scope: None,
         }
     }
@@ -143,6 +146,7 @@ pub struct KeyedBearerAuthLayer<K> {
     key: KeyOf<K>,
     header: HeaderName,
     keep_existing: bool,
+    require_key: bool,
     scope: Option<Scope>,
 }
 
@@ -166,6 +170,17 @@ impl<K> KeyedBearerAuthLayer<K> {
         self
     }
 
+    /// What a request in scope that has no key gets: with `false` (the
+    /// default) it is sent without a token; with `true` it is not sent, and
+    /// fails with a [`TokenError`] of kind
+    /// [`NoKey`](crate::TokenErrorKind::NoKey). Choose `true` when every
+    /// request must carry a token: a key function that reads the host
+    /// finds none in a tonic request, whose URI is only a path.
+    pub fn require_key(mut self, require: bool) -> Self {
+        self.require_key = require;
+        self
+    }
+
     /// The cache this layer takes its tokens from.
     pub fn cache(&self) -> &KeyedTokenCache<K> {
         &self.cache
@@ -179,6 +194,7 @@ impl<K> Clone for KeyedBearerAuthLayer<K> {
             key: self.key.clone(),
             header: self.header.clone(),
             keep_existing: self.keep_existing,
+            require_key: self.require_key,
             scope: self.scope.clone(),
         }
     }
@@ -196,6 +212,7 @@ impl<S, K> Layer<S> for KeyedBearerAuthLayer<K> {
             header: self.header.clone(),
             authorization: self.header == AUTHORIZATION,
             keep_existing: self.keep_existing,
+            require_key: self.require_key,
             scope: self.scope.clone(),
         }
     }
@@ -208,6 +225,7 @@ impl<K> fmt::Debug for KeyedBearerAuthLayer<K> {
             .field("key", &self.key)
             .field("header", &self.header)
             .field("keep_existing", &self.keep_existing)
+            .field("require_key", &self.require_key)
             .field("scope", &self.scope)
             .finish()
     }
@@ -227,6 +245,7 @@ pub struct KeyedBearerAuth<S, K> {
     // which saves cloning a `HeaderName` per request.
     authorization: bool,
     keep_existing: bool,
+    require_key: bool,
     scope: Option<Scope>,
 }
 
@@ -299,6 +318,7 @@ where
                 ResponseFuture::calling(self.inner.call(request), sent)
             }
             Some(Found::Other(key)) => self.call_other(request, &key),
+            None if self.require_key => ResponseFuture::failed(TokenError::no_key()),
             None => ResponseFuture::calling(self.inner.call(request), Sent::NOTHING),
         }
     }
@@ -359,6 +379,7 @@ impl<S: Clone, K> Clone for KeyedBearerAuth<S, K> {
             header: self.header.clone(),
             authorization: self.authorization,
             keep_existing: self.keep_existing,
+            require_key: self.require_key,
             scope: self.scope.clone(),
         }
     }
@@ -372,6 +393,7 @@ impl<S: fmt::Debug, K> fmt::Debug for KeyedBearerAuth<S, K> {
             .field("key", &self.key)
             .field("header", &self.header)
             .field("keep_existing", &self.keep_existing)
+            .field("require_key", &self.require_key)
             .field("scope", &self.scope)
             .finish()
     }

@@ -105,6 +105,7 @@
 //! default its `Debug` form). Never the token. Dropping a key is a `debug`
 //! event with its label and the reason.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
@@ -120,7 +121,7 @@ use tokio::time::Instant;
 use super::clock::{self, AtomicInstant, Limit};
 use super::observe;
 use super::refresh::Config;
-use super::{Current, Entry, Lookup, Stats, TokenCache};
+use super::{Current, Lookup, Stats, TokenCache};
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 
@@ -255,7 +256,11 @@ impl<K: Hash + Eq> KeyMap<K> {
     /// `recent` is empty most of the time, and an empty map answers
     /// without hashing.
     #[inline]
-    fn get(&self, key: &K) -> Option<&Arc<KeySlot>> {
+    fn get<Q>(&self, key: &Q) -> Option<&Arc<KeySlot>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.main.get(key).or_else(|| self.recent.get(key))
     }
 
@@ -439,9 +444,33 @@ where
     }
 
     /// A valid token for `key`: its cached one, or a new one from the key's
-    /// single refresh.
-    pub async fn token(&self, key: &K) -> Result<Token, TokenError> {
-        Ok(self.entry(key).await?.1.token.clone())
+    /// single refresh. The key may be given borrowed, as for a `HashMap`
+    /// (`&str` for a `String` key); it is copied only when it is new.
+    ///
+    /// ```
+    /// use tower_bearer::{KeyedTokenCache, Token};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_bearer::TokenError> {
+    /// let cache = KeyedTokenCache::new(|audience: &String| {
+    ///     let token = format!("token-for-{audience}");
+    ///     move || {
+    ///         let token = token.clone();
+    ///         async move { Ok::<_, std::io::Error>(Token::new(token)) }
+    ///     }
+    /// });
+    /// assert_eq!(cache.token("orders").await?.secret(), "token-for-orders");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn token<Q>(&self, key: &Q) -> Result<Token, TokenError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let cache = self.cache(key);
+        let entry = cache.entry().await?;
+        Ok(entry.token.clone())
     }
 
     /// Stops serving `token` for `key` if it is still that key's current
@@ -488,14 +517,18 @@ where
     }
 
     /// The cache of `key`, made if the key is new. The slow path.
-    pub(crate) fn cache(&self, key: &K) -> TokenCache {
+    pub(crate) fn cache<Q>(&self, key: &Q) -> TokenCache
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.inner.sweep_if_due();
         let epoch = self.epoch();
         if let Some(slot) = self.inner.map.load().get(key) {
             slot.touch(epoch);
             return slot.cache.clone();
         }
-        self.inner.insert(key)
+        self.inner.insert(&key.to_owned())
     }
 
     /// What a request for `key` that found no fresh token does next, and the
@@ -508,7 +541,11 @@ where
     }
 
     /// The key's cache and a valid entry.
-    pub(crate) async fn entry(&self, key: &K) -> Result<(TokenCache, Arc<Entry>), TokenError> {
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) async fn entry(
+        &self,
+        key: &K,
+    ) -> Result<(TokenCache, Arc<super::Entry>), TokenError> {
         let cache = self.cache(key);
         let entry = cache.entry().await?;
         Ok((cache, entry))

@@ -94,7 +94,7 @@ impl FetchSpan {
                 }
                 Err(error) => {
                     span.record("outcome", tracing::field::debug(error.kind()));
-                    tracing::warn!(parent: span, error = %Chain(error), "token fetch failed");
+                    tracing::warn!(parent: span, error = %error, "token fetch failed");
                     if let Some(retry_in) = retry_in {
                         tracing::warn!(
                             parent: span,
@@ -159,22 +159,4 @@ pub(crate) fn key_dropped(key: &str, reason: &'static str) {
     tracing::debug!(key, reason, "keyed token cache dropped a key");
     #[cfg(not(feature = "tracing"))]
     let _ = (key, reason);
-}
-
-/// An error and its sources, joined by `": "`.
-#[cfg(feature = "tracing")]
-struct Chain<'a>(&'a TokenError);
-
-#[cfg(feature = "tracing")]
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::error::Error;
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
-    }
 }

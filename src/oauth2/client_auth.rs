@@ -281,7 +281,7 @@ mod private_key {
     /// # let pem = include_str!("../../tests/fixtures/oidc-provider/keys/ec.pem");
     /// // let pem = std::fs::read_to_string("client-key.pem")?;
     /// let key = PrivateKey::from_pkcs8_pem(Algorithm::ES256, &pem)?.key_id("2026-11");
-    /// let source = ClientCredentials::new("https://idp.example.com/token", "my-client", "")
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "my-client", "")?
     ///     .private_key_jwt(key);
     /// assert!(!format!("{source:?}").contains("PRIVATE KEY"));
     /// # Ok(())

@@ -22,7 +22,7 @@ use super::client_auth::{ClientAuth, Credentials};
 use super::error::Error;
 use super::response::{self, Context, MAX_BODY};
 use super::token_exchange::Exchange;
-use super::transport::{self, HttpClient, ResponseBody, Tower};
+use super::transport::{self, Builtin, HttpClient, Proxy, ResponseBody, Tower};
 use crate::{BoxError, RetryHint, Token, TokenSource};
 
 /// A [`TokenSource`] that asks an OAuth2 token endpoint for a token with the
@@ -35,13 +35,14 @@ use crate::{BoxError, RetryHint, Token, TokenSource};
 /// use std::time::Duration;
 /// use tower_bearer::oauth2::{ClientAuth, ClientCredentials};
 ///
-/// let source = ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "s3cret")
+/// let source = ClientCredentials::try_new("https://idp.example.com/oauth/token", "my-client", "s3cret")?
 ///     .scopes(["orders:read", "orders:write"])
 ///     .audience("https://api.example.com")
 ///     .auth_method(ClientAuth::Post)
 ///     .default_lifetime(Duration::from_secs(600));
 /// // Never shows the secret.
 /// assert!(!format!("{source:?}").contains("s3cret"));
+/// # Ok::<_, tower_bearer::oauth2::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct ClientCredentials {
@@ -70,8 +71,9 @@ pub struct ClientCredentials {
 
 #[derive(Clone)]
 enum Client {
-    /// The built-in hyper-util client, built on the first fetch.
-    Default(Arc<OnceLock<Result<Arc<dyn HttpClient>, Error>>>),
+    /// The built-in hyper-util client with its settings, built on the
+    /// first fetch.
+    Default(Builtin, Arc<OnceLock<Result<Arc<dyn HttpClient>, Error>>>),
     /// The user's own service.
     Custom(Arc<dyn HttpClient>),
 }
@@ -115,11 +117,11 @@ impl ClientCredentials {
     /// fail with a permanent [`Config`](super::ErrorKind::Config) error.
     /// [`try_new`](Self::try_new) checks it up front.
     pub fn new(
-        token_url: impl Into<String>,
+        token_url: impl AsRef<str>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Self {
-        let token_url = token_url.into();
+        let token_url = token_url.as_ref().to_owned();
         Self {
             uri: transport::check_url(&token_url, false),
             token_url,
@@ -133,7 +135,7 @@ impl ClientCredentials {
             grant: Grant::ClientCredentials,
             default_lifetime: Self::DEFAULT_LIFETIME,
             allow_insecure_http: false,
-            client: Client::Default(Arc::default()),
+            client: Client::Default(Builtin::default(), Arc::default()),
             #[cfg(feature = "store")]
             transport_identity: None,
             #[cfg(feature = "dpop")]
@@ -142,7 +144,9 @@ impl ClientCredentials {
     }
 
     /// Like [`new`](Self::new), but fails at once if the token URL is not a
-    /// valid `https` URL (or plain `http` to a loopback host).
+    /// valid `https` URL (or plain `http` to a loopback host). The URL is
+    /// anything that is `AsRef<str>`: a `&str`, a `String`, or a
+    /// `&url::Url`.
     ///
     /// ```
     /// use tower_bearer::oauth2::{ClientCredentials, ErrorKind};
@@ -153,7 +157,7 @@ impl ClientCredentials {
     /// assert!(ClientCredentials::try_new("http://127.0.0.1:8080/token", "id", "secret").is_ok());
     /// ```
     pub fn try_new(
-        token_url: impl Into<String>,
+        token_url: impl AsRef<str>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Result<Self, Error> {
@@ -162,6 +166,32 @@ impl ClientCredentials {
             Ok(_) => Ok(source),
             Err(error) => Err(error.clone()),
         }
+    }
+
+    /// Sets the client secret from a `secrecy::SecretString` (the `secrecy`
+    /// feature), replacing the one given to [`new`](Self::new) (pass `""`
+    /// there). It is copied once, into the source's own buffer, wiped when
+    /// the source is dropped; no plain `String` copy is made on the way.
+    ///
+    /// ```
+    /// use secrecy::SecretString;
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// let secret = SecretString::from("s3cret");
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "")?
+    ///     .client_secret(&secret);
+    /// assert!(!format!("{source:?}").contains("s3cret"));
+    /// # Ok::<_, tower_bearer::oauth2::Error>(())
+    /// ```
+    #[cfg(feature = "secrecy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "secrecy")))]
+    pub fn client_secret(mut self, secret: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret as _;
+        let secret = secret.expose_secret();
+        let mut copy = Zeroizing::new(String::with_capacity(secret.len()));
+        copy.push_str(secret);
+        self.credentials.secret = copy;
+        self
     }
 
     /// Asks for one more scope. Scopes are sent space-joined as `scope`.
@@ -246,9 +276,10 @@ impl ClientCredentials {
     /// use tower_bearer::dpop::ProofKey;
     /// use tower_bearer::oauth2::ClientCredentials;
     ///
-    /// # fn main() -> Result<(), tower_bearer::dpop::Error> {
-    /// let source = ClientCredentials::new("https://idp.example.com/token", "my-client", "s3cret")
-    ///     .dpop(ProofKey::generate()?);
+    /// # fn main() -> Result<(), String> {
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "my-client", "s3cret")
+    ///     .map_err(|error| error.to_string())?
+    ///     .dpop(ProofKey::generate().map_err(|error| error.to_string())?);
     /// # let _ = source;
     /// # Ok(())
     /// # }
@@ -330,14 +361,14 @@ impl ClientCredentials {
     /// use tower_bearer::TokenCache;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tower_bearer::TokenError> {
+    /// # async fn main() -> Result<(), tower_bearer::BoxError> {
     /// // Stands in for your own HTTP client.
     /// let idp = service_fn(|_request: Request<Full<Bytes>>| async {
     ///     let body = r#"{"access_token":"abcd1234","token_type":"Bearer","expires_in":3600}"#;
     ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
     /// });
     /// let cache = TokenCache::new(
-    ///     ClientCredentials::new("https://idp.example.com/token", "id", "secret").with_client(idp),
+    ///     ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?.with_client(idp),
     /// );
     /// assert_eq!(cache.token().await?.secret(), "abcd1234");
     /// # Ok(())
@@ -374,19 +405,93 @@ impl ClientCredentials {
         self
     }
 
+    /// Sends token requests through the application's own
+    /// `reqwest::Client` (reqwest 0.13), with its proxy, roots, TLS provider
+    /// and timeouts, instead of the built-in client.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// let http = reqwest::Client::new();
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?
+    ///     .reqwest_client(http);
+    /// # Ok::<_, tower_bearer::oauth2::Error>(())
+    /// ```
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(mut self, client: ::reqwest::Client) -> Self {
+        self.client = Client::Custom(Arc::new(transport::Reqwest(client)));
+        self
+    }
+
+    /// How the built-in client reaches the token endpoint: through the
+    /// proxy the environment names (the default), directly, or through a
+    /// proxy of your own. See [`Proxy`]. A client of your own
+    /// ([`with_client`](Self::with_client),
+    /// [`reqwest_client`](Self::reqwest_client)) uses its own proxy
+    /// settings instead.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::{ClientCredentials, Proxy};
+    ///
+    /// let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?
+    ///     .proxy(Proxy::Url("http://proxy.internal:3128".into()));
+    /// # Ok::<_, tower_bearer::oauth2::Error>(())
+    /// ```
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.builtin(|settings| settings.proxy = proxy);
+        self
+    }
+
+    /// Makes the built-in client trust the certificates of `pem` (one or
+    /// more `CERTIFICATE` blocks) as roots, beside the platform's roots
+    /// (`native-roots`) and Mozilla's (`webpki-roots`): for an identity
+    /// provider behind a private CA or a TLS-inspecting proxy. A PEM that
+    /// holds no valid certificate makes every fetch fail with a permanent
+    /// [`Config`](super::ErrorKind::Config) error.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let path = std::env::temp_dir().join("tower-bearer-doc-ca.pem");
+    /// # std::fs::write(&path, "")?;
+    /// let ca = std::fs::read(&path)?;
+    /// let source = ClientCredentials::try_new("https://idp.corp.internal/token", "id", "secret")?
+    ///     .add_root_certificate_pem(ca);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        let pem: Arc<[u8]> = Arc::from(pem.as_ref());
+        self.builtin(|settings| settings.roots_pem.push(pem));
+        self
+    }
+
+    /// Changes the built-in client's settings; it is built again on the
+    /// next fetch. Ignored with a client of your own.
+    fn builtin(&mut self, change: impl FnOnce(&mut Builtin)) {
+        if let Client::Default(settings, client) = &mut self.client {
+            change(settings);
+            *client = Arc::default();
+        }
+    }
+
     /// The token request, and the client to send it with.
     fn prepare(&self, assertion: Option<&str>, subject: Option<&str>) -> Result<Prepared, Error> {
         let uri = self.uri.clone()?;
         let client = match &self.client {
             Client::Custom(client) => Arc::clone(client),
-            Client::Default(client) => {
+            Client::Default(settings, client) => {
                 if uri.scheme_str() == Some("https") && !transport::DEFAULT_CLIENT_HAS_TLS {
                     return Err(Error::config(
                         "an https token URL needs the `rustls` feature, or a client of your own \
                          (with_client)",
                     ));
                 }
-                client.get_or_init(transport::default_client).clone()?
+                client
+                    .get_or_init(|| transport::default_client(settings))
+                    .clone()?
             }
         };
         let mut masked = Vec::new();
@@ -678,7 +783,7 @@ impl fmt::Debug for ClientCredentials {
             .field(
                 "client",
                 &match self.client {
-                    Client::Default(_) => "built-in",
+                    Client::Default(..) => "built-in",
                     Client::Custom(_) => "custom",
                 },
             )
@@ -751,6 +856,37 @@ pub(super) fn form_encode(text: &str) -> Zeroizing<String> {
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    #[cfg(feature = "secrecy")]
+    #[test]
+    fn a_secret_string_is_the_secret_sent() {
+        let secret = secrecy::SecretString::from("from-secrecy");
+        let source = ClientCredentials::try_new("https://idp.example.com/token", "id", "")
+            .unwrap()
+            .auth_method(ClientAuth::Post)
+            .client_secret(&secret);
+        let prepared = source.prepare(None, None).unwrap();
+        let body = body_of(prepared.request);
+        assert!(body.contains("client_secret=from-secrecy"), "{body}");
+    }
+
+    #[test]
+    fn a_url_by_reference_is_a_token_url() {
+        let url = url::Url::parse("https://idp.example.com/token").unwrap();
+        let source = ClientCredentials::try_new(&url, "id", "secret").unwrap();
+        assert_eq!(source.token_url, "https://idp.example.com/token");
+        let exchange = crate::oauth2::TokenExchange::try_new(&url, "id", "", || async {
+            Ok::<_, std::io::Error>(Token::new("subject"))
+        });
+        assert!(exchange.is_ok());
+        let bad = url::Url::parse("http://idp.example.com/token").unwrap();
+        assert!(
+            crate::oauth2::TokenExchange::try_new(&bad, "id", "", || async {
+                Ok::<_, std::io::Error>(Token::new("subject"))
+            })
+            .is_err()
+        );
+    }
 
     fn body_of(request: Request<Full<Bytes>>) -> String {
         let body = futures_body(request.into_body());

@@ -283,17 +283,43 @@ impl fmt::Display for Error {
         let inner = &self.inner;
         match inner.kind {
             ErrorKind::Config => write!(f, "invalid oauth2 configuration: {}", inner.message),
-            ErrorKind::Transport => f.write_str("oauth2 token request failed"),
-            ErrorKind::Rejected => {
-                f.write_str("token endpoint rejected the request")?;
-                if let Some(status) = inner.status {
-                    write!(f, " ({status})")?;
-                }
-                if let Some(response) = &inner.response {
-                    write!(f, ": {}", response.error)?;
-                    if let Some(description) = &response.description {
-                        write!(f, ": {description}")?;
+            ErrorKind::Transport => {
+                f.write_str("cannot reach the token endpoint")?;
+                // The client's own messages, outermost first, each once
+                // (hyper's say little until the innermost: "tcp connect
+                // error: Connection refused").
+                let mut cause = self.source();
+                let mut last = String::new();
+                while let Some(error) = cause {
+                    let message = error.to_string();
+                    if !message.is_empty() && !last.contains(&message) {
+                        write!(f, ": {message}")?;
                     }
+                    last = message;
+                    cause = error.source();
+                }
+                Ok(())
+            }
+            ErrorKind::Rejected => {
+                let code = inner.response.as_ref().map_or("", |r| r.error.as_str());
+                f.write_str(match code {
+                    "invalid_client" => "the token endpoint rejected the client",
+                    "invalid_grant" => "the token endpoint rejected the grant",
+                    "invalid_scope" => "the token endpoint rejected the scope",
+                    "invalid_target" => "the token endpoint rejected the resource or audience",
+                    "unauthorized_client" => "the client is not allowed this grant",
+                    "unsupported_grant_type" => "the token endpoint does not support this grant",
+                    _ => "the token endpoint rejected the request",
+                })?;
+                match (code, inner.status) {
+                    ("", Some(status)) => write!(f, " ({status})")?,
+                    (code, Some(status)) => write!(f, " ({code}, {status})")?,
+                    (code, None) => write!(f, " ({code})")?,
+                }
+                if let Some(description) =
+                    inner.response.as_ref().and_then(|r| r.description.as_ref())
+                {
+                    write!(f, ": {description}")?;
                 }
                 Ok(())
             }
@@ -411,7 +437,18 @@ mod tests {
         let error = rejected(401, "invalid_client");
         assert_eq!(
             error.to_string(),
-            "token endpoint rejected the request (401 Unauthorized): invalid_client: bad"
+            "the token endpoint rejected the client (invalid_client, 401 Unauthorized): bad"
+        );
+        let error = rejected(400, "slow_down");
+        assert_eq!(
+            error.to_string(),
+            "the token endpoint rejected the request (slow_down, 400 Bad Request): bad"
+        );
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Error::transport(Box::new(refused));
+        assert_eq!(
+            error.to_string(),
+            "cannot reach the token endpoint: refused"
         );
         let error = Error::bad_status(StatusCode::BAD_GATEWAY, "text/html, 10 bytes".into());
         assert_eq!(

@@ -18,7 +18,7 @@
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), tower_bearer::BoxError> {
-//! let source = ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "s3cret")
+//! let source = ClientCredentials::try_new("https://idp.example.com/oauth/token", "my-client", "s3cret")?
 //!     .scope("orders:read");
 //! let mut client = ServiceBuilder::new()
 //!     .layer(BearerAuthLayer::new(source))
@@ -55,6 +55,9 @@
 //! | [`default_lifetime`](ClientCredentials::default_lifetime) | lifetime of a token with neither `expires_in` nor a JWT `exp` | 1 hour |
 //! | [`allow_insecure_http`](ClientCredentials::allow_insecure_http) | allow plain `http` to a host that is not loopback | off |
 //! | [`with_client`](ClientCredentials::with_client) | send through any tower HTTP service instead of the built-in client | hyper-util + rustls |
+//! | `reqwest_client` (`reqwest` feature) | send through the application's `reqwest::Client` | hyper-util + rustls |
+//! | [`proxy`](ClientCredentials::proxy) | the built-in client's proxy ([`Proxy`]) | from the environment |
+//! | [`add_root_certificate_pem`](ClientCredentials::add_root_certificate_pem) | one more trusted CA for the built-in client | platform + Mozilla roots |
 //!
 //! # The request
 //!
@@ -97,7 +100,7 @@
 //! // let pem = std::fs::read_to_string("/etc/my-app/client-key.pem")?;
 //! let key = PrivateKey::from_pkcs8_pem(Algorithm::PS256, &pem)?.key_id("2026-11");
 //! let cache = TokenCache::new(
-//!     ClientCredentials::new("https://idp.example.com/oauth/token", "my-client", "")
+//!     ClientCredentials::try_new("https://idp.example.com/oauth/token", "my-client", "")?
 //!         .private_key_jwt(key),
 //! );
 //! # drop(cache);
@@ -114,10 +117,11 @@
 //! ```
 //! use tower_bearer::oauth2::{ClientCredentials, FileAssertion};
 //!
-//! let source = ClientCredentials::new("https://login.example.com/tenant/oauth2/v2.0/token", "app-id", "")
+//! let source = ClientCredentials::try_new("https://login.example.com/tenant/oauth2/v2.0/token", "app-id", "")?
 //!     .client_assertion(FileAssertion::new("/var/run/secrets/azure/tokens/azure-identity-token"))
 //!     .scope("https://api.example.com/.default");
 //! # drop(source);
+//! # Ok::<_, tower_bearer::oauth2::Error>(())
 //! ```
 //!
 //! [`ClientAuth`] is a `Copy + Eq` tag: the key and the source
@@ -213,13 +217,31 @@
 //!
 //! # The HTTP client
 //!
-//! By default, hyper-util's client, HTTP/1.1, with TLS from rustls (the
-//! `ring` provider) trusting the Mozilla root certificates compiled in by
-//! `webpki-roots`, not the system's store: it works the same in a bare
-//! container, but a private CA needs a client of your own. Pass any tower
-//! HTTP service to [`with_client`](ClientCredentials::with_client) for
-//! proxies, private CAs or client certificates. Each fetch is bounded by the
-//! cache's [`fetch_timeout`](crate::TokenCache::fetch_timeout).
+//! By default, hyper-util's client, HTTP/1.1, with:
+//!
+//! - **TLS** from rustls, on the application's crypto provider when it has
+//!   installed one, else on the provider of this crate's `aws-lc-rs`
+//!   feature (on by default, as for rustls and reqwest 0.13) or `ring`
+//!   feature. The crate never installs a process-wide provider, so an
+//!   application's own `rustls::ClientConfig::builder()` is unaffected.
+//!   With neither feature and no installed provider, an https fetch fails
+//!   with a permanent [`Config`](ErrorKind::Config) error.
+//! - **Roots**: the platform's store (`native-roots`, read with
+//!   rustls-native-certs, as reqwest trusts it), Mozilla's compiled in
+//!   (`webpki-roots`, so a bare container still works), and any CA you add
+//!   with [`add_root_certificate_pem`](ClientCredentials::add_root_certificate_pem).
+//! - **Proxy**: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` from
+//!   the environment, read when the client is built, with a `CONNECT`
+//!   tunnel to an `http://` proxy. Opt out or set one explicitly with
+//!   [`proxy`](ClientCredentials::proxy) ([`Proxy`]).
+//!
+//! Or bring your own: the application's `reqwest::Client` (reqwest 0.13,
+//! the `reqwest` feature) with
+//! [`reqwest_client`](ClientCredentials::reqwest_client), or any tower HTTP
+//! service with [`with_client`](ClientCredentials::with_client), for client
+//! certificates or anything else. Each fetch is bounded by the cache's
+//! [`fetch_timeout`](crate::TokenCache::fetch_timeout). See `docs/tls.md`
+//! for the reasons behind each choice.
 //!
 //! # Out of scope
 //!
@@ -240,6 +262,7 @@ pub use self::client_auth::ClientAuth;
 pub use self::client_auth::{Algorithm, PrivateKey};
 pub use self::client_credentials::ClientCredentials;
 pub use self::token_exchange::TokenExchange;
+pub use self::transport::Proxy;
 
 /// A client assertion read from a file on each token request: a federated
 /// token (`AZURE_FEDERATED_TOKEN_FILE`, a Kubernetes projected token with

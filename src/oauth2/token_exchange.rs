@@ -42,12 +42,13 @@ use crate::{BoxError, RetryHint, TokenSource};
 ///
 /// let subject = FileToken::new("/var/run/secrets/tokens/sts-token");
 /// let cache = TokenCache::new(
-///     TokenExchange::new("https://sts.example.com/token", "my-workload", "", subject)
+///     TokenExchange::try_new("https://sts.example.com/token", "my-workload", "", subject)?
 ///         .auth_method(ClientAuth::Post)
 ///         .audience("https://api.example.com")
 ///         .requested_token_type(TokenExchange::ACCESS_TOKEN),
 /// );
 /// # drop(cache);
+/// # Ok::<_, tower_bearer::oauth2::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct TokenExchange {
@@ -119,7 +120,7 @@ impl TokenExchange {
     /// choose another [`auth_method`](Self::auth_method) for a client
     /// without one). The subject token type is [`JWT`](Self::JWT).
     pub fn new(
-        token_url: impl Into<String>,
+        token_url: impl AsRef<str>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
         subject: impl TokenSource,
@@ -131,6 +132,18 @@ impl TokenExchange {
             requested_token_type: None,
         }));
         Self { inner }
+    }
+
+    /// Like [`new`](Self::new), but fails at once if the token URL is not
+    /// valid or not allowed, as [`ClientCredentials::try_new`] does.
+    pub fn try_new(
+        token_url: impl AsRef<str>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        subject: impl TokenSource,
+    ) -> Result<Self, Error> {
+        ClientCredentials::try_new(token_url.as_ref(), "", "")?;
+        Ok(Self::new(token_url, client_id, client_secret, subject))
     }
 
     fn exchange(&mut self) -> &mut Exchange {
@@ -231,6 +244,35 @@ impl TokenExchange {
     #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
     pub fn transport_identity(mut self, name: impl Into<String>) -> Self {
         self.inner = self.inner.transport_identity(name);
+        self
+    }
+
+    /// Sends token requests through the application's `reqwest::Client`;
+    /// see [`ClientCredentials::reqwest_client`].
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_client(mut self, client: ::reqwest::Client) -> Self {
+        self.inner = self.inner.reqwest_client(client);
+        self
+    }
+
+    /// See [`ClientCredentials::client_secret`].
+    #[cfg(feature = "secrecy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "secrecy")))]
+    pub fn client_secret(mut self, secret: &secrecy::SecretString) -> Self {
+        self.inner = self.inner.client_secret(secret);
+        self
+    }
+
+    /// See [`ClientCredentials::proxy`].
+    pub fn proxy(mut self, proxy: super::Proxy) -> Self {
+        self.inner = self.inner.proxy(proxy);
+        self
+    }
+
+    /// See [`ClientCredentials::add_root_certificate_pem`].
+    pub fn add_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.inner = self.inner.add_root_certificate_pem(pem);
         self
     }
 }

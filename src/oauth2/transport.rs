@@ -1,15 +1,23 @@
-//! How a token request is sent: any tower HTTP service, or the built-in
-//! hyper-util client.
+//! How a token request is sent: any tower HTTP service, the application's
+//! `reqwest::Client`, or the built-in hyper-util client (its proxy, and the
+//! roots and crypto provider of `crate::tls`). A source never knows which.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response, Uri};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use super::error::Error;
@@ -66,32 +74,162 @@ where
     }
 }
 
-/// The built-in client: hyper-util's, with https through rustls (webpki's
-/// roots, the ring provider) when the `rustls` feature is on.
-#[cfg(feature = "rustls")]
-pub(super) fn default_client() -> Result<Arc<dyn HttpClient>, Error> {
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
+/// The application's `reqwest::Client` (the `reqwest` feature).
+#[cfg(feature = "reqwest")]
+pub(super) struct Reqwest(pub(super) ::reqwest::Client);
 
-    let provider = rustls::crypto::ring::default_provider();
+#[cfg(feature = "reqwest")]
+impl HttpClient for Reqwest {
+    fn send(&self, request: Request<Full<Bytes>>) -> SendFuture {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            // A `Full` body is one frame, ready at once.
+            let body = match body.collect().await {
+                Ok(body) => body,
+                Err(never) => match never {},
+            };
+            let request = Request::from_parts(parts, body.to_bytes());
+            let request = ::reqwest::Request::try_from(request)?;
+            let response = http::Response::from(client.execute(request).await?);
+            Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        })
+    }
+}
+
+/// How the built-in client reaches a token endpoint through a proxy.
+///
+/// Set with [`ClientCredentials::proxy`](super::ClientCredentials::proxy).
+/// Only `http://` proxies are supported; an https token URL is reached
+/// through one with a `CONNECT` tunnel, and so is a plain `http` one (the
+/// proxy never sees the request, only where it goes).
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Proxy {
+    /// The environment, read when the client is built (the first fetch), as
+    /// curl and reqwest read it: `HTTPS_PROXY` for an https token URL,
+    /// `HTTP_PROXY` for an http one, `ALL_PROXY` for either, and `NO_PROXY`
+    /// for the hosts to reach directly (each in upper or lower case). The
+    /// default.
+    #[default]
+    FromEnv,
+    /// No proxy, whatever the environment says.
+    Direct,
+    /// This proxy (`http://host:port`, with `user:password@` for Basic
+    /// authentication) for every token request, whatever the environment
+    /// says.
+    Url(String),
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FromEnv => f.write_str("FromEnv"),
+            Self::Direct => f.write_str("Direct"),
+            // The URL may hold a password.
+            Self::Url(url) => match url.rsplit_once('@') {
+                Some((_, host)) => write!(f, "Url(\"<redacted>@{host}\")"),
+                None => f.debug_tuple("Url").field(url).finish(),
+            },
+        }
+    }
+}
+
+/// The settings of the built-in client: its proxy and the roots it trusts
+/// beside the platform's.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Builtin {
+    pub(super) proxy: Proxy,
+    pub(super) roots_pem: Vec<Arc<[u8]>>,
+}
+
+impl Builtin {
+    fn matcher(&self) -> Option<Matcher> {
+        match &self.proxy {
+            Proxy::FromEnv => Some(Matcher::from_env()),
+            Proxy::Direct => None,
+            Proxy::Url(url) => Some(Matcher::builder().all(url.clone()).build()),
+        }
+    }
+}
+
+/// A TCP connector that goes through a `CONNECT` tunnel when the proxy
+/// matcher says so.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    proxy: Option<Arc<Matcher>>,
+}
+
+type Stream = <HttpConnector as Service<Uri>>::Response;
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+impl Service<Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // `HttpConnector` is always ready; each call gets a clone of it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> ConnectFuture {
+        let mut http = self.http.clone();
+        let intercept = self.proxy.as_ref().and_then(|proxy| proxy.intercept(&dst));
+        let Some(intercept) = intercept else {
+            return Box::pin(async move { http.call(dst).await.map_err(Into::into) });
+        };
+        if intercept.uri().scheme_str() != Some("http") {
+            return Box::pin(std::future::ready(Err(
+                "the proxy's URL is not http://host:port (only http proxies are supported)".into(),
+            )));
+        }
+        let mut tunnel = Tunnel::new(intercept.uri().clone(), http);
+        if let Some(auth) = intercept.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        Box::pin(async move {
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+            Ok(tunnel.call(dst).await?)
+        })
+    }
+}
+
+fn connector(settings: &Builtin) -> Connector {
+    let mut http = HttpConnector::new();
+    // https URLs reach it too: TLS is layered on top.
+    http.enforce_http(false);
+    Connector {
+        http,
+        proxy: settings.matcher().map(Arc::new),
+    }
+}
+
+/// The built-in client: hyper-util's, with https through rustls when the
+/// `rustls` feature is on (the provider and roots of [`crate::tls`]), and
+/// the proxy of `settings`.
+#[cfg(feature = "rustls")]
+pub(super) fn default_client(settings: &Builtin) -> Result<Arc<dyn HttpClient>, Error> {
+    let roots = crate::tls::root_store(&settings.roots_pem)
+        .map_err(|error| Error::config(error.to_string()))?;
+    let config =
+        crate::tls::client_config(roots).map_err(|error| Error::config(error.to_string()))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .map_err(|error| Error::config(format!("cannot set up TLS: {error}")))?
+        .with_tls_config(config)
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(connector(settings));
     let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     Ok(Arc::new(Tower::new(client)))
 }
 
 /// The built-in client: hyper-util's, plain http only (the `rustls`
-/// feature is off).
+/// feature is off), with the proxy of `settings`.
 #[cfg(not(feature = "rustls"))]
-pub(super) fn default_client() -> Result<Arc<dyn HttpClient>, Error> {
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+pub(super) fn default_client(settings: &Builtin) -> Result<Arc<dyn HttpClient>, Error> {
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector(settings));
     Ok(Arc::new(Tower::new(client)))
 }
 

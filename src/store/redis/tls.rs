@@ -20,19 +20,19 @@ use tokio_rustls::TlsConnector;
 
 use crate::store::StoreError;
 
-/// The crypto provider of Redis TLS: the application's process-level
-/// provider when it installed one, else the one this crate is built with
-/// (ring, as the OAuth2 client's https). Never installed process-wide.
-pub(super) fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+/// The crypto provider of Redis TLS: the crate's one policy
+/// ([`crate::tls::crypto_provider`]): the application's process-level
+/// provider when it installed one, else the one the crate's `aws-lc-rs` or
+/// `ring` feature names. Never installed process-wide.
+pub(super) fn provider() -> Result<Arc<CryptoProvider>, rustls::Error> {
+    crate::tls::crypto_provider().map_err(|error| rustls::Error::General(error.to_string()))
 }
 
 /// A `rediss://` store's TLS settings.
 #[derive(Clone, Default)]
 pub(super) struct Tls {
-    /// The CAs to trust; webpki's compiled-in roots when `None`.
+    /// The CAs to trust; when `None`, the roots of the OAuth2 client's https
+    /// (the platform's with `native-roots`, Mozilla's with `webpki-roots`).
     roots: Option<Arc<RootCertStore>>,
     /// A client certificate chain and its key.
     client: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
@@ -96,11 +96,10 @@ impl Tls {
         }
         let roots = match &self.roots {
             Some(roots) => RootCertStore::clone(roots),
-            None => RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
+            None => crate::tls::root_store(&[])
+                .map_err(|error| rustls::Error::General(error.to_string()))?,
         };
-        let builder = ClientConfig::builder_with_provider(provider())
+        let builder = ClientConfig::builder_with_provider(provider()?)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
         let config = match &self.client {
