@@ -1,5 +1,5 @@
 //! OAuth2 client credentials in one line: `ClientCredentials` as the token
-//! source of `BearerAuthLayer`, with `RetryOn401` in front.
+//! source of `BearerAuthLayer`, with `RetryOnUnauthorized` in front.
 //!
 //! By default it runs against the examples' local mock backend:
 //!
@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{self, ClientCredentials};
-use tower_bearer::{BearerAuthLayer, RetryOn401, TokenCache, TokenError};
+use tower_bearer::{BearerAuthLayer, RetryOnUnauthorized, TokenCache, TokenError};
 
 use support::Backend;
 
@@ -63,7 +63,7 @@ async fn local() -> Result<(), BoxError> {
     println!("source: {source:?}");
 
     let client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::new(source))
         .service(support::client());
 
@@ -86,7 +86,7 @@ async fn local() -> Result<(), BoxError> {
         return Err("the burst should have shared one token request".into());
     }
 
-    // The server revokes every token: the 401 evicts ours, and RetryOn401
+    // The server revokes every token: the 401 evicts ours, and RetryOnUnauthorized
     // sends the request again with a new one.
     backend.revoke_all();
     let (status, body) = read(
@@ -146,7 +146,7 @@ async fn real_idp(url: String, id: String, secret: String) -> Result<(), BoxErro
 
     if let Ok(api) = std::env::var("API_URL") {
         let mut client = ServiceBuilder::new()
-            .retry(RetryOn401::new())
+            .retry(RetryOnUnauthorized::new())
             .layer(BearerAuthLayer::from_cache(cache))
             .service(support::client());
         let response = client.ready().await?.call(get(api.parse()?)?).await?;

@@ -1,5 +1,5 @@
 //! Sender-constrained tokens (DPoP, RFC 9449): `ClientCredentials::dpop`
-//! as the token source of a plain `BearerAuthLayer`, with `RetryOn401` in
+//! as the token source of a plain `BearerAuthLayer`, with `RetryOnUnauthorized` in
 //! front to answer the resource's nonce challenge.
 //!
 //! It runs against the oidc-provider fixture (`tests/fixtures/oidc-provider`,
@@ -25,7 +25,7 @@ use serde_json::Value;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_bearer::dpop::{ProofKey, DPOP};
 use tower_bearer::oauth2::ClientCredentials;
-use tower_bearer::{BearerAuthLayer, RetryOn401, TokenCache};
+use tower_bearer::{BearerAuthLayer, RetryOnUnauthorized, TokenCache};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -66,7 +66,7 @@ async fn run(urls: &Value) -> Result<(), BoxError> {
         })
     };
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(recorder);
 

@@ -25,7 +25,7 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{ClientCredentials, FileAssertion};
-use tower_bearer::{BearerAuthLayer, FileToken, RetryOn401};
+use tower_bearer::{BearerAuthLayer, FileToken, RetryOnUnauthorized};
 
 use support::Backend;
 
@@ -53,7 +53,7 @@ async fn run(backend: &Backend, dir: &Path) -> Result<(), BoxError> {
     agent(sink.clone()).await?;
 
     let client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::new(FileToken::new(&sink)))
         .service(support::client());
     let status = call(&client, backend.protected_url()).await?;
@@ -76,7 +76,7 @@ async fn run(backend: &Backend, dir: &Path) -> Result<(), BoxError> {
         .client_assertion(FileAssertion::new(projected.join("token")));
     println!("source: {source:?}");
     let client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::new(source))
         .service(support::client());
     let status = call(&client, backend.protected_url()).await?;

@@ -104,7 +104,7 @@ fn fetch(answer: &Answer) -> Result<Token, oauth2::Error> {
         std::future::ready(Ok::<_, Infallible>(response))
     });
     let source = ClientCredentials::new("https://idp.example.com/token", CLIENT_ID, SECRET)
-        .with_client(client);
+        .http_client(client);
     block_on(source.fetch())
 }
 

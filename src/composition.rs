@@ -82,8 +82,8 @@
 //! Inside, the token would be set once and every attempt would resend it.
 //! The middleware itself never retries; a retry policy (for transient
 //! errors, or one that retries a `401` once) is the caller's choice. For a
-//! `401`, the crate ships one: `RetryOn401` (feature `retry`), used as
-//! `ServiceBuilder::new().retry(RetryOn401::new()).layer(bearer)`.
+//! `401`, the crate ships one: `RetryOnUnauthorized` (feature `retry`), used as
+//! `ServiceBuilder::new().retry(RetryOnUnauthorized::new()).layer(bearer)`.
 //!
 //! ```
 //! use std::convert::Infallible;

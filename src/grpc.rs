@@ -85,7 +85,7 @@
 //! `tower::retry::Policy` that sends a call once more after
 //! `UNAUTHENTICATED`, with the fresh token: the rejection evicted the token
 //! before the policy saw it, so the second attempt waits for the single
-//! refresh. It is [`RetryOn401`](crate::RetryOn401)'s rule (one retry, a
+//! refresh. It is [`RetryOnUnauthorized`](crate::RetryOnUnauthorized)'s rule (one retry, a
 //! second rejection is returned as it is) with gRPC's rejection added, and
 //! it retries an HTTP `401` too. What it can and cannot retry:
 //!
@@ -200,6 +200,9 @@ use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+#[allow(deprecated)]
+pub use crate::deprecated::ReplayError;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -455,11 +458,11 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
 /// token, after `UNAUTHENTICATED` in the response headers (or an HTTP
 /// `401`). See [Retrying](crate::grpc#retrying).
 ///
-/// It is [`RetryOn401`](crate::RetryOn401) with gRPC's rejection added: the
+/// It is [`RetryOnUnauthorized`](crate::RetryOnUnauthorized) with gRPC's rejection added: the
 /// same one retry, the same copy of the request.
 #[cfg(feature = "retry")]
 pub struct RetryOnUnauthenticated<B> {
-    once: crate::RetryOn401<B>,
+    once: crate::RetryOnUnauthorized<B>,
     can_replay: fn(&B) -> bool,
 }
 
@@ -482,10 +485,10 @@ impl<B: Clone> Default for RetryOnUnauthenticated<B> {
 impl<B> RetryOnUnauthenticated<B> {
     /// A policy that copies a request's body with `clone_body`; a request
     /// whose body it cannot copy (`None`) is not retried. As
-    /// [`RetryOn401::cloning_body_with`](crate::RetryOn401::cloning_body_with).
+    /// [`RetryOnUnauthorized::cloning_body_with`](crate::RetryOnUnauthorized::cloning_body_with).
     pub fn cloning_body_with(clone_body: fn(&B) -> Option<B>) -> Self {
         Self {
-            once: crate::RetryOn401::cloning_body_with(clone_body),
+            once: crate::RetryOnUnauthorized::cloning_body_with(clone_body),
             can_replay: |_| true,
         }
     }
@@ -502,7 +505,7 @@ where
     /// (within the body's limit).
     pub fn replaying() -> Self {
         Self {
-            once: crate::RetryOn401::cloning_body_with(ReplayBody::try_clone),
+            once: crate::RetryOnUnauthorized::cloning_body_with(ReplayBody::try_clone),
             can_replay: ReplayBody::replayable,
         }
     }
@@ -570,7 +573,7 @@ fn rejected<B>(response: &Response<B>) -> bool {
 /// reading the inner body where it stopped (the first attempt's body then
 /// fails if it is polled again: its call is over). A body larger than
 /// `max_bytes`, or one that failed, cannot be replayed: the policy does not
-/// retry it, and a copy made earlier fails with a [`ReplayError`].
+/// retry it, and a copy made earlier fails with a [`Error`].
 ///
 /// Nothing is recorded beyond `max_bytes`, so a long client stream costs at
 /// most that much memory while its call lasts.
@@ -600,15 +603,15 @@ struct Recording<B> {
 /// A [`ReplayBody`] could not be sent again: it was larger than its limit,
 /// it failed, or a later attempt took it over.
 #[derive(Debug)]
-pub struct ReplayError(&'static str);
+pub struct Error(&'static str);
 
-impl fmt::Display for ReplayError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0)
     }
 }
 
-impl std::error::Error for ReplayError {}
+impl std::error::Error for Error {}
 
 impl<B> ReplayBody<B>
 where
@@ -680,11 +683,11 @@ where
         let mut recording = lock(shared);
         if recording.reader != *id {
             if recording.reader > *id {
-                return Poll::Ready(Some(Err(ReplayError("a retry took this body over").into())));
+                return Poll::Ready(Some(Err(Error("a retry took this body over").into())));
             }
             // Not read yet by this handle: the recording first.
             if recording.lost {
-                return Poll::Ready(Some(Err(ReplayError("the body cannot be replayed").into())));
+                return Poll::Ready(Some(Err(Error("the body cannot be replayed").into())));
             }
             if let Some(data) = recording.frames.get(*position) {
                 *position += 1;

@@ -30,7 +30,7 @@
 //! | `oauth2` | on | `oauth2::ClientCredentials` and `oauth2::TokenExchange`, token sources for the OAuth2 client-credentials grant and RFC 8693, with a built-in HTTP client | hyper, hyper-util, http-body(-util), bytes, serde, serde_json, base64, zeroize |
 //! | `rustls` | on | https for the built-in HTTP client (implies `oauth2`): rustls with `ring`, webpki roots | hyper-rustls, rustls, webpki-roots |
 //! | `private-key-jwt` | on | `private_key_jwt` client authentication for `oauth2::ClientCredentials`, assertions signed with ring (RS256, PS256, ES256, EdDSA) (implies `oauth2`) | ring |
-//! | `retry` | on | `RetryOn401`, a `tower::retry::Policy` that retries a request once after a 401 | tower (`retry`) |
+//! | `retry` | on | `RetryOnUnauthorized`, a `tower::retry::Policy` that retries a request once after a 401 | tower (`retry`) |
 //! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything | tracing |
 //! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) | base64, serde_json |
 //! | `grpc` | on | `BearerAuthLayer::grpc()`: gRPC's `UNAUTHENTICATED`, in the headers or the trailers, evicts the token as a 401 does; with `retry`, `grpc::RetryOnUnauthenticated` retries the call once | http-body, bytes |
@@ -153,6 +153,8 @@
 pub mod auth;
 pub mod cache;
 pub mod composition;
+#[allow(deprecated)]
+mod deprecated;
 #[cfg(feature = "dpop")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub mod dpop;
@@ -188,6 +190,10 @@ pub use self::auth::{
     BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey,
 };
 #[doc(inline)]
+#[cfg(feature = "retry")]
+#[allow(deprecated)]
+pub use self::deprecated::RetryOn401;
+#[doc(inline)]
 pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
@@ -202,7 +208,7 @@ pub use self::grpc::{GrpcAuth, GrpcAuthLayer};
 pub use self::reqwest::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 #[cfg(feature = "retry")]
 #[doc(inline)]
-pub use self::retry::RetryOn401;
+pub use self::retry::RetryOnUnauthorized;
 #[doc(inline)]
 pub use self::scope::{InvalidHost, RequestHead, Scope};
 pub use self::source::{RetryHint, TokenSource};

@@ -27,7 +27,7 @@
 //!
 //! A request answered `401 Unauthorized` is sent once more, with the token
 //! the cache gives after evicting the rejected one: the rules of the tower
-//! [`RetryOn401`](crate::RetryOn401), decided by the same code. Once per
+//! [`RetryOnUnauthorized`](crate::RetryOnUnauthorized), decided by the same code. Once per
 //! request; a DPoP nonce challenge gets one retry of its own, with the
 //! server's new nonce and the same token; a second `401` is returned as it
 //! is. A request whose body cannot be copied (a stream) gets its `401`
@@ -175,7 +175,7 @@ impl Options {
 
     /// Sends `request` with the token `entry` gives (or fails with its
     /// error), and evicts the token from its cache on a `401`. A `401` is
-    /// answered as [`RetryOn401`](crate::RetryOn401) answers it, by the same
+    /// answered as [`RetryOnUnauthorized`](crate::RetryOnUnauthorized) answers it, by the same
     /// rules: once, with the token `entry` then gives, and once more for a
     /// DPoP nonce challenge.
     async fn send<F>(
@@ -311,7 +311,7 @@ impl BearerAuthMiddleware {
 
     /// Whether a request answered `401 Unauthorized` is sent once more,
     /// with the token the cache then gives, by
-    /// [`RetryOn401`](crate::RetryOn401)'s rules (see the
+    /// [`RetryOnUnauthorized`](crate::RetryOnUnauthorized)'s rules (see the
     /// [module docs](crate::reqwest#401-retry)). Default: `true`.
     pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
         self.options.retry = retry;

@@ -1,4 +1,4 @@
-//! [`RetryOn401`]: a `tower::retry::Policy` that sends a request once more
+//! [`RetryOnUnauthorized`]: a `tower::retry::Policy` that sends a request once more
 //! after a `401 Unauthorized`, with a fresh token.
 //!
 //! Behind the `retry` feature (on by default).
@@ -10,7 +10,7 @@
 //! passes through it:
 //!
 //! ```text
-//! ServiceBuilder::new().retry(RetryOn401::new()).layer(bearer).service(client)
+//! ServiceBuilder::new().retry(RetryOnUnauthorized::new()).layer(bearer).service(client)
 //! ```
 //!
 //! - A request is retried at most once: a second `401` is returned as it is.
@@ -26,9 +26,9 @@
 //!   carries the server's new nonce with the same token. A nonce challenge
 //!   and a rejection may thus each be retried once (three attempts at
 //!   most); a second nonce challenge is returned as it is.
-//! - Only a request that can be copied is retried. [`RetryOn401::new`] copies
+//! - Only a request that can be copied is retried. [`RetryOnUnauthorized::new`] copies
 //!   bodies that are `Clone` (`Full<Bytes>`, `String`, `()`...);
-//!   [`RetryOn401::cloning_body_with`] takes a function for a body that can
+//!   [`RetryOnUnauthorized::cloning_body_with`] takes a function for a body that can
 //!   only sometimes be copied (a streaming body cannot): a request whose body
 //!   it cannot copy gets its `401` back.
 //! - Any other response or error is returned as it is.
@@ -47,7 +47,7 @@
 //! use std::sync::Arc;
 //! use http::{header::AUTHORIZATION, Request, Response, StatusCode};
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-//! use tower_bearer::{BearerAuthLayer, RetryOn401, Token};
+//! use tower_bearer::{BearerAuthLayer, RetryOnUnauthorized, Token};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_bearer::BoxError> {
@@ -70,7 +70,7 @@
 //! });
 //!
 //! let mut client = ServiceBuilder::new()
-//!     .retry(RetryOn401::new())
+//!     .retry(RetryOnUnauthorized::new())
 //!     .layer(BearerAuthLayer::new(source))
 //!     .service(server);
 //!
@@ -87,15 +87,18 @@ use std::future::{ready, Ready};
 use http::{Request, Response, StatusCode};
 use tower::retry::Policy;
 
+#[allow(deprecated)]
+pub use crate::deprecated::RetryOn401;
+
 /// A `tower::retry::Policy` that retries a request once after a
 /// `401 Unauthorized`. See the [module docs](crate::retry).
-pub struct RetryOn401<B> {
+pub struct RetryOnUnauthorized<B> {
     clone_body: fn(&B) -> Option<B>,
     budget: Budget,
 }
 
 /// The one place that decides whether a `401` is answered by sending the
-/// request once more: [`RetryOn401`] (tower) and the reqwest middleware both
+/// request once more: [`RetryOnUnauthorized`] (tower) and the reqwest middleware both
 /// ask it. A rejection gets one retry, a DPoP nonce challenge one of its own.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Budget {
@@ -132,33 +135,33 @@ impl Budget {
     }
 }
 
-impl<B: Clone> RetryOn401<B> {
+impl<B: Clone> RetryOnUnauthorized<B> {
     /// A policy for requests whose body is `Clone`.
     pub fn new() -> Self {
         Self::cloning_body_with(|body| Some(body.clone()))
     }
 }
 
-impl<B: Clone> Default for RetryOn401<B> {
+impl<B: Clone> Default for RetryOnUnauthorized<B> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<B> RetryOn401<B> {
+impl<B> RetryOnUnauthorized<B> {
     /// A policy that copies a request's body with `clone_body`; a request
     /// whose body it cannot copy (`None`) is not retried.
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use tower_bearer::RetryOn401;
+    /// use tower_bearer::RetryOnUnauthorized;
     ///
     /// enum Body {
     ///     Bytes(Bytes),
     ///     Stream(/* a channel, say */),
     /// }
     ///
-    /// let policy = RetryOn401::cloning_body_with(|body: &Body| match body {
+    /// let policy = RetryOnUnauthorized::cloning_body_with(|body: &Body| match body {
     ///     Body::Bytes(bytes) => Some(Body::Bytes(bytes.clone())),
     ///     Body::Stream() => None,
     /// });
@@ -171,7 +174,7 @@ impl<B> RetryOn401<B> {
     }
 }
 
-impl<B> RetryOn401<B> {
+impl<B> RetryOnUnauthorized<B> {
     /// Retries once if `rejected`: the one-retry rule, shared with
     /// `grpc::RetryOnUnauthenticated`.
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
@@ -186,7 +189,7 @@ fn once(spent: &mut bool) -> bool {
     !std::mem::replace(spent, true)
 }
 
-impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOn401<B> {
+impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOnUnauthorized<B> {
     type Future = Ready<()>;
 
     fn retry(
@@ -229,14 +232,14 @@ fn warn_wrong_order() {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
-            "RetryOn401 saw a request that already carries Authorization: put the retry \
+            "RetryOnUnauthorized saw a request that already carries Authorization: put the retry \
              outside the bearer layer (ServiceBuilder::new().retry(..).layer(bearer)), or \
              each retry resends the rejected token"
         );
     }
 }
 
-impl<B> Clone for RetryOn401<B> {
+impl<B> Clone for RetryOnUnauthorized<B> {
     fn clone(&self) -> Self {
         Self {
             clone_body: self.clone_body,
@@ -245,9 +248,9 @@ impl<B> Clone for RetryOn401<B> {
     }
 }
 
-impl<B> fmt::Debug for RetryOn401<B> {
+impl<B> fmt::Debug for RetryOnUnauthorized<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryOn401")
+        f.debug_struct("RetryOnUnauthorized")
             .field("retried", &self.budget.retried)
             .field("nonce_retried", &self.budget.nonce_retried)
             .finish()
@@ -274,7 +277,7 @@ mod tests {
 
     /// Which of `responses`, in turn, the policy retries.
     fn retries(responses: &[&str]) -> Vec<bool> {
-        let mut policy = RetryOn401::<()>::new();
+        let mut policy = RetryOnUnauthorized::<()>::new();
         let mut request = Request::new(());
         responses
             .iter()
@@ -302,10 +305,10 @@ mod tests {
 
     #[test]
     fn no_copy_is_made_once_both_budgets_are_spent() {
-        let mut policy = RetryOn401::<()>::new();
+        let mut policy = RetryOnUnauthorized::<()>::new();
         let mut request = Request::new(());
         policy.retry(&mut request, &mut unauthorized(NONCE));
-        let clone = |policy: &mut RetryOn401<()>| {
+        let clone = |policy: &mut RetryOnUnauthorized<()>| {
             Policy::<_, Response<()>, std::convert::Infallible>::clone_request(policy, &request)
         };
         assert!(clone(&mut policy).is_some());

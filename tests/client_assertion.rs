@@ -72,7 +72,7 @@ async fn the_file_is_read_again_for_every_token_request() {
     let cache = TokenCache::new(
         ClientCredentials::new("https://idp.example.com/token", "my-app", "")
             .client_assertion(FileAssertion::new(&path))
-            .with_client(endpoint),
+            .http_client(endpoint),
     );
 
     let token = cache.token().await.unwrap();
@@ -102,7 +102,7 @@ async fn any_token_source_can_supply_the_assertion() {
     let (endpoint, seen) = recording();
     let source = ClientCredentials::new("https://idp.example.com/token", "my-app", "")
         .client_assertion(|| async { Ok::<_, Infallible>(Token::new("signed-elsewhere")) })
-        .with_client(endpoint);
+        .http_client(endpoint);
     assert!(format!("{source:?}").contains("assertion_source"));
     TokenCache::new(source).token().await.unwrap();
     assert!(seen.lock().unwrap()[0]
@@ -117,7 +117,7 @@ async fn a_failing_assertion_source_is_a_typed_error_and_nothing_is_sent() {
     let error = TokenCache::new(
         ClientCredentials::new("https://idp.example.com/token", "my-app", "")
             .client_assertion(FileAssertion::new(&path))
-            .with_client(endpoint),
+            .http_client(endpoint),
     )
     .token()
     .await
@@ -147,7 +147,7 @@ async fn an_assertion_method_without_its_source_or_key_is_a_permanent_config_err
         let error = TokenCache::new(
             ClientCredentials::new("https://idp.example.com/token", "my-app", "secret")
                 .auth_method(method)
-                .with_client(endpoint),
+                .http_client(endpoint),
         )
         .token()
         .await

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::dpop::{ProofKey, DPOP};
 use tower_bearer::oauth2::{Algorithm, ClientCredentials};
-use tower_bearer::{BearerAuthLayer, BoxError, RetryOn401, TokenCache};
+use tower_bearer::{BearerAuthLayer, BoxError, RetryOnUnauthorized, TokenCache};
 
 mod common;
 use common::idp::{http_client, oidc_provider_dir, start_node, Running};
@@ -50,7 +50,7 @@ impl Provider {
     /// A source whose token requests are counted.
     fn counted_source(&self, key: ProofKey, count: Arc<AtomicUsize>) -> ClientCredentials {
         let client = http_client();
-        self.source(key).with_client(service_fn(move |request| {
+        self.source(key).http_client(service_fn(move |request| {
             count.fetch_add(1, Ordering::SeqCst);
             client.clone().oneshot(request)
         }))
@@ -281,7 +281,7 @@ async fn a_token_url_through_a_proxy_the_server_does_not_know_fails_on_htu() {
     });
     let source = ClientCredentials::new(url, "client-dpop", "dpop-secret")
         .dpop(ProofKey::generate().unwrap())
-        .with_client(proxy);
+        .http_client(proxy);
     let error = TokenCache::new(source).token().await.unwrap_err();
     let shown = format!("{error:?}");
     assert!(shown.contains("invalid_dpop_proof"), "{shown}");
@@ -314,11 +314,11 @@ async fn the_resources_nonce_challenge_keeps_the_token_and_is_retried_once() {
         headers["dpop-nonce"].to_str().unwrap()
     );
 
-    // A stale nonce earns the challenge again; RetryOn401 answers it.
+    // A stale nonce earns the challenge again; RetryOnUnauthorized answers it.
     provider.rotate_resource_nonce().await;
     let recorded = Recorded::default();
     let mut retrying = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(recording_client(recorded.clone(), |_| {}));
     let (status, _, body) = send(&mut retrying, get(&provider.resource_url)).await;
@@ -381,7 +381,7 @@ async fn a_rejected_bound_token_is_evicted_and_retried_with_a_fresh_one() {
     };
     let cache = TokenCache::new(source);
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(http_client());
     let (status, _, body) = send(&mut client, get(&provider.resource_url)).await;
@@ -404,7 +404,7 @@ async fn the_reqwest_middleware_sends_proofs_and_answers_a_nonce_challenge_with_
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(BearerAuthMiddleware::from_cache(cache.clone()))
         .build();
-    // The nonce challenge is answered within the call, as `RetryOn401`
+    // The nonce challenge is answered within the call, as `RetryOnUnauthorized`
     // answers it: once more with the server's nonce and the same token.
     // Then the nonce is remembered, and the token kept.
     for _ in 0..3 {
@@ -441,7 +441,7 @@ async fn the_token_endpoints_nonce_is_kept_apart_from_the_resources_on_one_origi
     let cache =
         TokenCache::new(provider.counted_source(ProofKey::generate().unwrap(), requests.clone()));
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(http_client());
     let (status, _, _) = send(&mut client, get(&provider.resource_url)).await;
@@ -480,7 +480,7 @@ async fn a_replayed_token_request_proof_is_rejected_by_the_token_endpoint() {
     };
     let source = provider
         .source(ProofKey::generate().unwrap())
-        .with_client(client);
+        .http_client(client);
     assert!(TokenCache::new(source).token().await.is_ok());
 
     // The same token request, proof and all, once more.

@@ -444,7 +444,7 @@ async fn a_url_that_is_not_allowed_fails_without_a_request() {
     let sent = Arc::new(AtomicUsize::new(0));
     let cache = TokenCache::new(
         ClientCredentials::new("http://idp.example.com/token", "id", SECRET)
-            .with_client(counting_client(sent.clone())),
+            .http_client(counting_client(sent.clone())),
     );
     let error = fails(&cache).await;
     assert!(error.is_permanent());
@@ -455,7 +455,7 @@ async fn a_url_that_is_not_allowed_fails_without_a_request() {
     let cache = TokenCache::new(
         ClientCredentials::new("http://idp.example.com/token", "id", SECRET)
             .allow_insecure_http(true)
-            .with_client(counting_client(sent.clone())),
+            .http_client(counting_client(sent.clone())),
     );
     assert_eq!(cache.token().await.unwrap().secret(), "tok-1");
     assert_eq!(sent.load(Ordering::SeqCst), 1);

@@ -69,7 +69,7 @@ proptest! {
         let raw_basic = base64::engine::general_purpose::STANDARD.encode(format!("id:{secret}"));
         let body = body(template, &Embedded { secret: &secret, encoded: &encoded, basic: &basic, raw_basic: &raw_basic, token: &token, field: &field });
         let source = ClientCredentials::new("https://idp.example.com/token", "id", secret.clone())
-            .with_client(answering(status, body.clone()));
+            .http_client(answering(status, body.clone()));
         let Err(error) = block_on(source.fetch()) else {
             return Ok(());
         };

@@ -314,7 +314,7 @@ async fn oauth2_errors_in_events_never_show_the_secret_or_a_token() {
         });
         let cache = tower_bearer::TokenCache::new(
             ClientCredentials::new("https://idp.example.com/token", "id", SECRET)
-                .with_client(client),
+                .http_client(client),
         );
         let error = cache.token().await.unwrap_err();
         assert_eq!(recorder.events("token fetch failed").len(), 1);
@@ -379,13 +379,13 @@ async fn a_keyed_cache_labels_its_spans_and_events_with_the_key_never_the_token(
     recorder.assert_never_shows("client-secret");
 }
 
-/// `RetryOn401` inside the bearer layer (the wrong order) is said once, as
+/// `RetryOnUnauthorized` inside the bearer layer (the wrong order) is said once, as
 /// a `warn` event; the right order says nothing.
 #[cfg(feature = "retry")]
 #[tokio::test(start_paused = true)]
 async fn a_retry_inside_the_bearer_layer_is_warned_about_once() {
     use tower::{Service, ServiceBuilder, ServiceExt};
-    use tower_bearer::{BearerAuthLayer, RetryOn401, Token};
+    use tower_bearer::{BearerAuthLayer, RetryOnUnauthorized, Token};
 
     let (recorder, _guard) = record();
     let server = tower::service_fn(|_request: http::Request<()>| async {
@@ -393,12 +393,12 @@ async fn a_retry_inside_the_bearer_layer_is_warned_about_once() {
     });
     let source = || async { Ok::<_, std::convert::Infallible>(Token::new("token-1")) };
     let mut right = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::new(source))
         .service(server);
     let mut wrong = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(source))
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .service(server);
     const WARNING: &str = "already carries Authorization";
 

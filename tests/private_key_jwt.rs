@@ -172,7 +172,7 @@ async fn a_replayed_assertion_is_a_permanent_invalid_client() {
     let cache = TokenCache::new(
         provider
             .source(Algorithm::EdDSA, "ed25519.pem")
-            .with_client(replaying),
+            .http_client(replaying),
     );
     let token = cache.token().await.unwrap();
     cache.invalidate(&token);

@@ -85,7 +85,7 @@ async fn a_revoked_token_is_replaced_after_a_401() -> Result<(), BoxError> {
 
     backend.revoke_all();
     // The 401 evicts the token, and the request goes once more with a new
-    // one, as `RetryOn401` sends it for tower.
+    // one, as `RetryOnUnauthorized` sends it for tower.
     assert_eq!(
         get(&client, &backend).await?,
         (StatusCode::OK, "hello, token #2".into())

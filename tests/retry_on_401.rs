@@ -1,4 +1,4 @@
-//! `RetryOn401` outside the bearer layer: a request rejected with 401 goes
+//! `RetryOnUnauthorized` outside the bearer layer: a request rejected with 401 goes
 //! out once more, with the fresh token the 401 made the cache fetch.
 #![cfg(feature = "retry")]
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_bearer::{BearerAuthLayer, RetryOn401, TokenCache};
+use tower_bearer::{BearerAuthLayer, RetryOnUnauthorized, TokenCache};
 
 use common::Script;
 
@@ -70,7 +70,7 @@ async fn a_401_is_retried_once_with_the_new_token() {
     assert_eq!(cache.token().await.unwrap().secret(), "token-1");
     let seen = Seen::default();
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache))
         .service(server(
             vec!["token-1"],
@@ -91,7 +91,7 @@ async fn a_second_401_is_returned_not_retried_again() {
     cache.token().await.unwrap();
     let seen = Seen::default();
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache))
         .service(server(
             vec!["token-1", "token-2", "token-3"],
@@ -128,7 +128,7 @@ async fn every_request_has_its_own_retry() {
         })
     };
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache))
         .service(inner);
 
@@ -160,7 +160,7 @@ async fn other_statuses_are_not_retried() {
         let (script, cache) = script();
         let seen = Seen::default();
         let mut client = ServiceBuilder::new()
-            .retry(RetryOn401::new())
+            .retry(RetryOnUnauthorized::new())
             .layer(BearerAuthLayer::from_cache(cache))
             .service(server(vec!["token-1"], status, seen.clone()));
 
@@ -183,10 +183,12 @@ async fn a_request_whose_body_cannot_be_copied_gets_its_401() {
     cache.token().await.unwrap();
     let seen = Seen::default();
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::cloning_body_with(|body: &Body| match body {
-            Body::Buffered(text) => Some(Body::Buffered(text.clone())),
-            Body::Streaming => None,
-        }))
+        .retry(RetryOnUnauthorized::cloning_body_with(
+            |body: &Body| match body {
+                Body::Buffered(text) => Some(Body::Buffered(text.clone())),
+                Body::Streaming => None,
+            },
+        ))
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(server::<Body>(
             vec!["token-1"],
@@ -210,10 +212,12 @@ async fn a_request_whose_body_cannot_be_copied_gets_its_401() {
     // A buffered body is copied, and retried.
     seen.lock().unwrap().clear();
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::cloning_body_with(|body: &Body| match body {
-            Body::Buffered(text) => Some(Body::Buffered(text.clone())),
-            Body::Streaming => None,
-        }))
+        .retry(RetryOnUnauthorized::cloning_body_with(
+            |body: &Body| match body {
+                Body::Buffered(text) => Some(Body::Buffered(text.clone())),
+                Body::Streaming => None,
+            },
+        ))
         .layer(BearerAuthLayer::from_cache(cache))
         .service(server::<Body>(
             vec!["token-2"],
@@ -256,7 +260,7 @@ async fn the_copy_keeps_method_uri_headers_and_body() {
         })
     };
     let mut client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::from_cache(cache))
         .service(inner);
     let mut request = Request::put("http://api.example/items/7")

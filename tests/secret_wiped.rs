@@ -118,7 +118,7 @@ async fn no_freed_block_holds_the_secret() {
                 .scope("read")
                 .audience("https://api.example.com")
                 .param("tenant", "t-1")
-                .with_client(leaking_client(body, status));
+                .http_client(leaking_client(body, status));
             let result = source.fetch().await;
             assert_eq!(result.is_ok(), status == 200, "{auth:?} {status}");
             let cache = TokenCache::new(source);

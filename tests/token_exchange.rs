@@ -125,7 +125,7 @@ async fn the_request_on_the_wire_with_a_subject_read_per_exchange() {
     .scope("orders:read")
     .audience("orders-api")
     .resource("https://orders.example.com/")
-    .with_client(service);
+    .http_client(service);
     let debug = format!("{source:?}");
     assert!(
         debug.contains("urn:ietf:params:oauth:token-type:jwt"),
@@ -198,7 +198,7 @@ async fn errors_are_typed_as_for_client_credentials_and_never_quote_the_subject(
         let (service, _) = endpoint(vec![(status, headers.clone(), body.clone())]);
         let source =
             TokenExchange::new("https://sts.example.com/token", "w", "s", subject.source())
-                .with_client(service);
+                .http_client(service);
         let error = TokenCache::new(source).token().await.unwrap_err();
         assert_eq!(error.kind(), TokenErrorKind::Fetch, "{body}");
         assert_eq!(error.is_permanent(), permanent, "{body}");
@@ -222,7 +222,7 @@ async fn a_failing_subject_source_is_a_typed_error_and_nothing_is_sent() {
         "s",
         FileToken::new(missing),
     )
-    .with_client(service);
+    .http_client(service);
     let error = TokenCache::new(source).token().await.unwrap_err();
     assert!(!error.is_permanent());
     let cause = cause(&error);
@@ -250,7 +250,7 @@ async fn client_authentication_is_shared_with_client_credentials() {
         .client_assertion(move || async move {
             Ok::<_, Infallible>(tower_bearer::Token::new(assertion))
         })
-        .with_client(service);
+        .http_client(service);
     let error = TokenCache::new(source).token().await.unwrap_err();
     assert!(error.is_permanent());
     assert_eq!(
@@ -268,7 +268,7 @@ async fn client_authentication_is_shared_with_client_credentials() {
     let (service, seen) = endpoint(vec![]);
     let source = TokenExchange::new("https://sts.example.com/token", "w", "pw", subject.source())
         .auth_method(ClientAuth::Post)
-        .with_client(service);
+        .http_client(service);
     TokenCache::new(source).token().await.unwrap();
     assert!(seen.lock().unwrap()[0]
         .1

@@ -1,5 +1,5 @@
 //! The whole story in ten seconds: `ClientCredentials` behind
-//! `BearerAuthLayer` and `RetryOn401`, against a local OAuth2 server that
+//! `BearerAuthLayer` and `RetryOnUnauthorized`, against a local OAuth2 server that
 //! issues 6-second tokens and takes 300 ms to answer.
 //!
 //! ```text
@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::ClientCredentials;
-use tower_bearer::{BearerAuthLayer, BoxError, RetryOn401, TokenError};
+use tower_bearer::{BearerAuthLayer, BoxError, RetryOnUnauthorized, TokenError};
 
 use server::Server;
 
@@ -42,7 +42,7 @@ async fn main() -> Result<(), BoxError> {
     // The client: a hyper-util client, the token layer, and a retry after a 401.
     let source = ClientCredentials::try_new(&token_url, "quickstart", "s3cret")?;
     let client = ServiceBuilder::new()
-        .retry(RetryOn401::new())
+        .retry(RetryOnUnauthorized::new())
         .layer(BearerAuthLayer::new(source))
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     let get = || {
@@ -121,7 +121,7 @@ async fn main() -> Result<(), BoxError> {
     )?;
 
     println!("\n== 401: the API revokes every token; the 401 evicts token-3, and");
-    println!("   RetryOn401 sends the request once more, with a token fetched for it");
+    println!("   RetryOnUnauthorized sends the request once more, with a token fetched for it");
     server.revoke_all();
     let (token, took) = timed(get()).await?;
     log(&format!("200 with {token}, after {took} ms"));

@@ -17,7 +17,7 @@
 //!   one token causes one refresh, and a late `401` never evicts its
 //!   successor. The `401` goes back to the caller unchanged, and it does not
 //!   bypass an active backoff. Retrying is the caller's choice:
-//!   `RetryOn401` (the `retry` feature) retries once.
+//!   `RetryOnUnauthorized` (the `retry` feature) retries once.
 //! - A resource that keeps rejecting fresh tokens is not hammered: from the
 //!   second token in a row rejected soon after its fetch, the next fetch
 //!   waits a doubling backoff, and requests meanwhile fail at once with

@@ -636,7 +636,7 @@ impl Shared {
             false => 0,
         };
         // The first is free: one revoked token, or one retry of a request
-        // (`RetryOn401`), fetches at once.
+        // (`RetryOnUnauthorized`), fetches at once.
         let paced = if refresh.rejections >= 2 {
             refresh.rejected = generation;
             let Refresh {

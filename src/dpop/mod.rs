@@ -22,7 +22,7 @@
 //!   token endpoint's nonce challenge (`400`, `error` `use_dpop_nonce`) is
 //!   answered at once with one retry; a resource's (`401` with
 //!   `WWW-Authenticate: DPoP error="use_dpop_nonce"`) never evicts the token,
-//!   and [`RetryOn401`](crate::RetryOn401) sends the request once more, with
+//!   and [`RetryOnUnauthorized`](crate::RetryOnUnauthorized) sends the request once more, with
 //!   the new nonce.
 //!
 //! See `docs/dpop.md` for the choices made and the measured cost.
@@ -33,7 +33,7 @@
 //! use tower::{ServiceBuilder, ServiceExt, Service};
 //! use tower_bearer::dpop::ProofKey;
 //! use tower_bearer::oauth2::ClientCredentials;
-//! use tower_bearer::{BearerAuthLayer, RetryOn401, TokenCache};
+//! use tower_bearer::{BearerAuthLayer, RetryOnUnauthorized, TokenCache};
 //!
 //! # async fn run<S, B>(client: S) -> Result<(), tower_bearer::BoxError>
 //! # where S: Service<http::Request<String>, Response = http::Response<B>> + Clone, S::Error: Into<tower_bearer::BoxError> {
@@ -42,7 +42,7 @@
 //!     .dpop(key);
 //! let cache = TokenCache::new(source);
 //! let mut client = ServiceBuilder::new()
-//!     .retry(RetryOn401::new()) // answers a resource's nonce challenge
+//!     .retry(RetryOnUnauthorized::new()) // answers a resource's nonce challenge
 //!     .layer(BearerAuthLayer::from_cache(cache))
 //!     .service(client);
 //! let request = http::Request::get("https://api.example.com/orders").body(String::new())?;

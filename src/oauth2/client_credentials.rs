@@ -368,13 +368,13 @@ impl ClientCredentials {
     ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
     /// });
     /// let cache = TokenCache::new(
-    ///     ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?.with_client(idp),
+    ///     ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?.http_client(idp),
     /// );
     /// assert_eq!(cache.token().await?.secret(), "abcd1234");
     /// # Ok(())
     /// # }
     /// ```
-    pub fn with_client<S, B>(mut self, client: S) -> Self
+    pub fn http_client<S, B>(mut self, client: S) -> Self
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -387,7 +387,7 @@ impl ClientCredentials {
         self
     }
 
-    /// Names what the custom client of [`with_client`](Self::with_client)
+    /// Names what the custom client of [`http_client`](Self::http_client)
     /// does to token requests, for the [store](crate::store) identity.
     ///
     /// A client of your own may change who a token is for: a client
@@ -427,7 +427,7 @@ impl ClientCredentials {
     /// How the built-in client reaches the token endpoint: through the
     /// proxy the environment names (the default), directly, or through a
     /// proxy of your own. See [`Proxy`]. A client of your own
-    /// ([`with_client`](Self::with_client),
+    /// ([`http_client`](Self::http_client),
     /// [`reqwest_client`](Self::reqwest_client)) uses its own proxy
     /// settings instead.
     ///
@@ -486,7 +486,7 @@ impl ClientCredentials {
                 if uri.scheme_str() == Some("https") && !transport::DEFAULT_CLIENT_HAS_TLS {
                     return Err(Error::config(
                         "an https token URL needs the `rustls` feature, or a client of your own \
-                         (with_client)",
+                         (http_client)",
                     ));
                 }
                 client
@@ -1055,7 +1055,7 @@ mod tests {
             });
             let source = source()
                 .dpop(crate::dpop::ProofKey::generate().unwrap())
-                .with_client(idp);
+                .http_client(idp);
             let token = source.fetch().await.unwrap();
             assert_eq!(token.binding().is_some(), bound, "{token_type}");
         }
@@ -1101,7 +1101,7 @@ mod tests {
         };
         let source = source()
             .dpop(crate::dpop::ProofKey::generate().unwrap())
-            .with_client(idp);
+            .http_client(idp);
         assert!(source.fetch().await.unwrap().binding().is_some());
         assert_eq!(*nonces.lock().unwrap(), [None, Some("n-1".to_owned())]);
         // Remembered: the next fetch sends it at once.
@@ -1128,7 +1128,7 @@ mod tests {
         };
         let source = source()
             .dpop(crate::dpop::ProofKey::generate().unwrap())
-            .with_client(idp);
+            .http_client(idp);
         let error = source.fetch().await.unwrap_err();
         assert_eq!(error.response().unwrap().error(), "use_dpop_nonce");
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);

@@ -54,7 +54,7 @@
 //! | [`assertion_lifetime`](ClientCredentials::assertion_lifetime) | the signed assertion's `exp - iat`, at most 5 min | 60 s |
 //! | [`default_lifetime`](ClientCredentials::default_lifetime) | lifetime of a token with neither `expires_in` nor a JWT `exp` | 1 hour |
 //! | [`allow_insecure_http`](ClientCredentials::allow_insecure_http) | allow plain `http` to a host that is not loopback | off |
-//! | [`with_client`](ClientCredentials::with_client) | send through any tower HTTP service instead of the built-in client | hyper-util + rustls |
+//! | [`http_client`](ClientCredentials::http_client) | send through any tower HTTP service instead of the built-in client | hyper-util + rustls |
 //! | `reqwest_client` (`reqwest` feature) | send through the application's `reqwest::Client` | hyper-util + rustls |
 //! | [`proxy`](ClientCredentials::proxy) | the built-in client's proxy ([`Proxy`]) | from the environment |
 //! | [`add_root_certificate_pem`](ClientCredentials::add_root_certificate_pem) | one more trusted CA for the built-in client | platform + Mozilla roots |
@@ -181,7 +181,7 @@
 //! letters, digits, `-`, `_` or `.`. Any other body (an HTML error page,
 //! truncated JSON, a form-encoded or plain-text answer) is described, not
 //! quoted: its content type and its length in bytes. An error from an HTTP
-//! client of your own ([`with_client`](ClientCredentials::with_client)) is
+//! client of your own ([`http_client`](ClientCredentials::http_client)) is
 //! the [`source`](std::error::Error::source) of a
 //! [`Transport`](ErrorKind::Transport) error, as that client wrote it.
 //!
@@ -238,7 +238,7 @@
 //! Or bring your own: the application's `reqwest::Client` (reqwest 0.13,
 //! the `reqwest` feature) with
 //! [`reqwest_client`](ClientCredentials::reqwest_client), or any tower HTTP
-//! service with [`with_client`](ClientCredentials::with_client), for client
+//! service with [`http_client`](ClientCredentials::http_client), for client
 //! certificates or anything else. Each fetch is bounded by the cache's
 //! [`fetch_timeout`](crate::TokenCache::fetch_timeout). See `docs/tls.md`
 //! for the reasons behind each choice.

@@ -225,8 +225,8 @@ impl TokenExchange {
     }
 
     /// Sends token requests through `client`; see
-    /// [`ClientCredentials::with_client`].
-    pub fn with_client<S, B>(mut self, client: S) -> Self
+    /// [`ClientCredentials::http_client`].
+    pub fn http_client<S, B>(mut self, client: S) -> Self
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -235,7 +235,7 @@ impl TokenExchange {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.inner = self.inner.with_client(client);
+        self.inner = self.inner.http_client(client);
         self
     }
 

@@ -172,10 +172,12 @@ pub use self::redis::RedisStore;
 #[cfg(feature = "seal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "seal")))]
 pub use self::seal::{SealKey, Sealed};
+#[allow(deprecated)]
+pub use crate::deprecated::StoreError;
 use crate::BoxError;
 
 /// The future of one store operation.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
 /// The SHA-256 of a stored value, as written or read: what
 /// [`delete_if`](TokenStore::delete_if) compares.
@@ -304,11 +306,11 @@ impl fmt::Debug for Stored {
 /// A store operation failed: the cache counts it as a miss and goes on
 /// without the store.
 #[derive(Debug)]
-pub struct StoreError {
+pub struct Error {
     source: BoxError,
 }
 
-impl StoreError {
+impl Error {
     /// A failure of the store, with its cause.
     pub fn new(source: impl Into<BoxError>) -> Self {
         Self {
@@ -317,13 +319,13 @@ impl StoreError {
     }
 }
 
-impl fmt::Display for StoreError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "token store operation failed: {}", self.source)
     }
 }
 
-impl std::error::Error for StoreError {
+impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.source)
     }
@@ -812,14 +814,14 @@ mod identity_tests {
                 )))
             },
         );
-        assert!(base().with_client(client).store_identity().is_none());
+        assert!(base().http_client(client).store_identity().is_none());
         let named = key(&base()
-            .with_client(client)
+            .http_client(client)
             .transport_identity("mtls:billing"));
         assert_ne!(named, key(&base()));
         assert_ne!(
             named,
-            key(&base().with_client(client).transport_identity("mtls:orders"))
+            key(&base().http_client(client).transport_identity("mtls:orders"))
         );
         assert_ne!(
             key(&base()),

@@ -10,7 +10,7 @@ use redis::{
     Pipeline, RedisFuture, Script, Value,
 };
 
-use super::{Fingerprint, StoreError, StoreFuture, Stored, TokenStore};
+use super::{Error, Fingerprint, StoreFuture, Stored, TokenStore};
 
 #[cfg(feature = "redis-cluster")]
 mod cluster;
@@ -52,7 +52,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 /// use std::time::Duration;
 /// use tower_bearer::store::RedisStore;
 ///
-/// # fn main() -> Result<(), tower_bearer::store::StoreError> {
+/// # fn main() -> Result<(), tower_bearer::store::Error> {
 /// // Parsed only: nothing listens there, and nothing needs to yet.
 /// let store = RedisStore::new("redis://127.0.0.1:1/")?
 ///     .prefix("orders:")
@@ -117,7 +117,7 @@ impl Node {
 /// `valkeys://`): we make TLS connections ourselves (see `tls.rs`), so
 /// redis-rs parses the URL as a plain one. A message never quotes the URL
 /// (it may hold a password).
-fn parse(url: &str) -> Result<(ConnectionInfo, bool), StoreError> {
+fn parse(url: &str) -> Result<(ConnectionInfo, bool), Error> {
     let (scheme, rest) = url.split_once("://").unwrap_or((url, ""));
     let tls = scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys");
     let info = if tls {
@@ -127,7 +127,7 @@ fn parse(url: &str) -> Result<(ConnectionInfo, bool), StoreError> {
     }
     .map_err(error)?;
     if tls && !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
-        return Err(StoreError::new("a rediss:// URL needs a host"));
+        return Err(Error::new("a rediss:// URL needs a host"));
     }
     Ok((info, tls))
 }
@@ -175,11 +175,11 @@ impl RedisStore {
     /// Only parses the URL: it connects on first use, and needs no runtime
     /// until then. A URL that does not parse is an error whose message does
     /// not quote it.
-    pub fn new(url: impl AsRef<str>) -> Result<Self, StoreError> {
+    pub fn new(url: impl AsRef<str>) -> Result<Self, Error> {
         let (info, tls) = parse(url.as_ref())?;
         #[cfg(not(feature = "redis-tls"))]
         if tls {
-            return Err(StoreError::new("rediss:// needs the feature `redis-tls`"));
+            return Err(Error::new("rediss:// needs the feature `redis-tls`"));
         }
         let node = Node {
             info,
@@ -251,7 +251,7 @@ impl RedisStore {
     /// ```
     #[cfg(feature = "redis-tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
-    pub fn tls_ca_pem(self, pem: impl AsRef<[u8]>) -> Result<Self, StoreError> {
+    pub fn tls_ca_pem(self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
         self.map_tls(|tls| tls.with_ca_pem(pem.as_ref()))
     }
 
@@ -264,7 +264,7 @@ impl RedisStore {
         self,
         chain_pem: impl AsRef<[u8]>,
         key_pem: impl AsRef<[u8]>,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, Error> {
         self.map_tls(|tls| tls.with_client_pem(chain_pem.as_ref(), key_pem.as_ref()))
     }
 
@@ -274,24 +274,24 @@ impl RedisStore {
     /// [`tls_client_pem`](Self::tls_client_pem). Feature `redis-tls`.
     #[cfg(feature = "redis-tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
-    pub fn tls_config(self, config: Arc<rustls::ClientConfig>) -> Result<Self, StoreError> {
+    pub fn tls_config(self, config: Arc<rustls::ClientConfig>) -> Result<Self, Error> {
         self.map_tls(|tls| Ok(tls.with_config(config)))
     }
 
     #[cfg(feature = "redis-tls")]
     fn map_tls(
         mut self,
-        f: impl FnOnce(tls::Tls) -> Result<tls::Tls, StoreError>,
-    ) -> Result<Self, StoreError> {
+        f: impl FnOnce(tls::Tls) -> Result<tls::Tls, Error>,
+    ) -> Result<Self, Error> {
         let Connection::Lazy { target, .. } = &self.connection else {
-            return Err(StoreError::new("TLS settings need a rediss:// URL"));
+            return Err(Error::new("TLS settings need a rediss:// URL"));
         };
         let Target::Node(Node {
             info,
             tls: Some(tls),
         }) = &**target
         else {
-            return Err(StoreError::new("TLS settings need a rediss:// URL"));
+            return Err(Error::new("TLS settings need a rediss:// URL"));
         };
         let node = Node {
             info: info.clone(),
@@ -356,7 +356,7 @@ impl RedisStore {
     async fn run<T>(
         &self,
         job: impl AsyncFnOnce(&mut Boxed) -> redis::RedisResult<T>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, Error> {
         let (mut conn, current) = match &self.connection {
             Connection::Theirs(theirs) => (theirs.handle(), None),
             Connection::Lazy { target, current } => {
@@ -398,7 +398,7 @@ impl RedisStore {
         &self,
         target: &Arc<Target>,
         current: &Arc<Mutex<Option<Arc<dyn Share>>>>,
-    ) -> Result<Arc<dyn Share>, StoreError> {
+    ) -> Result<Arc<dyn Share>, Error> {
         let (target, current) = (Arc::clone(target), Arc::clone(current));
         let timeout = self.inner_timeout();
         let task = tokio::spawn(async move {
@@ -408,7 +408,7 @@ impl RedisStore {
         });
         match task.await {
             Ok(conn) => conn.map_err(error),
-            Err(_) => Err(StoreError::new("connecting to redis ended abruptly")),
+            Err(_) => Err(Error::new("connecting to redis ended abruptly")),
         }
     }
 
@@ -436,17 +436,17 @@ async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Arc<d
     }
 }
 
-/// A redis-rs error as a [`StoreError`], with no value in it: a type
+/// A redis-rs error as a [`Error`], with no value in it: a type
 /// error's message quotes the response, which may hold a token.
-fn error(error: redis::RedisError) -> StoreError {
+fn error(error: redis::RedisError) -> Error {
     if error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
     {
-        return StoreError::new(error);
+        return Error::new(error);
     }
-    StoreError::new(match error.code() {
+    Error::new(match error.code() {
         Some(code) => format!("redis error {code} ({:?})", error.kind()),
         None => format!("redis error ({:?})", error.kind()),
     })

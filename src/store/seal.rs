@@ -8,7 +8,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{fingerprint, Fingerprint, StoreError, StoreFuture, Stored, TokenStore};
+use super::{fingerprint, Error, Fingerprint, StoreFuture, Stored, TokenStore};
 
 const NONCE: usize = 12;
 
@@ -34,10 +34,10 @@ impl SealKey {
     }
 
     /// The key in `bytes`, which must be exactly 32 bytes long.
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, StoreError> {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
         let bytes: [u8; 32] = bytes
             .try_into()
-            .map_err(|_| StoreError::new("a seal key is 32 bytes"))?;
+            .map_err(|_| Error::new("a seal key is 32 bytes"))?;
         Ok(Self::new(bytes))
     }
 }
@@ -91,10 +91,9 @@ impl<S: TokenStore> Sealed<S> {
         &self.inner
     }
 
-    fn seal(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    fn seal(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, Error> {
         let mut nonce = [0u8; NONCE];
-        getrandom::getrandom(&mut nonce)
-            .map_err(|_| StoreError::new("no randomness for a nonce"))?;
+        getrandom::getrandom(&mut nonce).map_err(|_| Error::new("no randomness for a nonce"))?;
         let sealed = self
             .cipher
             .encrypt(
@@ -104,7 +103,7 @@ impl<S: TokenStore> Sealed<S> {
                     aad: key.as_bytes(),
                 },
             )
-            .map_err(|_| StoreError::new("sealing failed"))?;
+            .map_err(|_| Error::new("sealing failed"))?;
         let mut out = Vec::with_capacity(NONCE + sealed.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);

@@ -59,7 +59,15 @@ pub fn acl_setuser(user: &str, password: &str, prefix: &str, more: &[&str]) -> V
     let mut args: Vec<String> = ["ACL", "SETUSER", user, "on"].map(str::to_owned).to_vec();
     args.push(format!(">{password}"));
     args.extend(["resetkeys".to_owned(), format!("~{prefix}*")]);
-    let rights = ["resetchannels", "-@all", "+get", "+set", "+del", "+pttl", "+type"];
+    let rights = [
+        "resetchannels",
+        "-@all",
+        "+get",
+        "+set",
+        "+del",
+        "+pttl",
+        "+type",
+    ];
     args.extend(rights.map(str::to_owned));
     args.extend(["+evalsha", "+script|load"].map(str::to_owned));
     args.extend(more.iter().map(|right| (*right).to_owned()));

@@ -10,7 +10,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::ConnectionInfo;
 
 use super::{parse, Connection, RedisStore, Share, Target};
-use crate::store::StoreError;
+use crate::store::Error;
 
 impl RedisStore {
     /// A store on the Redis Cluster whose seed nodes are `urls`
@@ -39,7 +39,7 @@ impl RedisStore {
     /// ```
     /// use tower_bearer::store::RedisStore;
     ///
-    /// # fn main() -> Result<(), tower_bearer::store::StoreError> {
+    /// # fn main() -> Result<(), tower_bearer::store::Error> {
     /// let store = RedisStore::cluster([
     ///     "redis://fleet:password@10.0.0.1:6379",
     ///     "redis://fleet:password@10.0.0.2:6379",
@@ -50,7 +50,7 @@ impl RedisStore {
     /// # }
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
-    pub fn cluster<I>(urls: I) -> Result<Self, StoreError>
+    pub fn cluster<I>(urls: I) -> Result<Self, Error>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
@@ -59,14 +59,14 @@ impl RedisStore {
         for url in urls {
             let (info, tls) = parse(url.as_ref())?;
             if tls {
-                return Err(StoreError::new(
+                return Err(Error::new(
                     "TLS to a cluster: use RedisStore::from_connection (see its docs)",
                 ));
             }
             seeds.push(info);
         }
         if seeds.is_empty() {
-            return Err(StoreError::new("a cluster needs at least one seed node"));
+            return Err(Error::new("a cluster needs at least one seed node"));
         }
         Ok(Self::with(Connection::Lazy {
             target: Arc::new(Target::Cluster(seeds)),

@@ -18,7 +18,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::store::StoreError;
+use crate::store::Error;
 
 /// The crypto provider of Redis TLS: the crate's one policy
 /// ([`crate::tls::crypto_provider`]): the application's process-level
@@ -42,14 +42,14 @@ pub(super) struct Tls {
 
 impl Tls {
     /// Trusts only the CA certificates in `pem`.
-    pub(super) fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, StoreError> {
+    pub(super) fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|_| StoreError::new("the CA PEM does not parse"))?;
-            roots.add(cert).map_err(StoreError::new)?;
+            let cert = cert.map_err(|_| Error::new("the CA PEM does not parse"))?;
+            roots.add(cert).map_err(Error::new)?;
         }
         if roots.is_empty() {
-            return Err(StoreError::new("the CA PEM holds no certificate"));
+            return Err(Error::new("the CA PEM holds no certificate"));
         }
         self.roots = Some(Arc::new(roots));
         self.check()
@@ -61,18 +61,18 @@ impl Tls {
         mut self,
         chain_pem: &[u8],
         key_pem: &[u8],
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, Error> {
         let chain = CertificateDer::pem_slice_iter(chain_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| StoreError::new("the client certificate PEM does not parse"))?;
+            .map_err(|_| Error::new("the client certificate PEM does not parse"))?;
         if chain.is_empty() {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 "the client certificate PEM holds no certificate",
             ));
         }
         // Never the key's bytes in a message.
         let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|_| StoreError::new("the client key PEM holds no private key"))?;
+            .map_err(|_| Error::new("the client key PEM holds no private key"))?;
         self.client = Some((chain, Arc::new(key)));
         self.check()
     }
@@ -85,8 +85,8 @@ impl Tls {
 
     /// Builds the config once now, so that a bad certificate or key is an
     /// error of the setter, not of every connection.
-    fn check(self) -> Result<Self, StoreError> {
-        self.client_config().map_err(StoreError::new)?;
+    fn check(self) -> Result<Self, Error> {
+        self.client_config().map_err(Error::new)?;
         Ok(self)
     }
 
