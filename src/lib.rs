@@ -23,21 +23,27 @@
 //!
 //! # Features
 //!
-// The TLS rows (`rustls`, and the provider features beside it) describe the
-// built-in client's TLS: edit them with the features.
 //! | feature | default | gives | pulls in |
 //! |---|---|---|---|
-//! | `oauth2` | on | `oauth2::ClientCredentials` and `oauth2::TokenExchange`, token sources for the OAuth2 client-credentials grant and RFC 8693, with a built-in HTTP client | hyper, hyper-util, http-body(-util), bytes, serde, serde_json, base64, zeroize |
-//! | `rustls` | on | https for the built-in HTTP client (implies `oauth2`): rustls with `ring`, webpki roots | hyper-rustls, rustls, webpki-roots |
+//! | `oauth2` | on | `oauth2::ClientCredentials` and `oauth2::TokenExchange`, token sources for the OAuth2 client-credentials grant and RFC 8693, with a built-in HTTP client that honours `HTTPS_PROXY`/`NO_PROXY` (`oauth2::Proxy`) | hyper, hyper-util, http-body(-util), bytes, serde, serde_json, base64, zeroize |
+//! | `rustls` | on | https for the built-in HTTP client (implies `oauth2`), with no crypto provider of its own: the application's installed one, else the one `aws-lc-rs` or `ring` names (see `docs/tls.md`) | hyper-rustls, rustls |
+//! | `aws-lc-rs` | on | rustls's aws-lc-rs provider, used when the application installed none (rustls's, hyper-rustls's and reqwest 0.13's default) | aws-lc-rs |
+//! | `ring` | off | rustls's ring provider instead, used when the application installed none and `aws-lc-rs` is off | ring |
+//! | `native-roots` | on | the platform's root certificates for the built-in client | rustls-native-certs |
+//! | `webpki-roots` | on | Mozilla's root certificates, compiled in | webpki-roots |
 //! | `private-key-jwt` | on | `private_key_jwt` client authentication for `oauth2::ClientCredentials`, assertions signed with ring (RS256, PS256, ES256, EdDSA) (implies `oauth2`) | ring |
 //! | `retry` | on | `RetryOnUnauthorized`, a `tower::retry::Policy` that retries a request once after a 401 | tower (`retry`) |
 //! | `tracing` | on | a span per fetch (attempt, outcome, latency, lifetime) and events for failures, backoff, a failed refresh that leaves the current token in service, and invalidations; never the token, and only cold paths emit anything | tracing |
 //! | `file` | on | `FileToken`, a token read from a file (a Kubernetes projected service-account token, a Vault agent sink) | base64, serde_json |
 //! | `grpc` | on | `BearerAuthLayer::grpc()`: gRPC's `UNAUTHENTICATED`, in the headers or the trailers, evicts the token as a 401 does; with `retry`, `grpc::RetryOnUnauthenticated` retries the call once | http-body, bytes |
-//! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest through reqwest-middleware | reqwest, reqwest-middleware, async-trait |
+//! | `reqwest-middleware` | off | [`BearerAuthMiddleware`], for reqwest 0.13 through reqwest-middleware 0.5, with the `401` retry (implies `retry`) | reqwest, reqwest-middleware, async-trait |
+//! | `reqwest` | off | `reqwest_client(..)` on the OAuth2 sources: token requests through the application's `reqwest::Client` (implies `oauth2`) | reqwest |
+//! | `secrecy` | off | `client_secret(&SecretString)` on the OAuth2 sources (implies `oauth2`) | secrecy |
 //! | `dpop` | off | `dpop`: sender-constrained tokens (RFC 9449), `oauth2::ClientCredentials::dpop`, a signed proof per request (implies `private-key-jwt`) | nothing more |
 //! | `store` | off | `store`: one token for a whole fleet through a shared store, the `store::TokenStore` trait and `TokenCache::store` | sha2, getrandom, zeroize |
 //! | `redis` | off | `store::RedisStore`, the Redis backend of `store` (implies `store`) | redis |
+//! | `redis-tls` | off | `rediss://` for `store::RedisStore`, with a CA and a client certificate of your own, under the same provider rule as `rustls` (implies `redis`, `rustls`) | tokio-rustls |
+//! | `redis-cluster` | off | `store::RedisStore::cluster`: Redis Cluster (implies `redis`) | redis (`cluster-async`) |
 //! | `seal` | off | `store::Sealed`: tokens encrypted at rest (ChaCha20-Poly1305) in any store (implies `store`) | chacha20poly1305, zeroize |
 //!
 //! Without them the crate is the cache and the middleware alone, on
@@ -190,11 +196,11 @@ pub use self::auth::{
     BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey,
 };
 #[doc(inline)]
+pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
+#[doc(inline)]
 #[cfg(feature = "retry")]
 #[allow(deprecated)]
 pub use self::deprecated::RetryOn401;
-#[doc(inline)]
-pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]

@@ -388,7 +388,8 @@ impl ClientCredentials {
     }
 
     /// Names what the custom client of [`http_client`](Self::http_client)
-    /// does to token requests, for the [store](crate::store) identity.
+    /// (or `reqwest_client`, feature `reqwest`) does to token requests, for
+    /// the [store](crate::store) identity.
     ///
     /// A client of your own may change who a token is for: a client
     /// certificate (RFC 8705 binds tokens to it), headers it adds, a
