@@ -55,11 +55,11 @@ async fn local() -> Result<(), BoxError> {
     println!("token endpoint: {}", backend.token_url());
 
     // The one line: a token source for the layer.
-    let source = ClientCredentials::new(
+    let source = ClientCredentials::try_new(
         backend.token_url().to_string(),
         "demo-client",
         "demo-secret",
-    );
+    )?;
     println!("source: {source:?}");
 
     let client = ServiceBuilder::new()
@@ -104,11 +104,11 @@ async fn local() -> Result<(), BoxError> {
 
     // A wrong secret is a permanent error: the cache waits its maximum
     // backoff before it asks again.
-    let wrong = TokenCache::new(ClientCredentials::new(
+    let wrong = TokenCache::new(ClientCredentials::try_new(
         backend.token_url().to_string(),
         "demo-client",
         "wrong-secret",
-    ));
+    )?);
     let error = wrong.token().await.expect_err("a wrong secret is refused");
     println!("with a wrong secret: {error}: {}", cause(&error));
     if !error.is_permanent() {

@@ -48,7 +48,7 @@ async fn run(urls: &Value) -> Result<(), BoxError> {
     // The key the tokens are bound to: ES256, generated in memory.
     let key = ProofKey::generate()?;
     println!("proof key: {key:?}");
-    let source = ClientCredentials::new(&token_url, "client-dpop", "dpop-secret").dpop(key);
+    let source = ClientCredentials::try_new(&token_url, "client-dpop", "dpop-secret")?.dpop(key);
     let cache = TokenCache::new(source);
 
     // A plain layer: the token is bound, so each request gets a proof.

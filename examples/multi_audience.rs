@@ -39,7 +39,7 @@ async fn main() -> Result<(), BoxError> {
 
     // A token source per audience, made when the audience is first used.
     // With OAuth2 this reads
-    // `ClientCredentials::new(url, id, secret).audience(audience)`.
+    // `ClientCredentials::try_new(url, id, secret)?.audience(audience)`.
     let cache = KeyedTokenCache::new({
         let (client, base) = (client.clone(), backend.base_url());
         move |audience: &String| {

@@ -72,7 +72,7 @@ async fn run(backend: &Backend, dir: &Path) -> Result<(), BoxError> {
     let projected = dir.join("projected");
     std::fs::create_dir_all(&projected)?;
     kubelet_write(&projected, 1, "eyJhbGciOiJSUzI1NiJ9.federated-1.c2ln")?;
-    let source = ClientCredentials::new(backend.token_url().to_string(), "my-app", "")
+    let source = ClientCredentials::try_new(backend.token_url().to_string(), "my-app", "")?
         .client_assertion(FileAssertion::new(projected.join("token")));
     println!("source: {source:?}");
     let client = ServiceBuilder::new()

@@ -26,7 +26,7 @@
 //! let cache = KeyedTokenCache::new(|audience: &String| {
 //!     let audience = audience.clone();
 //!     // an OAuth2 source per audience, such as
-//!     // `ClientCredentials::new(url, id, secret).audience(audience)`
+//!     // `ClientCredentials::try_new(url, id, secret)?.audience(audience)`
 //!     move || {
 //!         let token = format!("token-for-{audience}");
 //!         async move { Ok::<_, std::io::Error>(Token::new(token).expires_in(Duration::from_secs(3600))) }

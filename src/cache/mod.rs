@@ -360,11 +360,11 @@ impl TokenCache {
     /// ```no_run
     /// # use tower_bearer::{oauth2::ClientCredentials, store::RedisStore, TokenCache};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache = TokenCache::new(ClientCredentials::new(
+    /// let cache = TokenCache::new(ClientCredentials::try_new(
     ///     "https://idp.example.com/oauth2/token",
     ///     "my-service",
     ///     "client-secret",
-    /// ))
+    /// )?)
     /// .store(RedisStore::new("redis://127.0.0.1:6379/")?);
     /// # let _ = cache;
     /// # Ok(())

@@ -38,7 +38,7 @@
 //! # async fn run<S, B>(client: S) -> Result<(), tower_bearer::BoxError>
 //! # where S: Service<http::Request<String>, Response = http::Response<B>> + Clone, S::Error: Into<tower_bearer::BoxError> {
 //! let key = ProofKey::generate()?;
-//! let source = ClientCredentials::new("https://idp.example.com/token", "my-client", "s3cret")
+//! let source = ClientCredentials::try_new("https://idp.example.com/token", "my-client", "s3cret")?
 //!     .dpop(key);
 //! let cache = TokenCache::new(source);
 //! let mut client = ServiceBuilder::new()

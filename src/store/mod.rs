@@ -117,11 +117,11 @@
 //! let redis = RedisStore::new("redis://127.0.0.1:6379/")?
 //!     .prefix("billing:")
 //!     .op_timeout(Duration::from_millis(250));
-//! let cache = TokenCache::new(ClientCredentials::new(
+//! let cache = TokenCache::new(ClientCredentials::try_new(
 //!     "https://idp.example.com/oauth2/token",
 //!     "billing-service",
 //!     "client-secret",
-//! ))
+//! )?)
 //! .store(redis);
 //! # let _ = cache;
 //! # Ok(())
@@ -465,7 +465,7 @@ impl StoreIdentity {
 ///
 /// ```
 /// # #[cfg(feature = "oauth2")]
-/// # fn main() {
+/// # fn main() -> Result<(), tower_bearer::oauth2::Error> {
 /// use tower_bearer::oauth2::{ClientCredentials, FileAssertion};
 /// use tower_bearer::store::{Named, StoreIdentity};
 ///
@@ -473,9 +473,10 @@ impl StoreIdentity {
 ///     FileAssertion::new("/var/run/secrets/tokens/idp-token"),
 ///     StoreIdentity::new("k8s-service-account").with("name", "billing/invoicer"),
 /// );
-/// let source = ClientCredentials::new("https://idp.example.com/token", "", "")
+/// let source = ClientCredentials::try_new("https://idp.example.com/token", "", "")?
 ///     .client_assertion(assertion);
 /// # let _ = source;
+/// # Ok(())
 /// # }
 /// # #[cfg(not(feature = "oauth2"))]
 /// # fn main() {}

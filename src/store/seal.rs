@@ -66,7 +66,7 @@ impl fmt::Debug for SealKey {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let key_bytes = [0u8; 32];
 /// let store = Sealed::new(RedisStore::new("redis://127.0.0.1:6379/")?, SealKey::new(key_bytes));
-/// let cache = TokenCache::new(ClientCredentials::new("https://idp.example.com/token", "id", "secret"))
+/// let cache = TokenCache::new(ClientCredentials::try_new("https://idp.example.com/token", "id", "secret")?)
 ///     .store(store);
 /// # let _ = cache;
 /// # Ok(())
