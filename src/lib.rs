@@ -165,6 +165,8 @@ pub mod file;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
+#[cfg(feature = "private-key-jwt")]
+mod jws;
 #[cfg(any(feature = "oauth2", feature = "file"))]
 mod jwt;
 #[cfg(feature = "oauth2")]
@@ -190,11 +192,11 @@ pub use self::auth::{
     BearerAuth, BearerAuthLayer, KeyedBearerAuth, KeyedBearerAuthLayer, TokenKey,
 };
 #[doc(inline)]
+pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
+#[doc(inline)]
 #[cfg(feature = "retry")]
 #[allow(deprecated)]
 pub use self::deprecated::RetryOn401;
-#[doc(inline)]
-pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
 #[doc(inline)]
 pub use self::error::{BoxError, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]

@@ -230,7 +230,7 @@ impl fmt::Debug for Sent {
 pub struct Error {
     kind: ErrorKind,
     message: &'static str,
-    source: Option<Arc<crate::oauth2::Error>>,
+    source: Option<Arc<crate::jws::Error>>,
 }
 
 /// What kind of failure an [`Error`] is.
@@ -249,7 +249,7 @@ pub enum ErrorKind {
 }
 
 impl Error {
-    fn key(source: crate::oauth2::Error) -> Self {
+    fn key(source: crate::jws::Error) -> Self {
         Self {
             kind: ErrorKind::Key,
             message: "cannot use the DPoP key",

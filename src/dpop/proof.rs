@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_proof_carries_the_rfc_9449_header_and_claims_and_verifies() {
-        use crate::oauth2::Algorithm;
+        use crate::jws::Algorithm;
         use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
         for algorithm in [Algorithm::ES256, Algorithm::EdDSA] {
             let key = ProofKey::generate_with(algorithm).unwrap();
