@@ -18,7 +18,7 @@ use super::sync;
 use super::timing::Timing;
 use crate::source::DynSource;
 use crate::store::{fingerprint, Fingerprint, NotShared, StoreFuture, StoreIdentity, TokenStore};
-use crate::token::Expiry;
+use crate::token::{Expiry, Origin, SharedCopy};
 use crate::{Token, TokenError};
 
 /// The first pause of a replica that waits for another's fetch; it doubles
@@ -204,11 +204,9 @@ pub(crate) struct Fleet {
     counters: Arc<StoreCounters>,
 }
 
-/// Where a token from a refresh through the store came from: the start of
-/// the fetch that got it (on this replica's clock), and how to delete the
-/// shared copy if a server rejects it.
-pub(crate) struct Origin {
-    pub(crate) started: Instant,
+/// The copy in the store of a token from a refresh through it: how to
+/// delete it if a server rejects the token (the token's [`Origin`]).
+struct StoredCopy {
     store: Arc<dyn TokenStore>,
     key: Arc<str>,
     fingerprint: Fingerprint,
@@ -216,11 +214,11 @@ pub(crate) struct Origin {
     counters: Arc<StoreCounters>,
 }
 
-impl Origin {
+impl SharedCopy for StoredCopy {
     /// A server rejected this token: never take it from the store again,
     /// and delete it there, in the background, if it is still the one
     /// stored.
-    pub(crate) fn rejected(&self) {
+    fn rejected(&self) {
         {
             let mut rejected = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
             if !rejected.contains(&self.fingerprint) {
@@ -434,11 +432,13 @@ impl Fleet {
     fn origin(&self, started: Instant, fingerprint: Fingerprint) -> Arc<Origin> {
         Arc::new(Origin {
             started,
-            store: Arc::clone(&self.store),
-            key: Arc::clone(&self.key),
-            fingerprint,
-            rejected: Arc::clone(&self.rejected),
-            counters: Arc::clone(&self.counters),
+            copy: Box::new(StoredCopy {
+                store: Arc::clone(&self.store),
+                key: Arc::clone(&self.key),
+                fingerprint,
+                rejected: Arc::clone(&self.rejected),
+                counters: Arc::clone(&self.counters),
+            }),
         })
     }
 }

@@ -17,8 +17,8 @@ use base64::Engine;
 use http::header::HeaderValue;
 use zeroize::Zeroizing;
 
-use super::client_credentials::{form_encode, Form};
 use super::error::Error;
+use super::form::{form_encode, Form};
 use crate::source::DynSource;
 
 #[cfg(feature = "private-key-jwt")]

@@ -251,6 +251,8 @@
 mod client_auth;
 mod client_credentials;
 mod error;
+mod form;
+mod grant;
 mod redact;
 mod response;
 mod token_exchange;
