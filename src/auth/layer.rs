@@ -1,3 +1,6 @@
+//! [`BearerAuthLayer`]: the layer that wraps a service in
+//! [`BearerAuth`](super::BearerAuth), and its options.
+
 use std::fmt;
 
 use http::header::{HeaderName, AUTHORIZATION};

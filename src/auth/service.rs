@@ -1,3 +1,6 @@
+//! [`BearerAuth`]: the service that sets `Authorization: Bearer <token>` on
+//! each request, from the cache, and passes `401`s back to it.
+
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};

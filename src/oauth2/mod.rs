@@ -255,6 +255,8 @@ mod form;
 mod grant;
 mod redact;
 mod response;
+mod retry_after;
+mod send;
 mod token_exchange;
 mod transport;
 
