@@ -90,7 +90,7 @@ impl ProofKey {
             jws::b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
         let mut header = key.header("dpop+jwt");
         header.insert("jwk".into(), jwk.into());
-        let mut header = jws::encode_json(&serde_json::Value::Object(header));
+        let mut header = jws::b64(serde_json::Value::Object(header).to_string().as_bytes());
         header.push('.');
         Ok(Self {
             inner: Arc::new(Inner {

@@ -17,7 +17,7 @@ pub(crate) fn b64_into(bytes: &[u8], out: &mut String) {
 }
 
 /// The base64url of a JSON value's text: a header or payload part.
-pub(crate) fn encode_json(value: &serde_json::Value) -> String {
+fn encode_json(value: &serde_json::Value) -> String {
     b64(value.to_string().as_bytes())
 }
 

@@ -15,7 +15,7 @@ mod compact;
 mod key;
 
 pub use self::algorithm::Algorithm;
-pub(crate) use self::compact::{b64, b64_into, encode_json, sign};
+pub(crate) use self::compact::{b64, b64_into, sign};
 pub use self::key::PrivateKey;
 
 use std::borrow::Cow;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::HeaderValue;
-use http::{Request, Uri};
+use http::Request;
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -93,8 +92,8 @@ async fn exchange(
 #[cfg(feature = "dpop")]
 pub(super) fn token_request_proof(
     binding: &crate::dpop::Binding,
-    uri: &Uri,
-) -> Result<HeaderValue, Error> {
+    uri: &http::Uri,
+) -> Result<http::HeaderValue, Error> {
     binding
         .token_request_proof(uri)
         .map_err(|error| Error::config(format!("cannot make the DPoP proof: {error}")))
