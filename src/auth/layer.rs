@@ -95,6 +95,15 @@ impl BearerAuthLayer {
     }
 }
 
+// The layer's constructor on the service, as tower's middleware offer it;
+// here, so that the service does not import its layer.
+impl<S> BearerAuth<S> {
+    /// A [`BearerAuthLayer`] with a new cache of tokens from `source`.
+    pub fn layer(source: impl TokenSource) -> BearerAuthLayer {
+        BearerAuthLayer::new(source)
+    }
+}
+
 impl<S> Layer<S> for BearerAuthLayer {
     type Service = BearerAuth<S>;
 

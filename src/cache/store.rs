@@ -12,12 +12,13 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::clock::{self, Limit};
-use super::refresh::fetch_once;
 use super::stats::StoreCounters;
 use super::sync;
 use super::timing::Timing;
 use crate::source::DynSource;
-use crate::store::{fingerprint, Fingerprint, NotShared, StoreFuture, StoreIdentity, TokenStore};
+use crate::store::{
+    fingerprint, Fingerprint, NotShared, StoreFuture, StoreIdentity, TokenStore, MAX_CLOCK_SKEW,
+};
 use crate::token::{Expiry, Origin, SharedCopy};
 use crate::{Token, TokenError};
 
@@ -39,13 +40,6 @@ fn lease_ttl(fetch_timeout: Duration, op_timeout: Duration) -> Duration {
         .saturating_add(op_timeout.saturating_mul(3))
         .saturating_add(LEASE_SLACK)
 }
-
-/// How far this replica's Unix clock may be behind the clock of the one
-/// that wrote a record, or ahead of it, before the record's own times are
-/// believed over it: a record whose absolute expiry passed more than this
-/// long ago by our clock, or that was issued more than this long in our
-/// future, is a miss, whatever time to live the store gives it.
-pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// The longest lifetime a stored token may have: the cap on fetched OAuth2
 /// tokens (`ClientCredentials::MAX_LIFETIME`), 365 days. A record claiming
@@ -443,6 +437,16 @@ impl Fleet {
     }
 }
 
+/// One fetch from `source`, bounded by `timeout`: for a refresh through a
+/// store, which runs the source inside a longer flight.
+async fn fetch_once(source: &dyn DynSource, timeout: Duration) -> Result<Token, TokenError> {
+    match sync::timeout(timeout, source.fetch_boxed()).await {
+        Ok(Ok(token)) => Ok(token),
+        Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
+        Err(_elapsed) => Err(TokenError::timeout(timeout)),
+    }
+}
+
 /// One store operation, bounded by the store's timeout; a failure is
 /// reported (never with a value) and counts as a miss.
 async fn op<T>(
@@ -486,7 +490,7 @@ fn lease_owner() -> String {
             .map_or(0, |d| d.as_nanos());
         bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_be_bytes();
     }
-    crate::store::hex(&bytes)
+    crate::identity::hex(&bytes)
 }
 
 /// What is stored besides the token: when its fetch began and when it

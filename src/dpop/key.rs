@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::Error;
+use super::error::Error;
 use crate::jws::{self, Algorithm, PrivateKey};
 
 /// The private key that signs DPoP proofs, and whose public half the

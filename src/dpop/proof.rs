@@ -7,7 +7,8 @@ use base64::Engine;
 use http::{HeaderValue, Method, Uri};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{Error, ProofKey};
+use super::error::Error;
+use super::key::ProofKey;
 
 /// Where a request goes, as DPoP names it: `scheme://authority` (the
 /// origin, which keys the nonces) and the path.

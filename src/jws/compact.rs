@@ -1,20 +1,9 @@
 //! The JWS compact serialization: base64url parts joined by `.`, the last
 //! one the signature of the first two.
 
-use base64::Engine;
 use ring::rand::SystemRandom;
 
-use super::{Error, PrivateKey};
-
-/// base64url without padding, as every part of a compact JWS.
-pub(crate) fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Appends the base64url (no padding) of `bytes` to `out`.
-pub(crate) fn b64_into(bytes: &[u8], out: &mut String) {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, out);
-}
+use super::{b64, Error, PrivateKey};
 
 /// The base64url of a JSON value's text: a header or payload part.
 fn encode_json(value: &serde_json::Value) -> String {

@@ -15,11 +15,13 @@ mod compact;
 mod key;
 
 pub use self::algorithm::Algorithm;
-pub(crate) use self::compact::{b64, b64_into, sign};
+pub(crate) use self::compact::sign;
 pub use self::key::PrivateKey;
 
 use std::borrow::Cow;
 use std::fmt;
+
+use base64::Engine;
 
 /// Why a key could not be read, generated or used to sign: a message that
 /// never quotes the key.
@@ -48,3 +50,13 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// base64url without padding, as every part of a compact JWS.
+pub(crate) fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Appends the base64url (no padding) of `bytes` to `out`.
+pub(crate) fn b64_into(bytes: &[u8], out: &mut String) {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, out);
+}

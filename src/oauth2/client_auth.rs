@@ -261,7 +261,7 @@ mod private_key {
         /// bytes: what names the key in a store identity, no secret.
         #[cfg(feature = "store")]
         pub(in crate::oauth2) fn public_fingerprint(&self) -> String {
-            crate::store::hex(self.public_digest().as_ref())
+            crate::identity::hex(self.public_digest().as_ref())
         }
 
         /// A signed assertion: `iss` = `sub` = `client_id`, `aud`, a random
