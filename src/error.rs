@@ -54,8 +54,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::RetryHint;
-
 /// A type-erased error, the same as `tower::BoxError`.
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -391,6 +389,34 @@ impl fmt::Display for Elapsed {
 }
 
 impl Error for Elapsed {}
+
+/// What a failed fetch tells the cache about trying again; see
+/// [`TokenSource::retry_hint`](crate::TokenSource::retry_hint).
+///
+/// It only ever lengthens the wait after a failure: the cache's own backoff
+/// (see [`TokenCache::backoff`](crate::TokenCache::backoff)) is the least a
+/// source waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryHint {
+    /// Nothing special: the cache's own backoff decides.
+    Backoff,
+    /// Do not fetch again for at least this long (an HTTP `Retry-After`, say).
+    /// The cache waits the longer of this and its own backoff, and at most
+    /// [`RetryHint::MAX_NOT_BEFORE`], so that a hostile or mistaken server
+    /// cannot switch the cache off for days.
+    NotBefore(Duration),
+    /// Trying again cannot help until the configuration changes (wrong
+    /// credentials, say). The cache waits its maximum backoff before the next
+    /// fetch, and the error says [`is_permanent`](crate::TokenError::is_permanent).
+    Permanent,
+}
+
+impl RetryHint {
+    /// The longest a [`NotBefore`](Self::NotBefore) hint holds the cache back:
+    /// one hour.
+    pub const MAX_NOT_BEFORE: Duration = Duration::from_secs(60 * 60);
+}
 
 #[cfg(test)]
 mod tests {

@@ -171,6 +171,10 @@ pub mod file;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
+#[cfg(feature = "store")]
+mod identity;
+#[cfg(feature = "private-key-jwt")]
+mod jws;
 #[cfg(any(feature = "oauth2", feature = "file"))]
 mod jwt;
 #[cfg(feature = "oauth2")]
@@ -202,7 +206,7 @@ pub use self::cache::{KeyedTokenCache, Stats, StoreStats, TokenCache};
 #[allow(deprecated)]
 pub use self::deprecated::RetryOn401;
 #[doc(inline)]
-pub use self::error::{BoxError, TokenError, TokenErrorKind};
+pub use self::error::{BoxError, RetryHint, TokenError, TokenErrorKind};
 #[cfg(feature = "file")]
 #[doc(inline)]
 pub use self::file::FileToken;
@@ -217,7 +221,7 @@ pub use self::reqwest::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 pub use self::retry::RetryOnUnauthorized;
 #[doc(inline)]
 pub use self::scope::{InvalidHost, RequestHead, Scope};
-pub use self::source::{RetryHint, TokenSource};
+pub use self::source::TokenSource;
 pub use self::token::Token;
 
 // The README's examples compile as doctests too, where every crate they use

@@ -2,9 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
-use crate::{BoxError, Token};
+use crate::{BoxError, RetryHint, Token};
 
 /// Anything that can fetch a [`Token`] asynchronously.
 ///
@@ -119,37 +118,9 @@ pub trait TokenSource: Send + Sync + 'static {
     /// incomplete identity can cross tenants. Never put a secret in it.
     #[cfg(feature = "store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
-    fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
+    fn store_identity(&self) -> Option<crate::identity::StoreIdentity> {
         None
     }
-}
-
-/// What a failed fetch tells the cache about trying again; see
-/// [`TokenSource::retry_hint`].
-///
-/// It only ever lengthens the wait after a failure: the cache's own backoff
-/// (see [`TokenCache::backoff`](crate::TokenCache::backoff)) is the least a
-/// source waits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RetryHint {
-    /// Nothing special: the cache's own backoff decides.
-    Backoff,
-    /// Do not fetch again for at least this long (an HTTP `Retry-After`, say).
-    /// The cache waits the longer of this and its own backoff, and at most
-    /// [`RetryHint::MAX_NOT_BEFORE`], so that a hostile or mistaken server
-    /// cannot switch the cache off for days.
-    NotBefore(Duration),
-    /// Trying again cannot help until the configuration changes (wrong
-    /// credentials, say). The cache waits its maximum backoff before the next
-    /// fetch, and the error says [`is_permanent`](crate::TokenError::is_permanent).
-    Permanent,
-}
-
-impl RetryHint {
-    /// The longest a [`NotBefore`](Self::NotBefore) hint holds the cache back:
-    /// one hour.
-    pub const MAX_NOT_BEFORE: Duration = Duration::from_secs(60 * 60);
 }
 
 impl<F, Fut, E> TokenSource for F
@@ -176,7 +147,7 @@ pub(crate) trait DynSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFetch;
     fn type_name(&self) -> &'static str;
     #[cfg(feature = "store")]
-    fn store_identity(&self) -> Option<crate::store::StoreIdentity>;
+    fn store_identity(&self) -> Option<crate::identity::StoreIdentity>;
 }
 
 impl<T: TokenSource> DynSource for T {
@@ -196,7 +167,7 @@ impl<T: TokenSource> DynSource for T {
     }
 
     #[cfg(feature = "store")]
-    fn store_identity(&self) -> Option<crate::store::StoreIdentity> {
+    fn store_identity(&self) -> Option<crate::identity::StoreIdentity> {
         TokenSource::store_identity(self)
     }
 }

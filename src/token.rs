@@ -37,7 +37,7 @@ pub struct Token {
     // A token that went through a fleet's store: when its fetch began (on
     // this process's clock) and how to delete the shared copy on a 401.
     #[cfg(feature = "store")]
-    pub(crate) origin: Option<Arc<crate::cache::Origin>>,
+    pub(crate) origin: Option<Arc<Origin>>,
 }
 
 /// When a token stops being valid.
@@ -204,6 +204,32 @@ impl fmt::Debug for Token {
         debug.field("binding", &self.binding());
         debug.finish()
     }
+}
+
+/// Where a token came from when it is not this process's own fetch (a
+/// token read from a fleet's store): when that fetch began, on this
+/// process's clock, and what to do if a server rejects the token. The
+/// cache's store glue (`cache::store`) makes it; the token only carries it.
+#[cfg(feature = "store")]
+pub(crate) struct Origin {
+    pub(crate) started: Instant,
+    pub(crate) copy: Box<dyn SharedCopy>,
+}
+
+#[cfg(feature = "store")]
+impl Origin {
+    /// A server rejected this token: tell the shared copy.
+    pub(crate) fn rejected(&self) {
+        self.copy.rejected();
+    }
+}
+
+/// The shared copy of a token (in a fleet's store), as its [`Origin`]
+/// knows it: what a rejection does to it.
+#[cfg(feature = "store")]
+pub(crate) trait SharedCopy: Send + Sync {
+    /// Never take this token from the store again, and delete it there.
+    fn rejected(&self);
 }
 
 #[cfg(test)]

@@ -1,3 +1,8 @@
+//! What a [`BearerAuth`](super::BearerAuth) call returns: its
+//! [`ResponseFuture`] (waiting for a token when it must, then the inner
+//! call), and [`Sent`], which token a request carried, so that a `401` evicts
+//! that one only.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

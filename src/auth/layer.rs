@@ -1,3 +1,6 @@
+//! [`BearerAuthLayer`]: the layer that wraps a service in
+//! [`BearerAuth`](super::BearerAuth), and its options.
+
 use std::fmt;
 
 use http::header::{HeaderName, AUTHORIZATION};
@@ -89,6 +92,15 @@ impl BearerAuthLayer {
     /// The cache this layer takes its tokens from.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
+    }
+}
+
+// The layer's constructor on the service, as tower's middleware offer it;
+// here, so that the service does not import its layer.
+impl<S> BearerAuth<S> {
+    /// A [`BearerAuthLayer`] with a new cache of tokens from `source`.
+    pub fn layer(source: impl TokenSource) -> BearerAuthLayer {
+        BearerAuthLayer::new(source)
     }
 }
 

@@ -1,3 +1,6 @@
+//! [`BearerAuth`]: the service that sets `Authorization: Bearer <token>` on
+//! each request, from the cache, and passes `401`s back to it.
+
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -7,14 +10,13 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::{Pending, ResponseFuture, Sent};
-use super::BearerAuthLayer;
 use crate::cache::{Current, Entry, Lookup};
-use crate::{BoxError, Scope, TokenCache, TokenSource};
+use crate::{BoxError, Scope, TokenCache};
 
 /// Middleware that authorizes every request with a token from a
 /// [`TokenCache`], as `Authorization: Bearer <token>` by default.
 ///
-/// Usually built with [`BearerAuthLayer`]; [`BearerAuth::new`] wraps a
+/// Usually built with [`BearerAuthLayer`](super::BearerAuthLayer); [`BearerAuth::new`] wraps a
 /// service directly. See the [module docs](crate::auth) for more.
 ///
 /// ```
@@ -74,11 +76,6 @@ impl<S> BearerAuth<S> {
         }
     }
 
-    /// A [`BearerAuthLayer`] with a new cache of tokens from `source`.
-    pub fn layer(source: impl TokenSource) -> BearerAuthLayer {
-        BearerAuthLayer::new(source)
-    }
-
     /// The header that carries the token. Default: `Authorization`.
     pub fn header_name(mut self, header: HeaderName) -> Self {
         self.header = header;
@@ -95,7 +92,7 @@ impl<S> BearerAuth<S> {
     }
 
     /// Which requests get the token. Default: every request. See
-    /// [`BearerAuthLayer::scope`].
+    /// [`BearerAuthLayer::scope`](super::BearerAuthLayer::scope).
     pub fn scope(self, scope: Scope) -> Self {
         self.with_scope((!scope.is_everything()).then_some(scope))
     }

@@ -257,7 +257,7 @@ use self::refresh::{Config, Shared};
 pub(crate) use self::refresh::{Current, Lookup};
 pub use self::stats::{Stats, StoreStats};
 #[cfg(feature = "store")]
-pub(crate) use self::store::{Binding, Origin, MAX_CLOCK_SKEW};
+pub(crate) use self::store::Binding;
 use crate::source::DynSource;
 use crate::{Token, TokenError, TokenSource};
 

@@ -216,7 +216,9 @@ impl Waiter {
                 };
                 match until {
                     Some(at) if timed => sync::timeout_at(at, outcome).await.ok(),
-                    Some(at) => sync::timeout_at_without_runtime(at, outcome).await.ok(),
+                    Some(at) => sync::timeout_at_without_runtime(at, clock::now, outcome)
+                        .await
+                        .ok(),
                     None => Some(outcome.await),
                 }
             };
@@ -815,20 +817,6 @@ impl Drop for Flight {
         } else {
             self.settle(Err(TokenError::abandoned()), false, TokenError::abandoned());
         }
-    }
-}
-
-/// One fetch from `source`, bounded by `timeout`: for a refresh through a
-/// store, which runs the source inside a longer flight.
-#[cfg(feature = "store")]
-pub(crate) async fn fetch_once(
-    source: &dyn DynSource,
-    timeout: Duration,
-) -> Result<Token, TokenError> {
-    match sync::timeout(timeout, source.fetch_boxed()).await {
-        Ok(Ok(token)) => Ok(token),
-        Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
-        Err(_elapsed) => Err(TokenError::timeout(timeout)),
     }
 }
 

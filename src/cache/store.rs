@@ -12,13 +12,14 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::clock::{self, Limit};
-use super::refresh::fetch_once;
 use super::stats::StoreCounters;
 use super::sync;
 use super::timing::Timing;
 use crate::source::DynSource;
-use crate::store::{fingerprint, Fingerprint, NotShared, StoreFuture, StoreIdentity, TokenStore};
-use crate::token::Expiry;
+use crate::store::{
+    fingerprint, Fingerprint, NotShared, StoreFuture, StoreIdentity, TokenStore, MAX_CLOCK_SKEW,
+};
+use crate::token::{Expiry, Origin, SharedCopy};
 use crate::{Token, TokenError};
 
 /// The first pause of a replica that waits for another's fetch; it doubles
@@ -39,13 +40,6 @@ fn lease_ttl(fetch_timeout: Duration, op_timeout: Duration) -> Duration {
         .saturating_add(op_timeout.saturating_mul(3))
         .saturating_add(LEASE_SLACK)
 }
-
-/// How far this replica's Unix clock may be behind the clock of the one
-/// that wrote a record, or ahead of it, before the record's own times are
-/// believed over it: a record whose absolute expiry passed more than this
-/// long ago by our clock, or that was issued more than this long in our
-/// future, is a miss, whatever time to live the store gives it.
-pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// The longest lifetime a stored token may have: the cap on fetched OAuth2
 /// tokens (`ClientCredentials::MAX_LIFETIME`), 365 days. A record claiming
@@ -204,11 +198,9 @@ pub(crate) struct Fleet {
     counters: Arc<StoreCounters>,
 }
 
-/// Where a token from a refresh through the store came from: the start of
-/// the fetch that got it (on this replica's clock), and how to delete the
-/// shared copy if a server rejects it.
-pub(crate) struct Origin {
-    pub(crate) started: Instant,
+/// The copy in the store of a token from a refresh through it: how to
+/// delete it if a server rejects the token (the token's [`Origin`]).
+struct StoredCopy {
     store: Arc<dyn TokenStore>,
     key: Arc<str>,
     fingerprint: Fingerprint,
@@ -216,11 +208,11 @@ pub(crate) struct Origin {
     counters: Arc<StoreCounters>,
 }
 
-impl Origin {
+impl SharedCopy for StoredCopy {
     /// A server rejected this token: never take it from the store again,
     /// and delete it there, in the background, if it is still the one
     /// stored.
-    pub(crate) fn rejected(&self) {
+    fn rejected(&self) {
         {
             let mut rejected = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
             if !rejected.contains(&self.fingerprint) {
@@ -434,12 +426,24 @@ impl Fleet {
     fn origin(&self, started: Instant, fingerprint: Fingerprint) -> Arc<Origin> {
         Arc::new(Origin {
             started,
-            store: Arc::clone(&self.store),
-            key: Arc::clone(&self.key),
-            fingerprint,
-            rejected: Arc::clone(&self.rejected),
-            counters: Arc::clone(&self.counters),
+            copy: Box::new(StoredCopy {
+                store: Arc::clone(&self.store),
+                key: Arc::clone(&self.key),
+                fingerprint,
+                rejected: Arc::clone(&self.rejected),
+                counters: Arc::clone(&self.counters),
+            }),
         })
+    }
+}
+
+/// One fetch from `source`, bounded by `timeout`: for a refresh through a
+/// store, which runs the source inside a longer flight.
+async fn fetch_once(source: &dyn DynSource, timeout: Duration) -> Result<Token, TokenError> {
+    match sync::timeout(timeout, source.fetch_boxed()).await {
+        Ok(Ok(token)) => Ok(token),
+        Ok(Err((error, hint))) => Err(TokenError::fetch(error, hint)),
+        Err(_elapsed) => Err(TokenError::timeout(timeout)),
     }
 }
 
@@ -486,7 +490,7 @@ fn lease_owner() -> String {
             .map_or(0, |d| d.as_nanos());
         bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_be_bytes();
     }
-    crate::store::hex(&bytes)
+    crate::identity::hex(&bytes)
 }
 
 /// What is stored besides the token: when its fetch began and when it

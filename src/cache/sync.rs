@@ -93,13 +93,14 @@ pub(crate) fn has_time_driver(_: &Handle) -> bool {
     true
 }
 
-/// `fut`, unless real time reaches `at` first, for a waiter with no runtime
+/// `fut`, unless `now` (the cache's clock) reaches `at` first, for a waiter with no runtime
 /// timer (outside any runtime, or on one without a time driver): a thread
 /// of its own sleeps until `at` and wakes it. A cold path: once per such
 /// wait. `Err` when the time is up.
 #[cfg(not(shuttle))]
 pub(crate) async fn timeout_at_without_runtime<F: std::future::Future>(
     at: tokio::time::Instant,
+    now: fn() -> tokio::time::Instant,
     fut: F,
 ) -> Result<F::Output, ()> {
     use std::sync::{Arc, PoisonError};
@@ -112,7 +113,7 @@ pub(crate) async fn timeout_at_without_runtime<F: std::future::Future>(
         if let Poll::Ready(output) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        let now = super::clock::now();
+        let now = now();
         if now >= at {
             return Poll::Ready(Err(()));
         }
@@ -142,6 +143,7 @@ pub(crate) async fn timeout_at_without_runtime<F: std::future::Future>(
 #[cfg(shuttle)]
 pub(crate) async fn timeout_at_without_runtime<F: std::future::Future>(
     at: tokio::time::Instant,
+    _now: fn() -> tokio::time::Instant,
     fut: F,
 ) -> Result<F::Output, ()> {
     timeout_at(at, fut).await.map_err(|_| ())

@@ -3,10 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use base64::Engine;
-
-use super::Error;
-use crate::oauth2::{Algorithm, PrivateKey};
+use super::error::Error;
+use crate::jws::{self, Algorithm, PrivateKey};
 
 /// The private key that signs DPoP proofs, and whose public half the
 /// server binds tokens to.
@@ -80,23 +78,19 @@ impl ProofKey {
                 "DPoP proofs are signed with ES256, EdDSA or RS256",
             ));
         }
-        Self::new(PrivateKey::from_pkcs8_pem(algorithm, pem).map_err(Error::key)?)
+        Self::new(PrivateKey::read_pkcs8_pem(algorithm, pem).map_err(Error::key)?)
     }
 
     fn new(key: PrivateKey) -> Result<Self, Error> {
         let jwk = key.public_jwk();
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         // `public_jwk` holds the required members only, sorted: its JSON is
         // the thumbprint's input.
         let canonical = serde_json::Value::Object(jwk.clone()).to_string();
         let thumbprint =
-            b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
-        let header = serde_json::json!({
-            "typ": "dpop+jwt",
-            "alg": key.algorithm_name(),
-            "jwk": jwk,
-        });
-        let mut header = b64(header.to_string().as_bytes());
+            jws::b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
+        let mut header = key.header("dpop+jwt");
+        header.insert("jwk".into(), jwk.into());
+        let mut header = jws::b64(serde_json::Value::Object(header).to_string().as_bytes());
         header.push('.');
         Ok(Self {
             inner: Arc::new(Inner {

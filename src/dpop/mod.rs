@@ -62,16 +62,17 @@
 //! as `invalid_dpop_proof` (it derives its own URL from the `Host` header,
 //! so it takes either spelling of loopback, but not the proxy's path).
 
+mod error;
 mod key;
 mod nonce;
 mod proof;
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
+pub use self::error::{Error, ErrorKind};
 pub use self::key::ProofKey;
 pub(crate) use self::nonce::is_nonce_challenge;
 use self::nonce::Nonces;
@@ -222,95 +223,5 @@ impl fmt::Debug for Sent {
         f.debug_struct("Sent")
             .field("origin", &self.origin)
             .finish()
-    }
-}
-
-/// Why a key could not be used, or a proof made.
-#[derive(Clone)]
-pub struct Error {
-    kind: ErrorKind,
-    message: &'static str,
-    source: Option<Arc<crate::oauth2::Error>>,
-}
-
-/// What kind of failure an [`Error`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The key could not be read or generated: the
-    /// [`source`](StdError::source) says why, never quoting the key.
-    Key,
-    /// The request cannot carry a proof: its URI is not absolute. No request
-    /// was sent.
-    Target,
-    /// Signing failed (no randomness, or a clock before 1970). No request
-    /// was sent.
-    Sign,
-}
-
-impl Error {
-    fn key(source: crate::oauth2::Error) -> Self {
-        Self {
-            kind: ErrorKind::Key,
-            message: "cannot use the DPoP key",
-            source: Some(Arc::new(source)),
-        }
-    }
-
-    fn key_message(message: &'static str) -> Self {
-        Self {
-            kind: ErrorKind::Key,
-            message,
-            source: None,
-        }
-    }
-
-    pub(crate) fn invalid_uri() -> Self {
-        Self::target("the request URL is not a valid URI")
-    }
-
-    fn target(message: &'static str) -> Self {
-        Self {
-            kind: ErrorKind::Target,
-            message,
-            source: None,
-        }
-    }
-
-    fn sign() -> Self {
-        Self {
-            kind: ErrorKind::Sign,
-            message: "cannot sign the DPoP proof",
-            source: None,
-        }
-    }
-
-    /// What kind of failure this is.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message)
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("source", &self.source)
-            .finish()
-    }
-}
-
-impl StdError for Error {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|source| source as &(dyn StdError + 'static))
     }
 }

@@ -7,7 +7,8 @@ use base64::Engine;
 use http::{HeaderValue, Method, Uri};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{Error, ProofKey};
+use super::error::Error;
+use super::key::ProofKey;
 
 /// Where a request goes, as DPoP names it: `scheme://authority` (the
 /// origin, which keys the nonces) and the path.
@@ -180,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_proof_carries_the_rfc_9449_header_and_claims_and_verifies() {
-        use crate::oauth2::Algorithm;
+        use crate::jws::Algorithm;
         use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
         for algorithm in [Algorithm::ES256, Algorithm::EdDSA] {
             let key = ProofKey::generate_with(algorithm).unwrap();

@@ -5,14 +5,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, Uri};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
-use tokio::time::Instant;
+use http_body_util::Full;
 use tower_service::Service;
 use zeroize::Zeroizing;
 
@@ -20,9 +18,13 @@ use zeroize::Zeroizing;
 use super::client_auth::PrivateKey;
 use super::client_auth::{ClientAuth, Credentials};
 use super::error::Error;
-use super::response::{self, Context, MAX_BODY};
-use super::token_exchange::Exchange;
-use super::transport::{self, Builtin, HttpClient, Proxy, ResponseBody, Tower};
+use super::form::Form;
+use super::grant::Grant;
+use super::response;
+#[cfg(feature = "dpop")]
+use super::send::token_request_proof;
+use super::send::{send, Prepared};
+use super::transport::{self, Builtin, HttpClient, Proxy, Tower};
 use crate::{BoxError, RetryHint, Token, TokenSource};
 
 /// A [`TokenSource`] that asks an OAuth2 token endpoint for a token with the
@@ -76,23 +78,6 @@ enum Client {
     Default(Builtin, Arc<OnceLock<Result<Arc<dyn HttpClient>, Error>>>),
     /// The user's own service.
     Custom(Arc<dyn HttpClient>),
-}
-
-/// A token request, the client to send it with, and what an error must
-/// never quote beside the secret (assertions, a subject token).
-struct Prepared {
-    client: Arc<dyn HttpClient>,
-    request: Request<Full<Bytes>>,
-    masked: Vec<Zeroizing<String>>,
-    #[cfg(feature = "dpop")]
-    dpop: Option<crate::dpop::Binding>,
-}
-
-/// Which grant a request asks for.
-#[derive(Clone, Debug)]
-pub(super) enum Grant {
-    ClientCredentials,
-    TokenExchange(Arc<Exchange>),
 }
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
@@ -557,7 +542,7 @@ impl ClientCredentials {
         }
         // The body is copied into `Bytes` for the wire; that copy, like the
         // HTTP client's buffers, is not wiped.
-        let body = Full::new(Bytes::copy_from_slice(form.0.as_bytes()));
+        let body = Full::new(Bytes::copy_from_slice(form.as_bytes()));
         request
             .body(body)
             .map_err(|error| Error::config(format!("cannot build the token request: {error}")))
@@ -666,105 +651,6 @@ impl TokenSource for ClientCredentials {
     }
 }
 
-/// One token request, from sending it to reading the token.
-async fn send(
-    prepared: Result<Prepared, Error>,
-    client_id: String,
-    secret: Zeroizing<String>,
-    default_lifetime: Duration,
-) -> Result<Token, Error> {
-    let started = Instant::now();
-    let started_wall = SystemTime::now();
-    let Prepared {
-        client,
-        request,
-        masked,
-        #[cfg(feature = "dpop")]
-        dpop,
-    } = prepared?;
-    #[cfg(feature = "dpop")]
-    let retry = dpop.as_ref().map(|_| copy(&request));
-    let (parts, body) = exchange(&*client, request).await?;
-    let context = Context {
-        started,
-        started_wall,
-        default_lifetime,
-        client_id: &client_id,
-        secret: &secret,
-        masked: &masked,
-        #[cfg(feature = "dpop")]
-        binding: dpop.as_ref(),
-    };
-    #[cfg(feature = "dpop")]
-    if let (Some(binding), Some(mut retry)) = (&dpop, retry) {
-        // The nonce challenge (RFC 9449 §8): a 400 `use_dpop_nonce` with a
-        // `DPoP-Nonce`, answered once, with a new proof.
-        let nonce = binding.token_endpoint_nonce(&parts.headers);
-        let result = response::token(parts.status, &parts.headers, &body, &context);
-        let challenged = matches!(&result, Err(error) if nonce
-            && parts.status == http::StatusCode::BAD_REQUEST
-            && error.response().is_some_and(|r| r.error() == "use_dpop_nonce"));
-        if !challenged {
-            return result;
-        }
-        let proof = token_request_proof(binding, retry.uri())?;
-        retry.headers_mut().insert(crate::dpop::DPOP, proof);
-        let (parts, body) = exchange(&*client, retry).await?;
-        binding.token_endpoint_nonce(&parts.headers);
-        return response::token(parts.status, &parts.headers, &body, &context);
-    }
-    response::token(parts.status, &parts.headers, &body, &context)
-}
-
-/// Sends one request and reads the whole answer.
-async fn exchange(
-    client: &dyn HttpClient,
-    request: Request<Full<Bytes>>,
-) -> Result<(http::response::Parts, Bytes), Error> {
-    let response = client.send(request).await.map_err(Error::transport)?;
-    let (parts, body) = response.into_parts();
-    Ok((parts, read_body(body).await?))
-}
-
-/// A token request's proof; failing to make one is a configuration error.
-#[cfg(feature = "dpop")]
-fn token_request_proof(binding: &crate::dpop::Binding, uri: &Uri) -> Result<HeaderValue, Error> {
-    binding
-        .token_request_proof(uri)
-        .map_err(|error| Error::config(format!("cannot make the DPoP proof: {error}")))
-}
-
-/// A copy of a token request, to answer a nonce challenge with.
-#[cfg(feature = "dpop")]
-fn copy(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.headers_mut() = request.headers().clone();
-    copy
-}
-
-/// The whole body, up to [`MAX_BODY`]: a bigger one is refused as soon as
-/// its declared length or the data received says so.
-async fn read_body(mut body: ResponseBody) -> Result<Bytes, Error> {
-    // (`http_body_util::Limited` does the same, but its future trips the
-    // compiler's `Send` check for boxed errors.)
-    if body.size_hint().lower() > MAX_BODY as u64 {
-        return Err(Error::body_too_large(MAX_BODY));
-    }
-    let mut collected = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Error::transport)?;
-        if let Ok(data) = frame.into_data() {
-            if collected.len() + data.len() > MAX_BODY {
-                return Err(Error::body_too_large(MAX_BODY));
-            }
-            collected.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(collected))
-}
-
 impl fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let params: Vec<&str> = self.params.iter().map(|(name, _)| name.as_str()).collect();
@@ -792,71 +678,11 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// An `application/x-www-form-urlencoded` body, wiped on drop: it may hold
-/// the secret.
-#[derive(Default)]
-pub(super) struct Form(Zeroizing<String>);
-
-impl Form {
-    pub(super) fn pair(&mut self, name: &str, value: &str) {
-        let name = form_encode(name);
-        let value = form_encode(value);
-        let separator = usize::from(!self.0.is_empty());
-        self.reserve(separator + name.len() + 1 + value.len());
-        if separator == 1 {
-            self.0.push('&');
-        }
-        self.0.push_str(&name);
-        self.0.push('=');
-        self.0.push_str(&value);
-    }
-
-    /// Grows by moving into a new buffer and wiping the old one:
-    /// `String`'s own growth would free the old one unwiped.
-    fn reserve(&mut self, additional: usize) {
-        if self.0.capacity() - self.0.len() >= additional {
-            return;
-        }
-        let needed = self.0.len() + additional;
-        let mut grown = Zeroizing::new(String::with_capacity(needed.max(2 * self.0.capacity())));
-        grown.push_str(&self.0);
-        self.0 = grown;
-    }
-}
-
-/// The `application/x-www-form-urlencoded` byte serializer: ASCII letters,
-/// digits and `*-._` as they are, space as `+`, every other byte as `%XX`.
-///
-/// The result may be the secret: it is sized exactly up front, so that it
-/// never reallocates (which would leave an unwiped copy behind), and wiped
-/// on drop.
-pub(super) fn form_encode(text: &str) -> Zeroizing<String> {
-    let unreserved =
-        |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'*' | b'-' | b'.' | b'_' | b' ');
-    let len = text
-        .bytes()
-        .map(|byte| if unreserved(byte) { 1 } else { 3 })
-        .sum();
-    let mut encoded = Zeroizing::new(String::with_capacity(len));
-    for byte in text.bytes() {
-        match byte {
-            b' ' => encoded.push('+'),
-            _ if unreserved(byte) => encoded.push(char::from(byte)),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                encoded.push('%');
-                encoded.push(char::from(HEX[usize::from(byte >> 4)]));
-                encoded.push(char::from(HEX[usize::from(byte & 0xf)]));
-            }
-        }
-    }
-    encoded
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::Engine as _;
+    use http_body_util::BodyExt;
 
     #[cfg(feature = "secrecy")]
     #[test]
@@ -907,16 +733,6 @@ mod tests {
             "my client:1",
             "p@ss word/é",
         )
-    }
-
-    #[test]
-    fn form_encoding_follows_the_url_standard() {
-        assert_eq!(*form_encode("abcXYZ019*-._"), "abcXYZ019*-._");
-        let encoded = form_encode("a b+c&d=e:f/é~");
-        assert_eq!(*encoded, "a+b%2Bc%26d%3De%3Af%2F%C3%A9%7E");
-        // Sized exactly: it never grew, leaving no copy behind.
-        assert_eq!(encoded.capacity(), encoded.len());
-        assert_eq!(*form_encode(""), "");
     }
 
     #[test]

@@ -251,8 +251,12 @@
 mod client_auth;
 mod client_credentials;
 mod error;
+mod form;
+mod grant;
 mod redact;
 mod response;
+mod retry_after;
+mod send;
 mod token_exchange;
 mod transport;
 

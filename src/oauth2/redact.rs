@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use super::client_credentials::form_encode;
+use super::form::form_encode;
 
 /// Shown instead of a secret or a token.
 pub(super) const REDACTED: &str = "<redacted>";

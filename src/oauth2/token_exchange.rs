@@ -10,11 +10,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower_service::Service;
 
-use super::client_credentials::{Form, Grant};
+use super::grant::{Exchange, Grant};
 #[cfg(feature = "private-key-jwt")]
 use super::PrivateKey;
 use super::{ClientAuth, ClientCredentials, Error};
-use crate::source::DynSource;
 use crate::{BoxError, RetryHint, TokenSource};
 
 /// A [`TokenSource`] that exchanges a subject token, taken from any other
@@ -53,58 +52,6 @@ use crate::{BoxError, RetryHint, TokenSource};
 #[derive(Clone)]
 pub struct TokenExchange {
     inner: ClientCredentials,
-}
-
-/// The grant's own fields, held by the [`ClientCredentials`] it configures.
-#[derive(Clone)]
-pub(super) struct Exchange {
-    pub(super) subject: Arc<dyn DynSource>,
-    subject_token_type: String,
-    requested_token_type: Option<String>,
-}
-
-impl Exchange {
-    pub(super) fn pairs(&self, subject: &str, form: &mut Form) {
-        form.pair(
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        );
-        form.pair("subject_token", subject);
-        form.pair("subject_token_type", &self.subject_token_type);
-        if let Some(requested) = &self.requested_token_type {
-            form.pair("requested_token_type", requested);
-        }
-    }
-}
-
-impl Exchange {
-    /// Adds the subject to `identity`: its source's own identity (the
-    /// subject token decides whom the exchanged token is for), and the
-    /// token types. `None` if the subject source has no identity.
-    #[cfg(feature = "store")]
-    pub(super) fn identify(
-        &self,
-        identity: crate::store::StoreIdentity,
-    ) -> Option<crate::store::StoreIdentity> {
-        let subject = self.subject.store_identity()?;
-        let mut identity = identity
-            .with_identity("subject_source", &subject)
-            .with("subject_token_type", &self.subject_token_type);
-        if let Some(requested) = &self.requested_token_type {
-            identity = identity.with("requested_token_type", requested);
-        }
-        Some(identity)
-    }
-}
-
-impl fmt::Debug for Exchange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenExchange")
-            .field("subject", &self.subject.type_name())
-            .field("subject_token_type", &self.subject_token_type)
-            .field("requested_token_type", &self.requested_token_type)
-            .finish()
-    }
 }
 
 impl TokenExchange {
