@@ -93,6 +93,9 @@ struct Prepared {
 pub(super) enum Grant {
     ClientCredentials,
     TokenExchange(Arc<Exchange>),
+    /// `grant_type=refresh_token`, for [`RefreshToken`](super::RefreshToken):
+    /// the refresh token comes as the request's subject.
+    RefreshToken,
 }
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
@@ -521,6 +524,13 @@ impl ClientCredentials {
                 masked.push(Zeroizing::new(subject.to_owned()));
                 exchange.pairs(subject, &mut form);
             }
+            Grant::RefreshToken => {
+                let refresh =
+                    subject.ok_or_else(|| Error::config("a refresh without a refresh token"))?;
+                masked.push(Zeroizing::new(refresh.to_owned()));
+                form.pair("grant_type", "refresh_token");
+                form.pair("refresh_token", refresh);
+            }
         }
         if !self.scopes.is_empty() {
             form.pair("scope", &self.scopes.join(" "));
@@ -577,11 +587,17 @@ impl TokenSource for ClientCredentials {
         };
         let subject = match &self.grant {
             Grant::TokenExchange(exchange) => Some(exchange.subject.fetch_boxed()),
-            Grant::ClientCredentials => None,
+            Grant::ClientCredentials | Grant::RefreshToken => None,
         };
         if assertion.is_none() && subject.is_none() {
             let prepared = self.prepare(None, None);
-            return Box::pin(send(prepared, client_id, secret, default_lifetime));
+            return Box::pin(send(
+                prepared,
+                client_id,
+                secret,
+                default_lifetime,
+                response::token,
+            ));
         }
         // The inputs come first, so the request is built inside the future,
         // from a clone (a few strings and `Arc`s).
@@ -599,7 +615,14 @@ impl TokenSource for ClientCredentials {
                 assertion.as_ref().map(Token::secret),
                 subject.as_ref().map(Token::secret),
             );
-            send(prepared, client_id, secret, default_lifetime).await
+            send(
+                prepared,
+                client_id,
+                secret,
+                default_lifetime,
+                response::token,
+            )
+            .await
         })
     }
 
@@ -634,6 +657,9 @@ impl TokenSource for ClientCredentials {
         let name = match &self.grant {
             Grant::ClientCredentials => "oauth2/client_credentials",
             Grant::TokenExchange(_) => "oauth2/token_exchange",
+            // A user's grant: shared through `RefreshToken::fleet`'s own
+            // record, never through the cache's.
+            Grant::RefreshToken => return None,
         };
         let identity = crate::store::StoreIdentity::new(name)
             .with("token_url", &self.token_url)
@@ -659,19 +685,23 @@ impl TokenSource for ClientCredentials {
             identity = identity.with("transport", self.transport_identity.as_deref()?);
         }
         match &self.grant {
-            Grant::ClientCredentials => Some(identity),
+            Grant::ClientCredentials | Grant::RefreshToken => Some(identity),
             Grant::TokenExchange(exchange) => exchange.identify(identity),
         }
     }
 }
 
-/// One token request, from sending it to reading the token.
-async fn send(
+/// One token request, from sending it to reading the answer with `read`.
+async fn send<T, R>(
     prepared: Result<Prepared, Error>,
     client_id: String,
     secret: Zeroizing<String>,
     default_lifetime: Duration,
-) -> Result<Token, Error> {
+    read: R,
+) -> Result<T, Error>
+where
+    R: Fn(http::StatusCode, &http::HeaderMap, &[u8], &Context<'_>) -> Result<T, Error>,
+{
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let Prepared {
@@ -699,7 +729,7 @@ async fn send(
         // The nonce challenge (RFC 9449 §8): a 400 `use_dpop_nonce` with a
         // `DPoP-Nonce`, answered once, with a new proof.
         let nonce = binding.token_endpoint_nonce(&parts.headers);
-        let result = response::token(parts.status, &parts.headers, &body, &context);
+        let result = read(parts.status, &parts.headers, &body, &context);
         let challenged = matches!(&result, Err(error) if nonce
             && parts.status == http::StatusCode::BAD_REQUEST
             && error.response().is_some_and(|r| r.error() == "use_dpop_nonce"));
@@ -710,9 +740,50 @@ async fn send(
         retry.headers_mut().insert(crate::dpop::DPOP, proof);
         let (parts, body) = exchange(&*client, retry).await?;
         binding.token_endpoint_nonce(&parts.headers);
-        return response::token(parts.status, &parts.headers, &body, &context);
+        return read(parts.status, &parts.headers, &body, &context);
     }
-    response::token(parts.status, &parts.headers, &body, &context)
+    read(parts.status, &parts.headers, &body, &context)
+}
+
+impl ClientCredentials {
+    /// One `grant_type=refresh_token` request with `refresh_token`, for
+    /// [`RefreshToken`](super::RefreshToken): the token, and the rotated
+    /// refresh token if the answer carries one.
+    pub(super) async fn refresh(
+        &self,
+        refresh_token: &str,
+    ) -> Result<(Token, Option<Zeroizing<String>>), Error> {
+        let assertion = match (&self.auth, &self.credentials.assertion) {
+            (ClientAuth::Assertion, Some(assertion)) => {
+                Some(assertion.fetch_boxed().await.map_err(Error::assertion)?)
+            }
+            _ => None,
+        };
+        let prepared = self.prepare(assertion.as_ref().map(Token::secret), Some(refresh_token));
+        send(
+            prepared,
+            self.client_id.clone(),
+            self.credentials.secret.clone(),
+            self.default_lifetime,
+            super::refresh_token::read,
+        )
+        .await
+    }
+
+    /// The token URL and client id, which name a refresh token's grant.
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(super) fn endpoint(&self) -> (&str, &str) {
+        (&self.token_url, &self.client_id)
+    }
+
+    /// Whether tokens are bound to this process's DPoP key.
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(super) fn is_dpop(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.dpop.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
+    }
 }
 
 /// Sends one request and reads the whole answer.

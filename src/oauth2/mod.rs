@@ -245,13 +245,15 @@
 //!
 //! # Out of scope
 //!
-//! Interactive flows (authorization code, device code), refresh tokens for
-//! user sessions, and client authentication by mutual TLS.
+//! Interactive flows (authorization code, device code: the application
+//! obtains the first refresh token, then [`RefreshToken`] keeps the access
+//! token fresh), and client authentication by mutual TLS.
 
 mod client_auth;
 mod client_credentials;
 mod error;
 mod redact;
+mod refresh_token;
 mod response;
 mod token_exchange;
 mod transport;
@@ -261,6 +263,7 @@ pub use self::client_auth::ClientAuth;
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use self::client_auth::{Algorithm, PrivateKey};
 pub use self::client_credentials::ClientCredentials;
+pub use self::refresh_token::{RefreshToken, Rotated};
 pub use self::token_exchange::TokenExchange;
 pub use self::transport::Proxy;
 
