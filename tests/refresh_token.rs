@@ -303,3 +303,61 @@ async fn a_keyed_cache_keeps_each_users_grant_apart() {
         assert_eq!(idp.user_of(token.secret()).await.as_deref(), Some(&**user));
     }
 }
+
+/// A record this replica cannot open (sealed with another key, or tampered
+/// with) is an error, never a miss: falling back to its own refresh token
+/// could send one the fleet has rotated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_sealed_with_another_key_is_refused_not_guessed() {
+    let idp = Idp::start();
+    let redis = RedisServer::start().unwrap();
+    let (seed, _) = idp.grant(CLIENT).await;
+    let source = idp.source(&seed).fleet(sealed(&redis.url()), "user");
+    source.fetch().await.unwrap();
+    let store = Sealed::new(RedisStore::new(redis.url()).unwrap(), SealKey::new([1; 32]));
+    let other = idp.source(&seed).fleet(store, "user");
+    let requests = count(&idp.stats().await, "token_requests");
+    let error = other.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Store, "{error}");
+    assert_eq!(count(&idp.stats().await, "token_requests"), requests);
+    // The fleet's own key still works.
+    source.fetch().await.unwrap();
+}
+
+/// A replica waits for another's lease at most `lease_wait`, then fails
+/// without sending anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_held_too_long_is_a_store_error_and_nothing_is_sent() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = RedisServer::start().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = |calls: Arc<AtomicUsize>, hang: bool| {
+        tower::service_fn(move |_: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+            }
+        })
+    };
+    let url = "http://127.0.0.1:9/token";
+    let holder_calls = Arc::new(AtomicUsize::new(0));
+    let holder = RefreshToken::new(url, CLIENT, SECRET, "rt-0")
+        .http_client(client(Arc::clone(&holder_calls), true))
+        .fleet(sealed(&redis.url()), "user");
+    let held = tokio::spawn(holder.fetch());
+    // The holder has the lease once its request is under way.
+    while holder_calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let waiter = RefreshToken::new(url, CLIENT, SECRET, "rt-0")
+        .http_client(client(Arc::clone(&calls), false))
+        .fleet(sealed(&redis.url()), "user")
+        .lease_wait(std::time::Duration::from_millis(300));
+    let error = waiter.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Store, "{error}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    held.abort();
+}

@@ -458,7 +458,7 @@ mod tests {
         Request<Full<Bytes>>,
         Response = Response<Full<Bytes>>,
         Error = Infallible,
-        Future = impl Send,
+        Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
     > + Clone
            + Send
            + 'static {
@@ -645,6 +645,53 @@ mod tests {
         assert!(debug.contains("<redacted>"));
         let rotated = Rotated(Zeroizing::new("rt-new".into()));
         assert_eq!(format!("{rotated:?}"), "Rotated(<redacted>)");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_abandoned_by_its_caller_still_records_its_rotation() {
+        let seen = Seen::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = {
+            let gate = Arc::clone(&gate);
+            let inner = idp(Arc::clone(&seen), None);
+            tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let (gate, mut inner) = (Arc::clone(&gate), inner.clone());
+                async move {
+                    let answer = tower_service::Service::call(&mut inner, request).await;
+                    // The endpoint has rotated; its answer is held back.
+                    let _ = gate.acquire().await;
+                    answer
+                }
+            })
+        };
+        let persisted = Arc::new(StdMutex::new(Vec::new()));
+        let source = RefreshToken::new("https://idp.example.com/token", "app", "s", "rt-0")
+            .http_client(held)
+            .on_rotate({
+                let persisted = Arc::clone(&persisted);
+                move |rotated: Rotated| {
+                    persisted.lock().unwrap().push(rotated.secret().to_owned());
+                    async { Ok::<_, Infallible>(()) }
+                }
+            });
+        let abandoned = tokio::spawn(source.fetch());
+        while seen.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        gate.add_permits(100);
+        // Bounded: without a task of its own, the refresh died with its
+        // caller and nothing will come.
+        for _ in 0..1000 {
+            if !persisted.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*persisted.lock().unwrap(), ["rt-1"]);
+        source.fetch().await.unwrap();
+        assert_eq!(sent(&seen), ["rt-0", "rt-1"]);
     }
 
     #[tokio::test]

@@ -24,9 +24,21 @@ const WRITE_ATTEMPTS: u32 = 3;
 
 /// The store, the record's key, and how long to wait for the lease.
 pub(super) struct Fleet {
-    store: Arc<dyn TokenStore>,
+    store: Arc<dyn SealedStore>,
     key: String,
     lease_wait: Option<Duration>,
+}
+
+/// A [`Sealed`] store, whatever it seals.
+trait SealedStore: TokenStore {
+    /// What [`Sealed::read_strict`] reads.
+    fn read_strict<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Zeroizing<Vec<u8>>>>;
+}
+
+impl<S: TokenStore> SealedStore for Sealed<S> {
+    fn read_strict<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Zeroizing<Vec<u8>>>> {
+        Sealed::read_strict(self, key)
+    }
 }
 
 impl RefreshToken {
@@ -160,9 +172,8 @@ impl Fleet {
         source: &RefreshToken,
         state: &mut State,
     ) -> Result<(Token, bool), Error> {
-        let stored = self.op("read", self.store.read(&self.key)).await?;
-        if let Some(stored) = stored {
-            let value = Zeroizing::new(stored.value);
+        let stored = self.op("read", self.store.read_strict(&self.key)).await?;
+        if let Some(value) = stored {
             let record = Record::decode(&value).ok_or_else(|| {
                 Error::store(
                     "the stored refresh token cannot be read (another seal key?); no request sent",
