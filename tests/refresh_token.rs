@@ -293,10 +293,13 @@ async fn a_keyed_cache_keeps_each_users_grant_apart() {
         let (seed, user) = idp.grant(CLIENT).await;
         grants.insert(user, seed);
     }
-    let (token_url, url) = (idp.token_url.clone(), redis.url());
+    // One Redis connection for every user, as docs/refresh-tokens.md shows.
+    let redis_store = Arc::new(RedisStore::new(redis.url()).unwrap());
+    let (token_url, key) = (idp.token_url.clone(), SealKey::new([9; 32]));
     let seeds = grants.clone();
     let cache = KeyedTokenCache::new(move |user: &String| {
-        RefreshToken::new(&token_url, CLIENT, SECRET, &seeds[user]).fleet(sealed(&url), user)
+        RefreshToken::new(&token_url, CLIENT, SECRET, &seeds[user])
+            .fleet(Sealed::new(Arc::clone(&redis_store), key.clone()), user)
     });
     for user in grants.keys() {
         let token = cache.token(user).await.unwrap();
