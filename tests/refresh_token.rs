@@ -181,6 +181,102 @@ fn a_fleet_under_heavy_concurrency_never_reuses_a_refresh_token() {
     });
 }
 
+/// One replica's rounds: each a new cache asked for a token by `requests`
+/// concurrent requests. The access tokens it was given.
+async fn replica_rounds(source: RefreshToken, rounds: usize, requests: usize) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for _ in 0..rounds {
+        let cache = TokenCache::new(source.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..requests {
+            let cache = cache.clone();
+            tasks.spawn(async move { cache.token().await });
+        }
+        while let Some(token) = tasks.join_next().await {
+            let token = token.unwrap().expect("a token");
+            seen.insert(token.secret().to_owned());
+        }
+    }
+    seen
+}
+
+/// The child of `separate_processes_never_reuse_a_refresh_token`: a replica
+/// when `REFRESH_MEMBER` says so (token URL, Redis URL, first refresh
+/// token), printing each access token it was given; nothing otherwise.
+#[test]
+fn refresh_member() {
+    let Ok(spec) = std::env::var("REFRESH_MEMBER") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [token_url, redis_url, seed] = parts[..] else {
+        panic!("REFRESH_MEMBER: {spec:?}");
+    };
+    let source =
+        RefreshToken::new(token_url, CLIENT, SECRET, seed).fleet(sealed(redis_url), "user");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for token in runtime.block_on(replica_rounds(source, 5, 1000)) {
+        println!("ACCESS-TOKEN {token}");
+    }
+}
+
+/// The same as separate OS processes (this test binary run again as
+/// `refresh_member`), each with 1,000 concurrent requests a round.
+#[test]
+fn separate_processes_never_reuse_a_refresh_token() {
+    const PROCESSES: usize = 4;
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let idp = Idp::start();
+    let redis = RedisServer::start().unwrap();
+    let (seed, user) = main.block_on(idp.grant(CLIENT));
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "refresh_member",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    "REFRESH_MEMBER",
+                    format!("{} {} {seed}", idp.token_url, redis.url()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut tokens = HashSet::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "a member failed");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        tokens.extend(
+            stdout
+                .lines()
+                .filter_map(|line| line.strip_prefix("ACCESS-TOKEN "))
+                .map(str::to_owned),
+        );
+    }
+    main.block_on(async {
+        let stats = idp.stats().await;
+        assert_eq!(count(&stats, "refused"), 0, "{stats}");
+        assert_eq!(count(&stats, "revoked"), 0, "{stats}");
+        assert!(count(&stats, "refreshed") >= 5, "{stats}");
+        assert!(!tokens.is_empty());
+        for token in &tokens {
+            assert_eq!(idp.user_of(token).await.as_deref(), Some(&*user));
+        }
+        let late = idp.source(&seed).fleet(sealed(&redis.url()), "user");
+        late.fetch().await.unwrap();
+        let token = late.fetch().await.unwrap();
+        assert_eq!(idp.user_of(token.secret()).await.as_deref(), Some(&*user));
+        assert_eq!(count(&idp.stats().await, "refused"), 0);
+    });
+}
+
 /// The negative control: presenting a rotated refresh token again (what a
 /// replica outside the fleet's lease would do) makes the provider revoke
 /// the whole grant. So the test above would catch a reuse.
