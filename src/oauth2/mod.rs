@@ -139,6 +139,18 @@
 //! in-process endpoint: no conformant RFC 8693 server is on the package
 //! registries.
 //!
+//! # Refresh tokens
+//!
+//! [`RefreshToken`] (RFC 6749 §6) keeps an access token fresh with a
+//! refresh token the application obtained, with the same client
+//! authentication (and [`ClientAuth::None`] for public clients). A rotated
+//! refresh token is never sent again and reaches the application's
+//! [`on_rotate`](RefreshToken::on_rotate) hook before its access token is
+//! used; `invalid_grant` is a permanent [`GrantGone`](ErrorKind::GrantGone)
+//! after which nothing is sent; with the `seal` feature,
+//! [`fleet`](RefreshToken::fleet) refreshes under a sealed store's lease so
+//! that no replica presents a rotated token. See `docs/refresh-tokens.md`.
+//!
 //! # The response
 //!
 //! - `access_token` is required, and so is `token_type`, which must be

@@ -307,8 +307,11 @@ impl RefreshToken {
             let mut state = Arc::clone(&self.state).lock_owned().await;
             self.refresh_locked(&mut state).await
         });
-        task.await
-            .map_err(|_| Error::config("the refresh task panicked or was cancelled"))?
+        // Transient: a runtime shutting down cancels it, and the next
+        // refresh starts from what the task recorded.
+        task.await.map_err(|_| {
+            Error::transport("the refresh task panicked or its runtime shut down".into())
+        })?
     }
 
     async fn refresh_locked(&self, state: &mut State) -> Result<Token, Error> {
