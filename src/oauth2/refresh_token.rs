@@ -632,6 +632,16 @@ mod tests {
         assert!(headers.get(http::header::AUTHORIZATION).is_none());
     }
 
+    #[cfg(feature = "dpop")]
+    #[tokio::test]
+    async fn a_dpop_refresh_carries_a_proof_for_the_token_endpoint() {
+        let seen = Seen::default();
+        let source = source(&seen).dpop(crate::dpop::ProofKey::generate().unwrap());
+        source.fetch().await.unwrap();
+        let headers = seen.lock().unwrap()[0].1.clone();
+        assert!(headers.contains_key(crate::dpop::DPOP));
+    }
+
     #[test]
     fn debug_never_shows_the_refresh_token() {
         let source = RefreshToken::new(

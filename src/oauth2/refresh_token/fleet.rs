@@ -349,7 +349,108 @@ fn unix_ms(time: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+
     use super::*;
+    use crate::store::{Fingerprint, SealKey, Stored};
+    use crate::TokenSource;
+
+    /// A store in memory whose first `failing` writes fail.
+    #[derive(Default)]
+    struct Flaky {
+        values: Mutex<HashMap<String, Vec<u8>>>,
+        failing: Mutex<u32>,
+    }
+
+    impl TokenStore for Flaky {
+        fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Stored>> {
+            let value = self.values.lock().unwrap().get(key).cloned();
+            Box::pin(async move { Ok(value.map(|value| Stored { value, ttl: None })) })
+        }
+
+        fn write<'a>(
+            &'a self,
+            key: &'a str,
+            value: &'a [u8],
+            _: Option<SystemTime>,
+        ) -> StoreFuture<'a, ()> {
+            let mut failing = self.failing.lock().unwrap();
+            let result = if *failing > 0 {
+                *failing -= 1;
+                Err(crate::store::Error::new("injected"))
+            } else {
+                self.values
+                    .lock()
+                    .unwrap()
+                    .insert(key.into(), value.to_vec());
+                Ok(())
+            };
+            Box::pin(async move { result })
+        }
+
+        fn lease<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> StoreFuture<'a, bool> {
+            Box::pin(async { Ok(true) })
+        }
+
+        fn release<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn delete_if<'a>(&'a self, _: &'a str, _: &'a Fingerprint) -> StoreFuture<'a, bool> {
+            Box::pin(async { Ok(false) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_tried_again_so_the_next_replica_has_the_rotation() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let idp = {
+            let sent = Arc::clone(&sent);
+            tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let sent = Arc::clone(&sent);
+                async move {
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    let form = String::from_utf8(body.to_vec()).unwrap();
+                    let token = form
+                        .split('&')
+                        .find_map(|pair| pair.strip_prefix("refresh_token="))
+                        .unwrap()
+                        .to_owned();
+                    let n = {
+                        let mut sent = sent.lock().unwrap();
+                        sent.push(token);
+                        sent.len()
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                        r#"{{"access_token":"at-{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-{n}"}}"#
+                    )))))
+                }
+            })
+        };
+        let store = Arc::new(Flaky::default());
+        *store.failing.lock().unwrap() = WRITE_ATTEMPTS - 1;
+        let replica = || {
+            RefreshToken::new("https://idp.example.com/token", "app", "s", "rt-0")
+                .http_client(idp.clone())
+                .fleet(
+                    Sealed::new(Arc::clone(&store), SealKey::new([3; 32])),
+                    "user",
+                )
+        };
+        replica().fetch().await.unwrap();
+        // Another replica, from the first refresh token: it takes the
+        // stored rotation (and its access token), then refreshes with it.
+        let other = replica();
+        assert_eq!(other.fetch().await.unwrap().secret(), "at-1");
+        other.fetch().await.unwrap();
+        assert_eq!(*sent.lock().unwrap(), ["rt-0", "rt-1"]);
+    }
 
     #[test]
     fn a_record_round_trips_and_garbage_is_none() {
