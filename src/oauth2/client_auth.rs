@@ -64,6 +64,10 @@ pub enum ClientAuth {
     /// each token request: a federated token file
     /// ([`FileAssertion`](super::FileAssertion)), say.
     Assertion,
+    /// `none`: a public client (RFC 6749 §2.1), which has no credential:
+    /// only `client_id` in the form. For a
+    /// [`RefreshToken`](super::RefreshToken) of a native or browser app.
+    None,
 }
 
 /// What the client authentication needs beside the [`ClientAuth`] tag.
@@ -153,6 +157,7 @@ impl Credentials {
                 form.pair("client_assertion", assertion);
                 masked.push(Zeroizing::new(assertion.to_owned()));
             }
+            ClientAuth::None => form.pair("client_id", client_id),
         }
         let _ = token_url;
         Ok(None)
@@ -178,7 +183,8 @@ impl Credentials {
         identity: crate::store::StoreIdentity,
     ) -> Option<crate::store::StoreIdentity> {
         match auth {
-            ClientAuth::Basic | ClientAuth::Post if client_id.is_empty() => None,
+            ClientAuth::Basic | ClientAuth::Post | ClientAuth::None if client_id.is_empty() => None,
+            ClientAuth::None => Some(identity.with("client_auth", "none")),
             ClientAuth::Basic => Some(identity.with("client_auth", "client_secret_basic")),
             ClientAuth::Post => Some(identity.with("client_auth", "client_secret_post")),
             #[cfg(feature = "private-key-jwt")]

@@ -507,6 +507,13 @@ impl ClientCredentials {
                 masked.push(Zeroizing::new(subject.to_owned()));
                 exchange.pairs(subject, &mut form);
             }
+            Grant::RefreshToken => {
+                let refresh =
+                    subject.ok_or_else(|| Error::config("a refresh without a refresh token"))?;
+                masked.push(Zeroizing::new(refresh.to_owned()));
+                form.pair("grant_type", "refresh_token");
+                form.pair("refresh_token", refresh);
+            }
         }
         if !self.scopes.is_empty() {
             form.pair("scope", &self.scopes.join(" "));
@@ -563,11 +570,17 @@ impl TokenSource for ClientCredentials {
         };
         let subject = match &self.grant {
             Grant::TokenExchange(exchange) => Some(exchange.subject.fetch_boxed()),
-            Grant::ClientCredentials => None,
+            Grant::ClientCredentials | Grant::RefreshToken => None,
         };
         if assertion.is_none() && subject.is_none() {
             let prepared = self.prepare(None, None);
-            return Box::pin(send(prepared, client_id, secret, default_lifetime));
+            return Box::pin(send(
+                prepared,
+                client_id,
+                secret,
+                default_lifetime,
+                response::token,
+            ));
         }
         // The inputs come first, so the request is built inside the future,
         // from a clone (a few strings and `Arc`s).
@@ -585,7 +598,14 @@ impl TokenSource for ClientCredentials {
                 assertion.as_ref().map(Token::secret),
                 subject.as_ref().map(Token::secret),
             );
-            send(prepared, client_id, secret, default_lifetime).await
+            send(
+                prepared,
+                client_id,
+                secret,
+                default_lifetime,
+                response::token,
+            )
+            .await
         })
     }
 
@@ -620,6 +640,9 @@ impl TokenSource for ClientCredentials {
         let name = match &self.grant {
             Grant::ClientCredentials => "oauth2/client_credentials",
             Grant::TokenExchange(_) => "oauth2/token_exchange",
+            // A user's grant: shared through `RefreshToken::fleet`'s own
+            // record, never through the cache's.
+            Grant::RefreshToken => return None,
         };
         let identity = crate::store::StoreIdentity::new(name)
             .with("token_url", &self.token_url)
@@ -645,9 +668,50 @@ impl TokenSource for ClientCredentials {
             identity = identity.with("transport", self.transport_identity.as_deref()?);
         }
         match &self.grant {
-            Grant::ClientCredentials => Some(identity),
+            Grant::ClientCredentials | Grant::RefreshToken => Some(identity),
             Grant::TokenExchange(exchange) => exchange.identify(identity),
         }
+    }
+}
+
+impl ClientCredentials {
+    /// One `grant_type=refresh_token` request with `refresh_token`, for
+    /// [`RefreshToken`](super::RefreshToken): the token, and the rotated
+    /// refresh token if the answer carries one.
+    pub(super) async fn refresh(
+        &self,
+        refresh_token: &str,
+    ) -> Result<(Token, Option<Zeroizing<String>>), Error> {
+        let assertion = match (&self.auth, &self.credentials.assertion) {
+            (ClientAuth::Assertion, Some(assertion)) => {
+                Some(assertion.fetch_boxed().await.map_err(Error::assertion)?)
+            }
+            _ => None,
+        };
+        let prepared = self.prepare(assertion.as_ref().map(Token::secret), Some(refresh_token));
+        send(
+            prepared,
+            self.client_id.clone(),
+            self.credentials.secret.clone(),
+            self.default_lifetime,
+            response::token_and_refresh_token,
+        )
+        .await
+    }
+
+    /// The token URL and client id, which name a refresh token's grant.
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(super) fn endpoint(&self) -> (&str, &str) {
+        (&self.token_url, &self.client_id)
+    }
+
+    /// Whether tokens are bound to this process's DPoP key.
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(super) fn is_dpop(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.dpop.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
     }
 }
 

@@ -86,6 +86,18 @@ pub enum ErrorKind {
     /// [`source`](std::error::Error::source). Permanent when that source
     /// said so, otherwise transient. No request was sent.
     SubjectToken,
+    /// The refresh token's grant is gone: the token endpoint answered
+    /// `invalid_grant` to a [`RefreshToken`](super::RefreshToken) refresh
+    /// (revoked, expired, or reused), in this process or in another replica
+    /// of the fleet. The user must authorize again. Permanent, and no
+    /// further request is sent with that grant.
+    GrantGone,
+    /// The fleet store of a [`RefreshToken`](super::RefreshToken) could not
+    /// be used (unreachable, too slow, or its lease held by another replica
+    /// for too long): the refresh was refused rather than risk sending a
+    /// refresh token another replica may have rotated. Transient. No request
+    /// was sent.
+    Store,
 }
 
 /// An OAuth2 error response (RFC 6749 §5.2), as the token endpoint sent it.
@@ -210,6 +222,15 @@ impl Error {
         })
     }
 
+    pub(super) fn grant_gone(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::GrantGone, message)
+    }
+
+    #[cfg_attr(not(feature = "seal"), allow(dead_code))]
+    pub(super) fn store(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Store, message)
+    }
+
     pub(super) fn body_too_large(limit: usize) -> Self {
         Self::new(
             ErrorKind::BodyTooLarge,
@@ -262,7 +283,7 @@ impl Error {
                 || status == StatusCode::REQUEST_TIMEOUT
         });
         match self.inner.kind {
-            ErrorKind::Config | ErrorKind::UnsupportedTokenType => true,
+            ErrorKind::Config | ErrorKind::UnsupportedTokenType | ErrorKind::GrantGone => true,
             ErrorKind::Rejected => {
                 !transient_status
                     && self
@@ -273,7 +294,10 @@ impl Error {
             }
             ErrorKind::Status => !transient_status,
             ErrorKind::Assertion | ErrorKind::SubjectToken => self.inner.permanent,
-            ErrorKind::Transport | ErrorKind::InvalidResponse | ErrorKind::BodyTooLarge => false,
+            ErrorKind::Transport
+            | ErrorKind::InvalidResponse
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::Store => false,
         }
     }
 }
@@ -345,6 +369,16 @@ impl fmt::Display for Error {
             ErrorKind::BodyTooLarge => write!(f, "invalid token response: {}", inner.message),
             ErrorKind::Assertion => f.write_str("cannot get the client assertion"),
             ErrorKind::SubjectToken => f.write_str("cannot get the subject token to exchange"),
+            ErrorKind::GrantGone => write!(
+                f,
+                "the refresh token's grant is gone, the user must authorize again ({})",
+                inner.message
+            ),
+            ErrorKind::Store => write!(
+                f,
+                "refusing to refresh without the fleet store: {}",
+                inner.message
+            ),
         }
     }
 }

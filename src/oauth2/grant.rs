@@ -15,6 +15,9 @@ use crate::source::DynSource;
 pub(super) enum Grant {
     ClientCredentials,
     TokenExchange(Arc<Exchange>),
+    /// `grant_type=refresh_token`, for [`RefreshToken`](super::RefreshToken):
+    /// the refresh token comes as the request's subject.
+    RefreshToken,
 }
 
 /// The token exchange grant's own fields, held by the

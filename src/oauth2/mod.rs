@@ -139,6 +139,18 @@
 //! in-process endpoint: no conformant RFC 8693 server is on the package
 //! registries.
 //!
+//! # Refresh tokens
+//!
+//! [`RefreshToken`] (RFC 6749 §6) keeps an access token fresh with a
+//! refresh token the application obtained, with the same client
+//! authentication (and [`ClientAuth::None`] for public clients). A rotated
+//! refresh token is never sent again and reaches the application's
+//! [`on_rotate`](RefreshToken::on_rotate) hook before its access token is
+//! used; `invalid_grant` is a permanent [`GrantGone`](ErrorKind::GrantGone)
+//! after which nothing is sent; with the `seal` feature,
+//! [`fleet`](RefreshToken::fleet) refreshes under a sealed store's lease so
+//! that no replica presents a rotated token. See `docs/refresh-tokens.md`.
+//!
 //! # The response
 //!
 //! - `access_token` is required, and so is `token_type`, which must be
@@ -245,8 +257,9 @@
 //!
 //! # Out of scope
 //!
-//! Interactive flows (authorization code, device code), refresh tokens for
-//! user sessions, and client authentication by mutual TLS.
+//! Interactive flows (authorization code, device code: the application
+//! obtains the first refresh token, then [`RefreshToken`] keeps the access
+//! token fresh), and client authentication by mutual TLS.
 
 mod client_auth;
 mod client_credentials;
@@ -254,6 +267,7 @@ mod error;
 mod form;
 mod grant;
 mod redact;
+mod refresh_token;
 mod response;
 mod retry_after;
 mod send;
@@ -265,6 +279,7 @@ pub use self::client_auth::ClientAuth;
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use self::client_auth::{Algorithm, PrivateKey};
 pub use self::client_credentials::ClientCredentials;
+pub use self::refresh_token::{RefreshToken, Rotated};
 pub use self::token_exchange::TokenExchange;
 pub use self::transport::Proxy;
 

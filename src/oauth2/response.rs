@@ -144,6 +144,28 @@ pub(super) fn token(
     })
 }
 
+/// Reads a refresh answer (`grant_type=refresh_token`): the token, as every grant reads it, and the
+/// rotated refresh token, if any.
+pub(super) fn token_and_refresh_token(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    context: &Context<'_>,
+) -> Result<(Token, Option<zeroize::Zeroizing<String>>), Error> {
+    let token = token(status, headers, body, context)?;
+    // `response::token` has checked that it is one JSON object.
+    let rotated = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut object)) => match object.remove("refresh_token") {
+            Some(serde_json::Value::String(value)) if !value.is_empty() => {
+                Some(zeroize::Zeroizing::new(value))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok((token, rotated))
+}
+
 /// Why a body is not a JSON object. Says where, never what: serde's own
 /// messages can quote the body.
 enum Malformed {

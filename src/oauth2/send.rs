@@ -14,9 +14,8 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::error::Error;
-use super::response::{self, Context, MAX_BODY};
+use super::response::{Context, MAX_BODY};
 use super::transport::{HttpClient, ResponseBody};
-use crate::Token;
 
 /// A token request, the client to send it with, and what an error must
 /// never quote beside the secret (assertions, a subject token).
@@ -28,13 +27,17 @@ pub(super) struct Prepared {
     pub(super) dpop: Option<crate::dpop::Binding>,
 }
 
-/// One token request, from sending it to reading the token.
-pub(super) async fn send(
+/// One token request, from sending it to reading the answer with `read`.
+pub(super) async fn send<T, R>(
     prepared: Result<Prepared, Error>,
     client_id: String,
     secret: Zeroizing<String>,
     default_lifetime: Duration,
-) -> Result<Token, Error> {
+    read: R,
+) -> Result<T, Error>
+where
+    R: Fn(http::StatusCode, &http::HeaderMap, &[u8], &Context<'_>) -> Result<T, Error>,
+{
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let Prepared {
@@ -62,7 +65,7 @@ pub(super) async fn send(
         // The nonce challenge (RFC 9449 §8): a 400 `use_dpop_nonce` with a
         // `DPoP-Nonce`, answered once, with a new proof.
         let nonce = binding.token_endpoint_nonce(&parts.headers);
-        let result = response::token(parts.status, &parts.headers, &body, &context);
+        let result = read(parts.status, &parts.headers, &body, &context);
         let challenged = matches!(&result, Err(error) if nonce
             && parts.status == http::StatusCode::BAD_REQUEST
             && error.response().is_some_and(|r| r.error() == "use_dpop_nonce"));
@@ -73,9 +76,9 @@ pub(super) async fn send(
         retry.headers_mut().insert(crate::dpop::DPOP, proof);
         let (parts, body) = exchange(&*client, retry).await?;
         binding.token_endpoint_nonce(&parts.headers);
-        return response::token(parts.status, &parts.headers, &body, &context);
+        return read(parts.status, &parts.headers, &body, &context);
     }
-    response::token(parts.status, &parts.headers, &body, &context)
+    read(parts.status, &parts.headers, &body, &context)
 }
 
 /// Sends one request and reads the whole answer.

@@ -97,7 +97,9 @@ impl TokenExchange {
         match &mut self.inner.grant {
             Grant::TokenExchange(exchange) => Arc::make_mut(exchange),
             // `new` sets it, and nothing else changes it.
-            Grant::ClientCredentials => unreachable!("a TokenExchange without its grant"),
+            Grant::ClientCredentials | Grant::RefreshToken => {
+                unreachable!("a TokenExchange without its grant")
+            }
         }
     }
 

@@ -126,6 +126,26 @@ impl<S: TokenStore> Sealed<S> {
     }
 }
 
+impl<S: TokenStore> Sealed<S> {
+    /// Like [`TokenStore::read`], but a value that does not open (another
+    /// key, tampered with) is an error, not a miss: for a value that must
+    /// never be guessed at, a refresh token.
+    #[cfg_attr(not(feature = "oauth2"), allow(dead_code))]
+    pub(crate) fn read_strict<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Option<Zeroizing<Vec<u8>>>> {
+        Box::pin(async move {
+            let Some(stored) = self.inner.read(key).await? else {
+                return Ok(None);
+            };
+            self.open(key, &stored.value).map(Some).ok_or_else(|| {
+                Error::new("a sealed value that does not open (another seal key, or tampered with)")
+            })
+        })
+    }
+}
+
 impl<S: TokenStore> TokenStore for Sealed<S> {
     fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Stored>> {
         Box::pin(async move {

@@ -91,6 +91,11 @@ impl Drop for MockIdp {
 /// with `env`, and returns it with the JSON object it prints on its first
 /// line once it listens.
 pub fn start_node(fixture: &Path, env: &[(&str, String)]) -> (Child, Value) {
+    start_node_script(fixture, "server.mjs", env)
+}
+
+/// [`start_node`] with another script of the fixture.
+pub fn start_node_script(fixture: &Path, script: &str, env: &[(&str, String)]) -> (Child, Value) {
     if let Err(error) = install(fixture) {
         panic!(
             "the test server in {} could not be installed: {error}",
@@ -98,7 +103,7 @@ pub fn start_node(fixture: &Path, env: &[(&str, String)]) -> (Child, Value) {
         );
     }
     let mut child = Command::new("node")
-        .arg("server.mjs")
+        .arg(script)
         .current_dir(fixture)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
