@@ -356,7 +356,7 @@ pub(crate) mod tests {
         }
         // Centred in the window, not leaning to one end: a uniform mean of
         // 3200 draws is 0.5 within 0.03 (six standard deviations), and a
-        // generator that only ORs bits in leans late (0.57 or more).
+        // generator that only ORs bits in leans late (0.56 or more).
         let mean = sum / (CACHES * REFRESHES) as f64;
         assert!((mean - 0.5).abs() < 0.03, "mean jitter {mean}");
         for seen in per_cache {
