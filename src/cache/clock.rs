@@ -381,6 +381,52 @@ mod tests {
         assert!(Limit::after(now, Duration::ZERO).reached(now));
     }
 
+    /// What `retry_at` of a `BackingOff` error reports: the instant of a
+    /// limit, and none for one never reached.
+    #[test]
+    fn a_limit_gives_its_instant_and_never_none() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(30);
+        assert_eq!(
+            Limit::after(now, Duration::from_secs(30)).instant(),
+            Some(later)
+        );
+        assert_eq!(Limit::At(now).instant(), Some(now));
+        assert_eq!(Limit::Never.instant(), None);
+        assert_eq!(Limit::after(now, Duration::MAX).instant(), None);
+    }
+
+    /// Beyond about 292 years from the origin the nanoseconds no longer fit:
+    /// a far future is kept as the furthest instant storable (ahead of any
+    /// nearer `now`, but not "never"), a far past as the furthest back.
+    #[test]
+    fn atomic_instants_clamp_beyond_292_years() {
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let slot = AtomicInstant::none();
+        let now = Instant::now();
+
+        let Some(far) = origin().checked_add(YEAR * 300) else {
+            return;
+        };
+        slot.store(Some(Limit::At(far)));
+        assert!(slot.is_after(now));
+        let until = slot.until(now).expect("ahead");
+        assert!(until < Duration::MAX, "a far instant read as never");
+        assert!(until > YEAR * 290, "{until:?}");
+
+        slot.store(Some(Limit::after(now, Duration::MAX)));
+        assert_eq!(slot.until(now), Some(Duration::MAX));
+
+        if let Some(past) = origin().checked_sub(YEAR * 300) {
+            slot.store(Some(Limit::At(past)));
+            assert!(!slot.is_after(now));
+            assert_eq!(slot.until(now), None);
+            // clamped to about 292 years back, not cleared: a `now` as far
+            // back as the instant itself is before it
+            assert!(slot.is_after(past));
+        }
+    }
+
     mod properties {
         use proptest::prelude::*;
 

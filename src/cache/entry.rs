@@ -356,6 +356,25 @@ mod tests {
         assert!(!entry.expire(Instant::now()));
     }
 
+    /// Only a fresh entry registers a timer: one the hot path already
+    /// hands to the slow path (due, evicted) keeps no slot in the driver.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_fresh_entry_arms_a_timer() {
+        let armed = |entry: &Arc<Entry>| {
+            entry.arm();
+            entry.timer.lock().unwrap().is_some()
+        };
+        assert!(armed(&entry(Duration::from_secs(10))));
+
+        let evicted = entry(Duration::from_secs(10));
+        evicted.expire(Instant::now());
+        assert!(!armed(&evicted));
+
+        let stale = entry(Duration::from_secs(10));
+        stale.mark_stale();
+        assert!(!armed(&stale));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_timer_woken_early_by_shutdown_moves_nothing() {
         let entry = entry(Duration::from_secs(10));

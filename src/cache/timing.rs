@@ -320,6 +320,69 @@ pub(crate) mod tests {
         assert_eq!(rng.below(Duration::ZERO), Duration::ZERO);
     }
 
+    /// A fleet of caches, each seeded as a cache seeds its generator and
+    /// drawing again from it at every refresh: the refresh points stay
+    /// spread at every round. A generator that converges (a `|=` for a `^=`
+    /// in `next`) would line the fleet up after a few refreshes, the herd
+    /// that jitter exists to prevent.
+    #[test]
+    fn a_fleet_drawing_from_one_generator_each_stays_spread() {
+        const CACHES: usize = 64;
+        const REFRESHES: usize = 50;
+        let timing = Timing::default();
+        let started = Instant::now();
+        let expiry = started + SECS(3600);
+        // due 5 minutes early, minus up to 30 s of jitter
+        let (earliest, latest) = (SECS(3270), SECS(3300));
+        let mut fleet: Vec<Rng> = (0..CACHES).map(|_| Rng::new()).collect();
+        let mut per_cache = vec![std::collections::BTreeSet::new(); CACHES];
+        let mut sum = 0.0;
+        for round in 0..REFRESHES {
+            let dues: Vec<Duration> = fleet
+                .iter_mut()
+                .map(|rng| timing.schedule(started, expiry, Duration::ZERO, rng).due_at - started)
+                .collect();
+            let distinct: std::collections::BTreeSet<_> = dues.iter().collect();
+            assert!(distinct.len() >= CACHES - 4, "round {round}: {dues:?}");
+            let span = latest - earliest;
+            let low = dues.iter().filter(|d| **d < earliest + span / 4).count();
+            let high = dues.iter().filter(|d| **d > latest - span / 4).count();
+            assert!(low > 0 && high > 0, "round {round}: bunched {dues:?}");
+            for (seen, due) in per_cache.iter_mut().zip(dues) {
+                assert!(due >= earliest && due <= latest, "{due:?}");
+                sum += (latest - due).as_secs_f64() / span.as_secs_f64();
+                seen.insert(due);
+            }
+        }
+        // Centred in the window, not leaning to one end: a uniform mean of
+        // 3200 draws is 0.5 within 0.03 (six standard deviations), and a
+        // generator that only ORs bits in leans late (0.56 or more).
+        let mean = sum / (CACHES * REFRESHES) as f64;
+        assert!((mean - 0.5).abs() < 0.03, "mean jitter {mean}");
+        for seen in per_cache {
+            assert!(
+                seen.len() >= REFRESHES - 2,
+                "one cache repeats itself: {seen:?}"
+            );
+        }
+
+        // Over a jitter of a few nanoseconds the fleet lands on every point,
+        // both ends included: `below(max)` reaches `max`.
+        let tiny = Timing {
+            jitter: Duration::from_nanos(7),
+            ..Timing::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for rng in &mut fleet {
+            for _ in 0..REFRESHES {
+                let due = tiny.schedule(started, expiry, Duration::ZERO, rng).due_at;
+                seen.insert(SECS(3300) - (due - started));
+            }
+        }
+        let every: std::collections::BTreeSet<_> = (0..=7).map(Duration::from_nanos).collect();
+        assert_eq!(seen, every);
+    }
+
     pub(crate) mod properties {
         use proptest::prelude::*;
 
