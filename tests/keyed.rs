@@ -244,6 +244,8 @@ async fn a_request_without_a_key_passes_untouched_and_an_extension_names_the_key
     request.extensions_mut().insert(TokenKey(5u64));
     let response = client.clone().oneshot(request).await.unwrap();
     assert_eq!(response.into_body(), bearer(5, 1));
+    assert!(!cache.is_empty());
+    assert_eq!(cache.len(), 1);
 
     // The extension wins over the key function.
     let mut request = request_with_key(6);

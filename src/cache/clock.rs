@@ -171,6 +171,7 @@ mod imp {
     /// std's monotonic clock: exact, and what a coarse one would save is
     /// not worth platform code here.
     #[inline]
+    #[cfg_attr(test, mutants::skip)] // never compiled on Linux
     pub(super) fn now() -> u64 {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
         let origin = *ORIGIN.get_or_init(Instant::now);
@@ -182,6 +183,7 @@ mod imp {
         now()
     }
 
+    #[cfg_attr(test, mutants::skip)] // never compiled on Linux
     pub(super) fn resolution() -> Duration {
         Duration::ZERO
     }
@@ -197,6 +199,7 @@ mod imp {
     #[cfg(test)]
     pub(super) use super::super::model::coarse_now as fine_now;
 
+    #[cfg_attr(test, mutants::skip)] // the model check's: docs/mutants.md
     pub(super) fn resolution() -> Duration {
         Duration::ZERO
     }

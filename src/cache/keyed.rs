@@ -857,11 +857,24 @@ mod tests {
     #[tokio::test]
     async fn new_keys_copy_only_the_recent_part_of_the_map() {
         let cache = cache().max_keys(100_000);
+        // A rebuild copies every key into `main` and leaves `recent` empty;
+        // a new key otherwise copies `recent` only.
+        let (mut rebuilds, mut copied) = (0, 0);
         for key in 0..5_000u64 {
             cache.token(&key).await.unwrap();
             let map = cache.inner.map.load();
             assert!(map.recent.len() <= recent_cap(map.main.len()));
+            if map.recent.is_empty() {
+                rebuilds += 1;
+                copied += map.main.len();
+            } else {
+                copied += map.recent.len();
+            }
         }
+        // About 2√n rebuilds, and n·√n copies in all: a rebuild at every
+        // key (a cap of 0) or every other key (1) copies n²/2 and more.
+        assert!(rebuilds <= 200, "{rebuilds} rebuilds");
+        assert!(copied <= 1_000_000, "{copied} slots copied");
         assert_eq!(cache.len(), 5_000);
         let map = cache.inner.map.load();
         assert!(map.main.len() >= 5_000 - recent_cap(5_000));

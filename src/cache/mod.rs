@@ -500,6 +500,19 @@ mod tests {
         TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("t")) })
     }
 
+    #[tokio::test]
+    async fn debug_names_the_parts_and_redacts_the_token() {
+        let cache =
+            TokenCache::new(|| async { Ok::<_, std::io::Error>(Token::new("s3cr3t-value")) });
+        cache.token().await.unwrap();
+        let debug = format!("{cache:?}");
+        assert!(debug.starts_with("TokenCache {"), "{debug}");
+        for field in ["source", "timing", "scheme", "token"] {
+            assert!(debug.contains(&format!("{field}: ")), "{field} in {debug}");
+        }
+        assert!(!debug.contains("s3cr3t"), "the secret leaked: {debug}");
+    }
+
     /// A due token whose background refresh was dropped with its runtime,
     /// before it ran, is refreshed again by the next request.
     #[test]

@@ -632,7 +632,10 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+    use crate::store::memory::MemoryStore;
 
     #[test]
     fn a_record_round_trips_and_rejects_garbage() {
@@ -731,5 +734,37 @@ mod tests {
         let token = Token::new("abc").expires_in(Duration::from_secs(60));
         assert!(Record::of(&token, now, unix, now).is_some());
         assert!(Record::of(&token.bind(&binding), now, unix, now).is_none());
+    }
+
+    /// Replicas of a fleet in one process: each counts its fetches into
+    /// `fetches` and hands out `token-<n>` for an hour.
+    fn replica(store: &Arc<MemoryStore>, fetches: &Arc<AtomicUsize>) -> crate::TokenCache {
+        let fetches = Arc::clone(fetches);
+        crate::TokenCache::new(move || {
+            let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                Ok::<_, std::io::Error>(
+                    Token::new(format!("token-{n}")).expires_in(Duration::from_secs(3600)),
+                )
+            }
+        })
+        .store(Arc::clone(store))
+        .store_identity(StoreIdentity::new("test"))
+    }
+
+    /// A store that answers each operation in 100 ms is used: the default
+    /// op timeout (250 ms) gives it time, and the second replica reads the
+    /// first one's token instead of fetching its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_answering_within_the_default_op_timeout_is_shared() {
+        let store = Arc::new(MemoryStore::answering_after(Duration::from_millis(100)));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let first = replica(&store, &fetches);
+        assert_eq!(first.token().await.unwrap().secret(), "token-1");
+        let second = replica(&store, &fetches);
+        assert_eq!(second.token().await.unwrap().secret(), "token-1");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        let stats = second.stats().store;
+        assert_eq!((stats.hits, stats.timeouts), (1, 0), "{stats:?}");
     }
 }

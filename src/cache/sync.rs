@@ -89,6 +89,7 @@ pub(crate) fn has_time_driver(handle: &Handle) -> bool {
 }
 /// The model's runtimes all time their waits.
 #[cfg(shuttle)]
+#[cfg_attr(test, mutants::skip)] // the model check's: docs/mutants.md
 pub(crate) fn has_time_driver(_: &Handle) -> bool {
     true
 }
@@ -141,6 +142,7 @@ pub(crate) async fn timeout_at_without_runtime<F: std::future::Future>(
     .await
 }
 #[cfg(shuttle)]
+#[cfg_attr(test, mutants::skip)] // the model check's: docs/mutants.md
 pub(crate) async fn timeout_at_without_runtime<F: std::future::Future>(
     at: tokio::time::Instant,
     _now: fn() -> tokio::time::Instant,

@@ -152,6 +152,8 @@
 //! The design and every failure mode are in the repository's
 //! `docs/store.md`.
 
+#[cfg(test)]
+pub(crate) mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "seal")]
@@ -763,5 +765,84 @@ mod identity_tests {
         let key = crate::dpop::ProofKey::generate().unwrap();
         let source = ClientCredentials::new("https://idp.example.com/token", "svc", "s").dpop(key);
         assert!(source.store_identity().is_none());
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn encoded(key: &(impl StoreKey + ?Sized)) -> Vec<u8> {
+        let mut out = Vec::new();
+        key.encode_store_key(&mut out);
+        out
+    }
+
+    /// The encodings are a promise to every process of a fleet, in every
+    /// build: these bytes, exactly.
+    #[test]
+    fn each_encoding_is_the_documented_bytes() {
+        let len = |n: u64| n.to_be_bytes().to_vec();
+        assert_eq!(encoded("ab"), [len(2), b"ab".to_vec()].concat());
+        assert_eq!(encoded(&true), [1]);
+        assert_eq!(encoded(&false), [0]);
+        assert_eq!(encoded(&'é'), 0xe9u32.to_be_bytes());
+        assert_eq!(encoded(&-2i16), [0xff, 0xfe]);
+        assert_eq!(encoded(&None::<u8>), [0]);
+        assert_eq!(encoded(&Some(7u8)), [1, 7]);
+        assert_eq!(encoded(&[3u8, 4][..]), [len(2), vec![3, 4]].concat());
+        assert_eq!(encoded(&vec![3u8, 4]), encoded(&[3u8, 4][..]));
+        assert_eq!(
+            encoded(&(1u8, "a")),
+            [vec![1], len(1), b"a".to_vec()].concat()
+        );
+        assert_eq!(encoded(&(1u8, 2u8, 3u8, 4u8)), [1, 2, 3, 4]);
+        assert_eq!(encoded(&String::from("ab")), encoded("ab"));
+    }
+
+    /// Keys that differ never share bytes, even where a naive encoding
+    /// would run one part into the next.
+    #[test]
+    fn different_keys_encode_differently() {
+        assert_ne!(encoded(&("ab", "c")), encoded(&("a", "bc")));
+        assert_ne!(
+            encoded(&(vec![1u8], vec![2u8])),
+            encoded(&(vec![1u8, 2], Vec::<u8>::new()))
+        );
+        assert_ne!(encoded(&Some(0u8)), encoded(&None::<u8>));
+        assert_ne!(encoded(&('a', 'b')), encoded(&('b', 'a')));
+        assert_ne!(encoded(&(true, false)), encoded(&(false, true)));
+    }
+
+    #[test]
+    fn a_reference_encodes_as_what_it_refers_to() {
+        assert_eq!(encoded(&&"tenant"), encoded("tenant"));
+        assert_eq!(encoded(&&&7u64), encoded(&7u64));
+        assert!(!encoded(&&"tenant").is_empty());
+    }
+
+    #[test]
+    fn a_stored_value_debugs_without_its_bytes() {
+        let stored = Stored {
+            value: b"s3cr3t-record".to_vec(),
+            ttl: Some(Duration::from_secs(7)),
+        };
+        let debug = format!("{stored:?}");
+        assert!(debug.starts_with("Stored {"), "{debug}");
+        assert!(debug.contains("ttl: Some(7s)"), "{debug}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+    }
+
+    #[test]
+    fn a_store_error_keeps_its_cause() {
+        let error = Error::new(std::io::Error::other("connection reset"));
+        assert_eq!(
+            error.source().map(ToString::to_string).as_deref(),
+            Some("connection reset")
+        );
+        assert!(error.to_string().ends_with("connection reset"), "{error}");
     }
 }
