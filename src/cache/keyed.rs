@@ -633,13 +633,9 @@ where
             let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
             writer.mark(epoch, clock::now(), sweep_period(idle));
         }
-        // Again if the runtime of the last sweep is gone.
-        let start = writer.idle_timeout.is_some()
-            && writer.sweeper.as_ref().is_none_or(AbortHandle::is_finished);
         drop(writer);
-        if start {
-            self.start_sweeper();
-        }
+        // Again if the runtime of the last sweep is gone.
+        self.start_sweeper();
         cache
     }
 
@@ -993,6 +989,95 @@ mod tests {
         });
         skew::pass(Duration::from_millis(300));
         assert_eq!(cache.len(), 0);
+    }
+
+    /// A key added between two sweeps drops the keys that turned idle since
+    /// the last one, rather than leaving them to the next.
+    #[test]
+    fn a_new_key_drops_the_keys_idle_since_the_last_sweep() {
+        use super::clock::skew;
+        let cache = cache().idle_timeout(Duration::from_millis(100));
+        let fetch = runtime();
+        fetch.block_on(async {
+            for key in 0..4u64 {
+                cache.token(&key).await.unwrap();
+            }
+        });
+        drop(fetch); // and its sweep task with it
+                     // A sweep just before they turn idle; the next is due at 115 ms.
+        skew::pass(Duration::from_millis(90));
+        cache.inner.sweep();
+        assert_eq!(cache.len(), 4);
+        skew::pass(Duration::from_millis(15));
+        runtime().block_on(cache.token(&10)).unwrap();
+        assert_eq!(cache.len(), 1);
+        assert!(cache.stats(&10).is_some());
+    }
+
+    /// With no request at all, the sweep task alone drops the idle keys:
+    /// one task per cache, however many keys.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_task_drops_idle_keys_while_no_request_comes() {
+        let cache = cache().idle_timeout(Duration::from_secs(60));
+        for key in 0..4u64 {
+            cache.token(&key).await.unwrap();
+        }
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(tasks, 1, "one sweep task");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(cache.inner.map.load().len(), 0);
+    }
+
+    /// A sweep task that went with its runtime is started again on the
+    /// runtime of the next new key.
+    #[test]
+    fn a_new_key_restarts_the_sweep_task_its_runtime_took_away() {
+        let cache = cache().idle_timeout(Duration::from_secs(60));
+        runtime().block_on(cache.token(&0)).unwrap();
+        let paused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        paused.block_on(async {
+            cache.token(&1).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            assert_eq!(cache.inner.map.load().len(), 0);
+        });
+    }
+
+    /// A key goes at the first sweep an idle timeout after its last use,
+    /// even when that use came just before a sweep.
+    #[test]
+    fn a_key_used_just_before_a_sweep_goes_one_timeout_after_that_use() {
+        use super::clock::skew;
+        let cache = cache().idle_timeout(Duration::from_millis(100));
+        let fetch = runtime();
+        fetch.block_on(cache.token(&0)).unwrap();
+        drop(fetch); // and its sweep task with it
+        skew::pass(Duration::from_millis(10));
+        assert!(cache.inner.map.load().fresh(&0, cache.epoch()).is_some());
+        // Sweeps every 25 ms from the use on; the fourth is one timeout
+        // after it.
+        for _ in 0..4 {
+            cache.inner.sweep();
+            assert_eq!(cache.inner.map.load().len(), 1);
+            skew::pass(Duration::from_millis(25));
+        }
+        cache.inner.sweep();
+        assert_eq!(cache.inner.map.load().len(), 0);
+    }
+
+    #[test]
+    fn the_sweep_runs_four_times_per_timeout_between_1_ms_and_a_day() {
+        assert_eq!(
+            sweep_period(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(sweep_period(Duration::ZERO), Duration::from_millis(1));
+        assert_eq!(sweep_period(Duration::MAX), Duration::from_secs(24 * 3600));
     }
 
     /// However many keys are added, the marks stay a few per timeout.
