@@ -1080,6 +1080,26 @@ mod tests {
         assert_eq!(sweep_period(Duration::MAX), Duration::from_secs(24 * 3600));
     }
 
+    /// Within one sweep period only the first mark and the latest are
+    /// kept; a mark a whole period after the one before it stays.
+    #[test]
+    fn a_mark_replaces_the_last_only_while_the_last_two_are_within_a_period() {
+        let cache = cache();
+        let mut writer = cache.inner.lock();
+        let (t0, period) = (Instant::now(), Duration::from_millis(25));
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for (epoch, ms) in [(1, 0), (2, 10), (3, 20), (4, 30), (5, 40), (6, 50), (7, 60)] {
+            writer.mark(epoch, at(ms), period);
+        }
+        let marks = |writer: &Writer<u64>| writer.marks.iter().map(|&(e, _)| e).collect::<Vec<_>>();
+        assert_eq!(marks(&writer), [1, 3, 5, 7]);
+        // 5 (at 40 ms) is exactly a period before 65 ms: no longer recent.
+        writer.mark(8, at(65), period);
+        assert_eq!(marks(&writer), [1, 3, 5, 7, 8]);
+        writer.mark(9, at(70), period);
+        assert_eq!(marks(&writer), [1, 3, 5, 7, 9]);
+    }
+
     /// However many keys are added, the marks stay a few per timeout.
     #[tokio::test(start_paused = true)]
     async fn idle_marks_stay_few() {

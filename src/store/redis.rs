@@ -661,6 +661,28 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 
+    /// A failure to reach Redis keeps its cause; a reply from Redis is
+    /// reduced to its code and kind, since its message may quote a value.
+    #[test]
+    fn a_transport_error_keeps_its_cause_and_a_reply_only_its_kind() {
+        use std::error::Error as _;
+        let io = error(std::io::Error::other("link flapped").into());
+        assert!(
+            io.source()
+                .is_some_and(|s| s.to_string().contains("link flapped")),
+            "{io}"
+        );
+        let reply = error(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected reply",
+            "token-abc".to_owned(),
+        )));
+        assert!(
+            !format!("{reply} {reply:?}").contains("token-abc"),
+            "{reply:?}"
+        );
+    }
+
     /// What Redis Cluster hashes of a key: its first non-empty `{...}`.
     fn hash_tag(key: &str) -> &str {
         let Some(open) = key.find('{') else {

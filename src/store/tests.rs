@@ -160,6 +160,40 @@ async fn stored_token_shows_up(redis: &Redis) -> bool {
     eventually(100, async || exists(redis, &key).await).await
 }
 
+/// What the store writes it reads back, with its expiry: an empty value,
+/// a value that never expires (no TTL), one with a minute left. A value
+/// already expired, or with less than a millisecond left (Redis refuses a
+/// `PX` of 0), is not written, and is no error.
+#[tokio::test]
+async fn values_round_trip_with_their_expiry() {
+    use std::time::SystemTime;
+    let redis = Redis::start();
+    let store = store(&redis);
+    store.write("empty", b"", None).await.unwrap();
+    let read = store.read("empty").await.unwrap().expect("an empty value");
+    assert!(read.value.is_empty());
+    assert_eq!(read.ttl, None, "no expiry");
+
+    let minute = SystemTime::now() + Duration::from_secs(60);
+    store.write("minute", b"v", Some(minute)).await.unwrap();
+    let read = store.read("minute").await.unwrap().unwrap();
+    assert_eq!(read.value, b"v");
+    let ttl = read.ttl.expect("a TTL");
+    assert!(
+        ttl > Duration::from_secs(55) && ttl <= Duration::from_secs(60),
+        "{ttl:?}"
+    );
+
+    let now = SystemTime::now();
+    for (key, at) in [
+        ("soon", now + Duration::from_micros(900)),
+        ("past", now - Duration::from_secs(1)),
+    ] {
+        store.write(key, b"v", Some(at)).await.unwrap();
+        assert!(store.read(key).await.unwrap().is_none(), "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_token() {
     let redis = Redis::start();
