@@ -1117,6 +1117,20 @@ mod tests {
         );
     }
 
+    /// Lowering `max_keys` on a cache that holds more keys: the next new
+    /// key brings it down to the new bound at once, not one batch at a time.
+    #[tokio::test]
+    async fn a_lowered_bound_holds_from_the_next_new_key() {
+        let cache = cache();
+        for key in 0..100u64 {
+            cache.token(&key).await.unwrap();
+        }
+        let cache = cache.max_keys(10);
+        cache.token(&1000).await.unwrap();
+        assert_eq!(cache.len(), 10);
+        assert!(cache.stats(&1000).is_some());
+    }
+
     #[tokio::test]
     async fn setters_reach_every_key() {
         let cache = cache();

@@ -373,10 +373,9 @@ impl RedisStore {
         };
         let result = job(&mut conn).await;
         if let (Err(error), Some(current)) = (&result, current) {
-            if error.is_connection_dropped()
-                || error.is_io_error()
-                || error.is_unrecoverable_error()
-            {
+            // An I/O error covers a dropped connection too (redis-rs 1.8:
+            // every error that carries an `io::Error` is of kind `Io`).
+            if error.is_io_error() || error.is_unrecoverable_error() {
                 // Connect again next time.
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
@@ -439,11 +438,10 @@ async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Arc<d
 /// A redis-rs error as a [`Error`], with no value in it: a type
 /// error's message quotes the response, which may hold a token.
 fn error(error: redis::RedisError) -> Error {
-    if error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-    {
+    // A timeout, a refusal and a dropped connection are I/O errors too
+    // (redis-rs 1.8: every error that carries an `io::Error` is of kind
+    // `Io`), and none quotes a reply.
+    if error.is_io_error() {
         return Error::new(error);
     }
     Error::new(match error.code() {

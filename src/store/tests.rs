@@ -184,6 +184,16 @@ async fn values_round_trip_with_their_expiry() {
         "{ttl:?}"
     );
 
+    // Deleted only while the value is the one named.
+    let other = super::fingerprint(b"w");
+    assert!(!store.delete_if("minute", &other).await.unwrap());
+    assert!(store.read("minute").await.unwrap().is_some());
+    assert!(store
+        .delete_if("minute", &super::fingerprint(b"v"))
+        .await
+        .unwrap());
+    assert!(store.read("minute").await.unwrap().is_none());
+
     let now = SystemTime::now();
     for (key, at) in [
         ("soon", now + Duration::from_micros(900)),
