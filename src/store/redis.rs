@@ -670,6 +670,14 @@ mod tests {
                 .is_some_and(|s| s.to_string().contains("link flapped")),
             "{io}"
         );
+        // What `run` and `error` lean on: redis-rs files a timeout, a
+        // refusal and a dropped connection under I/O.
+        use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset, TimedOut};
+        for kind in [TimedOut, ConnectionRefused, BrokenPipe, ConnectionReset] {
+            let cause = redis::RedisError::from(std::io::Error::from(kind));
+            assert!(cause.is_io_error(), "{kind:?}");
+            assert!(error(cause).source().is_some(), "{kind:?}");
+        }
         let reply = error(redis::RedisError::from((
             redis::ErrorKind::Parse,
             "unexpected reply",
