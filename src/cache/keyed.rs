@@ -1131,6 +1131,35 @@ mod tests {
         assert!(cache.stats(&1000).is_some());
     }
 
+    /// Dropping the last handle ends the sweep task at once, not at its
+    /// next tick.
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_cache_ends_its_sweep_task() {
+        let cache = cache().idle_timeout(Duration::from_secs(3600));
+        cache.token(&1).await.unwrap();
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        assert_eq!(tasks(), 1);
+        drop(cache);
+        tokio::task::yield_now().await;
+        assert_eq!(tasks(), 0);
+    }
+
+    #[tokio::test]
+    async fn debug_names_the_settings_and_no_token() {
+        let cache = cache().max_keys(7);
+        cache.token(&1).await.unwrap();
+        let debug = format!("{cache:?}");
+        assert!(debug.starts_with("KeyedTokenCache {"), "{debug}");
+        for field in ["keys: 1", "max_keys: 7", "idle_timeout: None", "timing: "] {
+            assert!(debug.contains(field), "{field} in {debug}");
+        }
+        assert!(!debug.contains("key-1"), "a token in {debug}");
+    }
+
     #[tokio::test]
     async fn setters_reach_every_key() {
         let cache = cache();

@@ -59,6 +59,7 @@ impl FetchSpan {
     }
 
     #[cfg(not(feature = "tracing"))]
+    #[cfg_attr(test, mutants::skip)] // built only without `tracing`: docs/mutants.md
     #[inline]
     pub(crate) fn instrument<F: std::future::Future>(&self, fetch: F) -> F {
         fetch

@@ -608,16 +608,23 @@ impl TokenStore for RedisStore {
 
     fn now(&self) -> SystemTime {
         #[cfg(test)]
-        if self.skew_ms != 0 {
-            let skew = Duration::from_millis(self.skew_ms.unsigned_abs());
-            let now = SystemTime::now();
-            return if self.skew_ms > 0 {
-                now + skew
-            } else {
-                now - skew
-            };
-        }
+        return self.skewed_now();
+        #[cfg(not(test))]
         SystemTime::now()
+    }
+}
+
+#[cfg(test)]
+impl RedisStore {
+    /// The system clock moved by the skew of [`skewed`](Self::skewed).
+    fn skewed_now(&self) -> SystemTime {
+        let skew = Duration::from_millis(self.skew_ms.unsigned_abs());
+        let now = SystemTime::now();
+        if self.skew_ms >= 0 {
+            now + skew
+        } else {
+            now - skew
+        }
     }
 }
 
@@ -652,6 +659,10 @@ mod tests {
         let debug = format!("{store:?}");
         assert!(
             !debug.contains("hunter2") && !debug.contains("redis.internal"),
+            "{debug}"
+        );
+        assert!(
+            debug.starts_with("RedisStore {") && debug.contains("connection: \"url\""),
             "{debug}"
         );
         let error = RedisStore::new("redis://user:hunter2@[bad/").unwrap_err();
@@ -730,5 +741,7 @@ mod tests {
             debug.contains("<redacted>") && !debug.contains("42"),
             "{debug}"
         );
+        let key = super::super::SealKey::new([42; 32]);
+        assert_eq!(format!("{key:?}"), "SealKey(<redacted>)");
     }
 }
