@@ -375,8 +375,43 @@ async fn a_keyed_cache_labels_its_spans_and_events_with_the_key_never_the_token(
         .map(|e| e.field("key").unwrap())
         .collect();
     assert_eq!(keys, ["tenant acme", "tenant globex"]);
+
+    // A third tenant with room for one key: the other two go, each said.
+    let cache = cache.max_keys(1);
+    let request = Request::get("/")
+        .header("x-tenant", "initech")
+        .body(())
+        .unwrap();
+    client.clone().oneshot(request).await.unwrap();
+    assert_eq!(cache.len(), 1);
+    let dropped = recorder.events("keyed token cache dropped a key");
+    let mut keys: Vec<_> = dropped.iter().map(|e| e.field("key").unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["tenant acme", "tenant globex"]);
+    assert!(dropped
+        .iter()
+        .all(|e| e.field("reason") == Some("max_keys")));
     recorder.assert_never_shows("secret-token");
     recorder.assert_never_shows("client-secret");
+}
+
+/// Fresh tokens rejected twice in a row: the second rejection pauses
+/// fetches, and says so once, with the pause.
+#[tokio::test(start_paused = true)]
+async fn fresh_tokens_rejected_again_pause_fetches_with_a_warning() {
+    let (recorder, _guard) = record();
+    let script = Script::new(None, Duration::ZERO);
+    let cache = script.cache();
+    let rejected = Rejected::default();
+    let client = client_over(cache.clone(), echo_after(rejected.clone(), Duration::ZERO));
+    for token in ["token-1", "token-2"] {
+        rejected.lock().unwrap().push(format!("Bearer {token}"));
+        assert_eq!(send(&client).await.unwrap().0, StatusCode::UNAUTHORIZED);
+    }
+    let paced = recorder.events("the resource keeps rejecting fresh tokens");
+    assert_eq!(paced.len(), 1);
+    assert!(paced[0].field("retry_in").is_some(), "{paced:?}");
+    recorder.assert_never_shows("token-2");
 }
 
 /// `RetryOnUnauthorized` inside the bearer layer (the wrong order) is said once, as
