@@ -217,3 +217,41 @@ impl<S: fmt::Debug> fmt::Debug for Sealed<S> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn sealed() -> (Sealed<Arc<MemoryStore>>, Arc<MemoryStore>) {
+        let plain = Arc::new(MemoryStore::default());
+        let sealed = Sealed::new(Arc::clone(&plain), SealKey::new([7; 32]));
+        (sealed, plain)
+    }
+
+    /// A 401 deletes the token it names and no other: the fingerprint is
+    /// of the plaintext, which only the sealed store can compare.
+    #[tokio::test]
+    async fn delete_if_deletes_only_the_value_named() {
+        let (store, plain) = sealed();
+        store.write("k", b"token-2", None).await.unwrap();
+        assert_ne!(plain.value("k").unwrap(), b"token-2", "sealed at rest");
+        assert!(!store
+            .delete_if("k", &fingerprint(b"token-1"))
+            .await
+            .unwrap());
+        let read = store.read("k").await.unwrap().expect("still stored");
+        assert_eq!(read.value, b"token-2");
+        assert!(store
+            .delete_if("k", &fingerprint(b"token-2"))
+            .await
+            .unwrap());
+        assert!(store.read("k").await.unwrap().is_none());
+        assert!(!store
+            .delete_if("k", &fingerprint(b"token-2"))
+            .await
+            .unwrap());
+    }
+}
