@@ -290,6 +290,15 @@ impl Limit {
         }
     }
 
+    /// The earlier of the two.
+    pub(crate) fn min(self, other: Self) -> Self {
+        match (self, other) {
+            (Limit::At(a), Limit::At(b)) => Limit::At(a.min(b)),
+            (Limit::At(at), Limit::Never) | (Limit::Never, Limit::At(at)) => Limit::At(at),
+            (Limit::Never, Limit::Never) => Limit::Never,
+        }
+    }
+
     /// Whether `now` is at or past it.
     pub(crate) fn reached(self, now: Instant) -> bool {
         match self {

@@ -370,13 +370,20 @@ impl Shared {
             // once this one has sat unpolled a while; the grace keeps
             // runtimes that all start at once from replacing each other's.
             let grace = (flight.timeout / 10).min(UNPOLLED_GRACE);
-            let elsewhere = now.saturating_duration_since(flight.started) >= grace
-                && Handle::try_current()
-                    .is_ok_and(|runtime| sync::runtime_id(&runtime) != flight.runtime);
-            if elsewhere || flight.deadline.reached(now) {
+            let graced = now.saturating_duration_since(flight.started) >= grace;
+            let elsewhere = Handle::try_current()
+                .is_ok_and(|runtime| sync::runtime_id(&runtime) != flight.runtime);
+            if (elsewhere && graced) || flight.deadline.reached(now) {
                 let id = flight.id;
                 self.replace_unstarted(refresh, id);
                 return None;
+            }
+            if elsewhere {
+                // Wait out the grace only: then the waiter ends the fetch
+                // (`stall`) and starts its own.
+                let mut watch = flight.watch();
+                watch.deadline = watch.deadline.min(Limit::after(flight.started, grace));
+                return Some(watch);
             }
         }
         if flight.deadline.reached(now) {

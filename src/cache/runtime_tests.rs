@@ -578,6 +578,60 @@ fn a_refresh_that_never_ran_is_replaced_at_once_from_another_runtime() {
     assert_eq!(script.fetches(), 2);
 }
 
+/// The grace before another runtime replaces a fetch that has not begun
+/// is a tenth of the fetch timeout when that is under the 1 s cap.
+#[test]
+fn a_short_fetch_timeout_shortens_the_grace_before_a_replacement() {
+    let script = Scripted::new(Next::Token(2 * SECOND));
+    let cache = script.cache().fetch_timeout(2 * SECOND); // a 200 ms grace
+    let client = client(&cache);
+    let app = paused();
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
+
+    let helper = current_thread();
+    skew::pass(1200 * MS);
+    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
+
+    // Expired, and the refresh unpolled for 900 ms: past 200 ms, not 1 s.
+    skew::pass(900 * MS);
+    let waited = app.block_on(async {
+        let start = tokio::time::Instant::now();
+        assert_eq!(send(&client).await, Ok("Bearer token-2".into()));
+        start.elapsed()
+    });
+    assert!(
+        waited < 100 * MS,
+        "waited {waited:?} for a fetch past its grace"
+    );
+    assert_eq!(script.fetches(), 2);
+}
+
+/// Within the grace, a request on another runtime waits for the fetch that
+/// has not begun (its runtime may be about to run it), and replaces it only
+/// when the grace is over.
+#[test]
+fn within_the_grace_another_runtime_waits_before_replacing() {
+    let script = Scripted::new(Next::Token(2 * SECOND));
+    let cache = script.cache(); // a 10 s fetch timeout: a 1 s grace
+    let client = client(&cache);
+    let app = paused();
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
+
+    let helper = current_thread();
+    skew::pass(1200 * MS);
+    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
+
+    // Expired, and the refresh unpolled for 900 ms of its 1 s grace.
+    skew::pass(900 * MS);
+    let waited = app.block_on(async {
+        let start = tokio::time::Instant::now();
+        assert_eq!(send(&client).await, Ok("Bearer token-2".into()));
+        start.elapsed()
+    });
+    assert!(waited >= 100 * MS, "replaced {waited:?} into the wait");
+    assert_eq!(script.fetches(), 2);
+}
+
 /// Item 3: a request outside any runtime that waits on a fetch stalled on
 /// an idle runtime returns within the fetch timeout, with a typed error.
 #[test]
