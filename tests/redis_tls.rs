@@ -172,6 +172,44 @@ async fn a_server_that_asks_for_a_client_certificate_gets_ours() {
     assert_eq!(b.stats().store.hits, 1, "{:?}", b.stats().store);
 }
 
+/// The application's own rustls config, used as it is: its provider and
+/// its roots (here, the test CA alone).
+#[cfg(feature = "aws-lc-rs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_s_own_tls_config_is_used_as_it_is() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let pki = Pki::new("own-config");
+    let redis = RedisServer::start_tls(&pki.files(false), &[]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let config = Arc::new(config);
+    let store = || {
+        RedisStore::new(redis.url())
+            .unwrap()
+            .tls_config(Arc::clone(&config))
+            .unwrap()
+            .op_timeout(Duration::from_secs(1))
+    };
+    let idp = Idp::default();
+    let (a, b) = (idp.cache(store()), idp.cache(store()));
+    let token = a.token().await.unwrap();
+    assert_eq!(b.token().await.unwrap().secret(), token.secret());
+    assert_eq!(b.stats().store.hits, 1, "{:?}", b.stats().store);
+    assert_eq!(a.stats().store.errors + b.stats().store.errors, 0);
+}
+
 #[test]
 fn tls_settings_are_checked_when_given_and_never_quote_a_secret() {
     let pki = Pki::new("settings");

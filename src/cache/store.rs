@@ -713,6 +713,15 @@ mod tests {
         // The cap itself is fine.
         let cap = 999_000 + MAX_LIFETIME.as_millis() as u64;
         assert!(record(999_000, Some(cap)).anchor(now, unix, ttl).is_some());
+        // The cap is the 365 days documented (that of `ClientCredentials`).
+        let days = |n: u64| 999_000 + n * 24 * 3600 * 1000;
+        assert!(record(999_000, Some(days(365)))
+            .anchor(now, unix, ttl)
+            .is_some());
+        assert_eq!(
+            record(999_000, Some(days(366))).anchor(now, unix, ttl),
+            None
+        );
     }
 
     #[test]
