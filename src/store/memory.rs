@@ -1,10 +1,10 @@
 //! A [`TokenStore`] in memory, for the unit tests that inject faults a real
 //! Redis cannot be made to show on cue: a store that answers late, writes
-//! that fail, leases that are never granted. Leases expire on tokio's
+//! that fail. Leases expire on tokio's
 //! clock, so the paused clock drives them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -21,8 +21,6 @@ pub(crate) struct MemoryStore {
     delay: Duration,
     /// How many of the next writes fail.
     failing_writes: AtomicU32,
-    /// Whether a lease is ever granted.
-    no_leases: AtomicBool,
 }
 
 impl MemoryStore {
@@ -39,19 +37,9 @@ impl MemoryStore {
         self.failing_writes.store(writes, Ordering::SeqCst);
     }
 
-    /// Makes every lease asked for from now on refused.
-    pub(crate) fn refuse_leases(&self) {
-        self.no_leases.store(true, Ordering::SeqCst);
-    }
-
     /// The value stored under `key`.
     pub(crate) fn value(&self, key: &str) -> Option<Vec<u8>> {
         self.values.lock().unwrap().get(key).cloned()
-    }
-
-    /// Every key with a value.
-    pub(crate) fn keys(&self) -> Vec<String> {
-        self.values.lock().unwrap().keys().cloned().collect()
     }
 
     fn answer<'a, T: Send + 'a>(&'a self, result: Result<T, Error>) -> StoreFuture<'a, T> {
@@ -95,7 +83,7 @@ impl TokenStore for MemoryStore {
 
     fn lease<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
         let now = Instant::now();
-        let granted = !self.no_leases.load(Ordering::SeqCst) && {
+        let granted = {
             let mut leases = self.leases.lock().unwrap();
             let free = leases
                 .get(key)

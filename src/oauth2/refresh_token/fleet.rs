@@ -349,7 +349,6 @@ fn unix_ms(time: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::convert::Infallible;
     use std::sync::Mutex;
 
@@ -358,54 +357,9 @@ mod tests {
     use http_body_util::{BodyExt, Full};
 
     use super::*;
-    use crate::store::{Fingerprint, SealKey, Stored};
+    use crate::store::memory::MemoryStore;
+    use crate::store::SealKey;
     use crate::TokenSource;
-
-    /// A store in memory whose first `failing` writes fail.
-    #[derive(Default)]
-    struct Flaky {
-        values: Mutex<HashMap<String, Vec<u8>>>,
-        failing: Mutex<u32>,
-    }
-
-    impl TokenStore for Flaky {
-        fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Stored>> {
-            let value = self.values.lock().unwrap().get(key).cloned();
-            Box::pin(async move { Ok(value.map(|value| Stored { value, ttl: None })) })
-        }
-
-        fn write<'a>(
-            &'a self,
-            key: &'a str,
-            value: &'a [u8],
-            _: Option<SystemTime>,
-        ) -> StoreFuture<'a, ()> {
-            let mut failing = self.failing.lock().unwrap();
-            let result = if *failing > 0 {
-                *failing -= 1;
-                Err(crate::store::Error::new("injected"))
-            } else {
-                self.values
-                    .lock()
-                    .unwrap()
-                    .insert(key.into(), value.to_vec());
-                Ok(())
-            };
-            Box::pin(async move { result })
-        }
-
-        fn lease<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> StoreFuture<'a, bool> {
-            Box::pin(async { Ok(true) })
-        }
-
-        fn release<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
-            Box::pin(async { Ok(()) })
-        }
-
-        fn delete_if<'a>(&'a self, _: &'a str, _: &'a Fingerprint) -> StoreFuture<'a, bool> {
-            Box::pin(async { Ok(false) })
-        }
-    }
 
     #[tokio::test]
     async fn a_failed_write_is_tried_again_so_the_next_replica_has_the_rotation() {
@@ -433,8 +387,8 @@ mod tests {
                 }
             })
         };
-        let store = Arc::new(Flaky::default());
-        *store.failing.lock().unwrap() = WRITE_ATTEMPTS - 1;
+        let store = Arc::new(MemoryStore::default());
+        store.fail_writes(WRITE_ATTEMPTS - 1);
         let replica = || {
             RefreshToken::new("https://idp.example.com/token", "app", "s", "rt-0")
                 .http_client(idp.clone())
