@@ -237,8 +237,13 @@ impl Waiter {
                 None => {
                     let now = clock::now();
                     if self.watch.deadline.reached(now) {
-                        // Its own runtime did not end it in time: end it here.
-                        self.shared.stall(self.watch.id, now);
+                        // Its own runtime did not end it in time: end it
+                        // here. A fetch that began since (the deadline was
+                        // the grace of one that had not) goes on: wait for
+                        // its own deadline.
+                        if let Some(deadline) = self.shared.stall(self.watch.id, now) {
+                            self.watch.deadline = deadline;
+                        }
                         continue;
                     }
                     return Err(TokenError::timeout(self.timeout));
@@ -514,10 +519,12 @@ impl Shared {
     }
 
     /// A waiter saw the deadline of fetch `id` pass: end it, if nothing else
-    /// has.
-    fn stall(&self, id: u64, now: Instant) {
+    /// has. The deadline of the fetch if it goes on.
+    fn stall(&self, id: u64, now: Instant) -> Option<Limit> {
         let mut refresh = self.lock();
         self.stall_locked(&mut refresh, id, now);
+        let flight = refresh.flight.as_ref().filter(|flight| flight.id == id)?;
+        Some(flight.deadline)
     }
 
     fn stall_locked(&self, refresh: &mut Refresh, id: u64, now: Instant) {

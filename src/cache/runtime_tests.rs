@@ -632,6 +632,48 @@ fn within_the_grace_another_runtime_waits_before_replacing() {
     assert_eq!(script.fetches(), 2);
 }
 
+/// A request that waits out the grace of a fetch that had not begun, which
+/// then begins (its runtime ran it meanwhile) and hangs: the request waits
+/// for that fetch's own deadline, and ends with its timeout, without
+/// spinning on the grace that has passed.
+#[test]
+fn a_fetch_that_begins_within_the_grace_is_waited_for_until_its_deadline() {
+    let script = Scripted::new(Next::Token(2 * SECOND));
+    let cache = script.cache(); // a 10 s fetch timeout: a 1 s grace
+    let client = client(&cache);
+    let app = paused();
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
+
+    script.set(Next::Hang);
+    let helper = current_thread();
+    skew::pass(1200 * MS);
+    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
+
+    skew::pass(900 * MS); // expired, 900 ms into the grace
+    let result = app.block_on(async {
+        let mut request = std::pin::pin!(send(&client));
+        std::future::poll_fn(|cx| {
+            assert!(request.as_mut().poll(cx).is_pending(), "waits");
+            std::task::Poll::Ready(())
+        })
+        .await;
+        // The helper runs the fetch, which begins and hangs.
+        std::thread::scope(|scope| {
+            scope.spawn(|| helper.block_on(tokio::task::yield_now()));
+        });
+        assert_eq!(script.fetches(), 2);
+        let start = tokio::time::Instant::now();
+        (request.await, start.elapsed())
+    });
+    assert_eq!(result.0, Err(TokenErrorKind::Timeout));
+    assert!(
+        result.1 > 5 * SECOND,
+        "gave up {:?} before the deadline",
+        result.1
+    );
+    assert_eq!(script.fetches(), 2);
+}
+
 /// Item 3: a request outside any runtime that waits on a fetch stalled on
 /// an idle runtime returns within the fetch timeout, with a typed error.
 #[test]
