@@ -833,6 +833,23 @@ async fn a_rejection_after_a_while_refetches_at_once() {
     assert_eq!(script.fetches(), fetches + 2);
 }
 
+/// "Soon after its fetch" is a tenth of a short token's lifetime (under the
+/// 5 s cap): tokens of 10 s each rejected 2 s into their life are revoked
+/// ones, each fetched again at once, never paced.
+#[tokio::test(start_paused = true)]
+async fn a_short_token_rejected_past_a_tenth_of_its_life_is_not_paced() {
+    let script = Scripted::new(Next::Token(10 * SECOND));
+    let cache = script.cache();
+    for n in 1..=4 {
+        let token = cache.token().await.unwrap();
+        assert_eq!(token.secret(), format!("token-{n}"));
+        tokio::time::advance(2 * SECOND).await;
+        assert!(cache.shared().unauthorized(token.generation));
+    }
+    cache.token().await.unwrap();
+    assert_eq!(script.fetches(), 5);
+}
+
 /// Item 1 as a sync facade drives it: a `block_on` per request, on two
 /// current_thread runtimes sharing the cache, against a resource that
 /// rejects every token; real time passes between requests (the skew).

@@ -745,6 +745,15 @@ mod tests {
         assert!(Record::of(&token.bind(&binding), now, unix, now).is_none());
     }
 
+    #[test]
+    fn a_binding_debugs_whether_it_has_a_store_and_its_identity() {
+        let binding = Binding::default();
+        let debug = format!("{binding:?}");
+        assert!(debug.starts_with("Store {"), "{debug}");
+        assert!(debug.contains("store: false"), "{debug}");
+        assert!(debug.contains("identity: "), "{debug}");
+    }
+
     /// Replicas of a fleet in one process: each counts its fetches into
     /// `fetches` and hands out `token-<n>` for an hour.
     fn replica(store: &Arc<MemoryStore>, fetches: &Arc<AtomicUsize>) -> crate::TokenCache {
