@@ -225,3 +225,52 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_stats_add_up_field_by_field() {
+        let one = StoreStats {
+            hits: 1,
+            misses: 2,
+            leases_won: 3,
+            leases_lost: 4,
+            waits: 5,
+            errors: 6,
+            timeouts: 7,
+            fallbacks: 8,
+        };
+        let mut sum = one;
+        sum += StoreStats {
+            hits: 10,
+            misses: 20,
+            leases_won: 30,
+            leases_lost: 40,
+            waits: 50,
+            errors: 60,
+            timeouts: 70,
+            fallbacks: 80,
+        };
+        assert_eq!(
+            sum,
+            StoreStats {
+                hits: 11,
+                misses: 22,
+                leases_won: 33,
+                leases_lost: 44,
+                waits: 55,
+                errors: 66,
+                timeouts: 77,
+                fallbacks: 88,
+            }
+        );
+        let mut total = Stats::default();
+        total += Stats {
+            store: one,
+            ..Stats::default()
+        };
+        assert_eq!(total.store, one);
+    }
+}

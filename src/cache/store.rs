@@ -745,6 +745,35 @@ mod tests {
         assert!(Record::of(&token.bind(&binding), now, unix, now).is_none());
     }
 
+    /// A lease holder that never writes (its process died mid-fetch): a
+    /// waiting replica gives up at its fetch timeout and fetches alone,
+    /// long before the lease lapses.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_lease_holder_is_waited_for_only_until_the_fetch_timeout() {
+        let store = Arc::new(MemoryStore::default());
+        let key = StoreIdentity::new("test").key(None);
+        let hour = Duration::from_secs(3600);
+        assert!(store.lease(&key, "ghost", hour).await.unwrap());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let cache = replica(&store, &fetches).fetch_timeout(Duration::from_secs(2));
+        let start = Instant::now();
+        assert_eq!(cache.token().await.unwrap().secret(), "token-1");
+        let waited = start.elapsed();
+        let expected = Duration::from_secs(2)..Duration::from_secs(3);
+        assert!(expected.contains(&waited), "waited {waited:?}");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(store.value(&key).is_some(), "the token is shared");
+    }
+
+    /// Two replicas never share a lease owner (a shared one would let both
+    /// hold the lease).
+    #[test]
+    fn lease_owners_are_random_and_distinct() {
+        let owners: std::collections::HashSet<String> = (0..100).map(|_| lease_owner()).collect();
+        assert_eq!(owners.len(), 100);
+        assert!(owners.iter().all(|o| o.len() == 32), "{owners:?}");
+    }
+
     #[test]
     fn a_binding_debugs_whether_it_has_a_store_and_its_identity() {
         let binding = Binding::default();
