@@ -83,6 +83,17 @@ impl Drop for Pki {
     }
 }
 
+/// Two replicas, each with a store of `store`, share one token: one fetch,
+/// the second replica's read a hit, no store error.
+async fn two_replicas_share_one_token(idp: &Idp, store: impl Fn() -> RedisStore) {
+    let (a, b) = (idp.cache(store()), idp.cache(store()));
+    let token = a.token().await.unwrap();
+    assert_eq!(b.token().await.unwrap().secret(), token.secret());
+    assert_eq!(idp.fetches(), 1, "shared over TLS");
+    assert_eq!(b.stats().store.hits, 1, "{:?}", b.stats().store);
+    assert_eq!(a.stats().store.errors + b.stats().store.errors, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_over_tls_as_an_acl_user_trusting_the_given_ca() {
     let pki = Pki::new("share");
@@ -98,13 +109,7 @@ async fn replicas_share_over_tls_as_an_acl_user_trusting_the_given_ca() {
             .unwrap()
             .op_timeout(Duration::from_secs(1))
     };
-    let idp = Idp::default();
-    let (a, b) = (idp.cache(store()), idp.cache(store()));
-    let token = a.token().await.unwrap();
-    assert_eq!(b.token().await.unwrap().secret(), token.secret());
-    assert_eq!(idp.fetches(), 1, "shared over TLS");
-    assert_eq!(b.stats().store.hits, 1);
-    assert_eq!(a.stats().store.errors + b.stats().store.errors, 0);
+    two_replicas_share_one_token(&Idp::default(), store).await;
     // Never a process-level provider: the application's choice, not ours.
     assert!(
         rustls::crypto::CryptoProvider::get_default().is_none(),
@@ -166,10 +171,7 @@ async fn a_server_that_asks_for_a_client_certificate_gets_ours() {
             .unwrap()
             .op_timeout(Duration::from_secs(1))
     };
-    let (a, b) = (idp.cache(with()), idp.cache(with()));
-    let token = a.token().await.unwrap();
-    assert_eq!(b.token().await.unwrap().secret(), token.secret());
-    assert_eq!(b.stats().store.hits, 1, "{:?}", b.stats().store);
+    two_replicas_share_one_token(&Idp::default(), with).await;
 }
 
 /// The application's own rustls config, used as it is: its provider and
@@ -202,12 +204,7 @@ async fn the_application_s_own_tls_config_is_used_as_it_is() {
             .unwrap()
             .op_timeout(Duration::from_secs(1))
     };
-    let idp = Idp::default();
-    let (a, b) = (idp.cache(store()), idp.cache(store()));
-    let token = a.token().await.unwrap();
-    assert_eq!(b.token().await.unwrap().secret(), token.secret());
-    assert_eq!(b.stats().store.hits, 1, "{:?}", b.stats().store);
-    assert_eq!(a.stats().store.errors + b.stats().store.errors, 0);
+    two_replicas_share_one_token(&Idp::default(), store).await;
 }
 
 #[test]

@@ -962,19 +962,24 @@ mod tests {
         assert!(cache.stats(&0).is_some());
     }
 
+    /// A cache with a 100 ms idle timeout, and `keys` added on a runtime
+    /// that is gone now, and its sweep task with it.
+    fn keys_added_on_a_runtime_now_gone(keys: std::ops::Range<u64>) -> KeyedTokenCache<u64> {
+        let cache = cache().idle_timeout(Duration::from_millis(100));
+        runtime().block_on(async {
+            for key in keys {
+                cache.token(&key).await.unwrap();
+            }
+        });
+        cache
+    }
+
     /// A runtime without a time driver gets no sweep task (whose timer
     /// would panic); lookups sweep instead.
     #[test]
     fn idle_keys_go_on_a_runtime_without_timers() {
         use super::clock::skew;
-        let cache = cache().idle_timeout(Duration::from_millis(100));
-        let fetch = runtime();
-        fetch.block_on(async {
-            for key in 0..4u64 {
-                cache.token(&key).await.unwrap();
-            }
-        });
-        drop(fetch); // and its sweep task with it
+        let cache = keys_added_on_a_runtime_now_gone(0..4);
         let timeless = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -996,15 +1001,8 @@ mod tests {
     #[test]
     fn a_new_key_drops_the_keys_idle_since_the_last_sweep() {
         use super::clock::skew;
-        let cache = cache().idle_timeout(Duration::from_millis(100));
-        let fetch = runtime();
-        fetch.block_on(async {
-            for key in 0..4u64 {
-                cache.token(&key).await.unwrap();
-            }
-        });
-        drop(fetch); // and its sweep task with it
-                     // A sweep just before they turn idle; the next is due at 115 ms.
+        let cache = keys_added_on_a_runtime_now_gone(0..4);
+        // A sweep just before they turn idle; the next is due at 115 ms.
         skew::pass(Duration::from_millis(90));
         cache.inner.sweep();
         assert_eq!(cache.len(), 4);
@@ -1053,10 +1051,7 @@ mod tests {
     #[test]
     fn a_key_used_just_before_a_sweep_goes_one_timeout_after_that_use() {
         use super::clock::skew;
-        let cache = cache().idle_timeout(Duration::from_millis(100));
-        let fetch = runtime();
-        fetch.block_on(cache.token(&0)).unwrap();
-        drop(fetch); // and its sweep task with it
+        let cache = keys_added_on_a_runtime_now_gone(0..1);
         skew::pass(Duration::from_millis(10));
         assert!(cache.inner.map.load().fresh(&0, cache.epoch()).is_some());
         // Sweeps every 25 ms from the use on; the fourth is one timeout

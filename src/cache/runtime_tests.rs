@@ -578,31 +578,46 @@ fn a_refresh_that_never_ran_is_replaced_at_once_from_another_runtime() {
     assert_eq!(script.fetches(), 2);
 }
 
+/// Token-1 (2 s) fetched on a paused runtime, then a refresh spawned at
+/// 1.2 s on a helper runtime that is never driven again (its task has not
+/// begun; it will do `refresh`), then 900 ms more: expired, and the refresh
+/// unpolled for 900 ms. The helper runtime is returned, to run the refresh
+/// later.
+fn refresh_parked_for_900_ms(
+    script: &Scripted,
+    cache: &TokenCache,
+    refresh: Next,
+) -> (Echo, Runtime, Runtime) {
+    let client = client(cache);
+    let app = paused();
+    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
+    script.set(refresh);
+    let helper = current_thread();
+    skew::pass(1200 * MS);
+    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
+    skew::pass(900 * MS);
+    (client, app, helper)
+}
+
+/// What a request on `app` got, and how long it took on `app`'s clock.
+fn timed_send(app: &Runtime, client: &Echo) -> (Result<String, TokenErrorKind>, Duration) {
+    app.block_on(async {
+        let start = tokio::time::Instant::now();
+        (send(client).await, start.elapsed())
+    })
+}
+
 /// The grace before another runtime replaces a fetch that has not begun
 /// is a tenth of the fetch timeout when that is under the 1 s cap.
 #[test]
 fn a_short_fetch_timeout_shortens_the_grace_before_a_replacement() {
     let script = Scripted::new(Next::Token(2 * SECOND));
     let cache = script.cache().fetch_timeout(2 * SECOND); // a 200 ms grace
-    let client = client(&cache);
-    let app = paused();
-    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
-
-    let helper = current_thread();
-    skew::pass(1200 * MS);
-    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
-
-    // Expired, and the refresh unpolled for 900 ms: past 200 ms, not 1 s.
-    skew::pass(900 * MS);
-    let waited = app.block_on(async {
-        let start = tokio::time::Instant::now();
-        assert_eq!(send(&client).await, Ok("Bearer token-2".into()));
-        start.elapsed()
-    });
-    assert!(
-        waited < 100 * MS,
-        "waited {waited:?} for a fetch past its grace"
-    );
+    let (client, app, _helper) =
+        refresh_parked_for_900_ms(&script, &cache, Next::Token(2 * SECOND));
+    let (sent, waited) = timed_send(&app, &client);
+    assert_eq!(sent, Ok("Bearer token-2".into()));
+    assert!(waited < 100 * MS, "waited {waited:?} past the grace");
     assert_eq!(script.fetches(), 2);
 }
 
@@ -613,21 +628,10 @@ fn a_short_fetch_timeout_shortens_the_grace_before_a_replacement() {
 fn within_the_grace_another_runtime_waits_before_replacing() {
     let script = Scripted::new(Next::Token(2 * SECOND));
     let cache = script.cache(); // a 10 s fetch timeout: a 1 s grace
-    let client = client(&cache);
-    let app = paused();
-    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
-
-    let helper = current_thread();
-    skew::pass(1200 * MS);
-    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
-
-    // Expired, and the refresh unpolled for 900 ms of its 1 s grace.
-    skew::pass(900 * MS);
-    let waited = app.block_on(async {
-        let start = tokio::time::Instant::now();
-        assert_eq!(send(&client).await, Ok("Bearer token-2".into()));
-        start.elapsed()
-    });
+    let (client, app, _helper) =
+        refresh_parked_for_900_ms(&script, &cache, Next::Token(2 * SECOND));
+    let (sent, waited) = timed_send(&app, &client);
+    assert_eq!(sent, Ok("Bearer token-2".into()));
     assert!(waited >= 100 * MS, "replaced {waited:?} into the wait");
     assert_eq!(script.fetches(), 2);
 }
@@ -640,17 +644,8 @@ fn within_the_grace_another_runtime_waits_before_replacing() {
 fn a_fetch_that_begins_within_the_grace_is_waited_for_until_its_deadline() {
     let script = Scripted::new(Next::Token(2 * SECOND));
     let cache = script.cache(); // a 10 s fetch timeout: a 1 s grace
-    let client = client(&cache);
-    let app = paused();
-    assert_eq!(app.block_on(send(&client)), Ok("Bearer token-1".into()));
-
-    script.set(Next::Hang);
-    let helper = current_thread();
-    skew::pass(1200 * MS);
-    assert_eq!(helper.block_on(cache.token()).unwrap().secret(), "token-1");
-
-    skew::pass(900 * MS); // expired, 900 ms into the grace
-    let result = app.block_on(async {
+    let (client, app, helper) = refresh_parked_for_900_ms(&script, &cache, Next::Hang);
+    let (sent, waited) = app.block_on(async {
         let mut request = std::pin::pin!(send(&client));
         std::future::poll_fn(|cx| {
             assert!(request.as_mut().poll(cx).is_pending(), "waits");
@@ -665,11 +660,10 @@ fn a_fetch_that_begins_within_the_grace_is_waited_for_until_its_deadline() {
         let start = tokio::time::Instant::now();
         (request.await, start.elapsed())
     });
-    assert_eq!(result.0, Err(TokenErrorKind::Timeout));
+    assert_eq!(sent, Err(TokenErrorKind::Timeout));
     assert!(
-        result.1 > 5 * SECOND,
-        "gave up {:?} before the deadline",
-        result.1
+        waited > 5 * SECOND,
+        "gave up {waited:?} before the deadline"
     );
     assert_eq!(script.fetches(), 2);
 }
