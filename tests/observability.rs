@@ -456,3 +456,48 @@ async fn a_retry_inside_the_bearer_layer_is_warned_about_once() {
     }
     assert_eq!(recorder.events(WARNING).len(), 1);
 }
+
+/// A fetch dropped with its runtime is nobody's failure: its span says
+/// `Abandoned`, and it reports no backoff, not even one in force that a
+/// rejection set while it ran.
+#[test]
+fn an_abandoned_fetch_reports_no_backoff_it_did_not_cause() {
+    let (recorder, _guard) = record();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // Each fetch takes 35 s of a 60 s lifetime: a token arrives due (at
+    // 30 s), and a rejection when it arrives is one soon after its fetch.
+    let script = Script::new(Some(Duration::from_secs(60)), Duration::from_secs(35));
+    let rejected = Rejected::default();
+    let cache = script.cache().fetch_timeout(Duration::from_secs(60));
+    let client = client_over(cache, echo_after(rejected.clone(), Duration::ZERO));
+    runtime.block_on(async {
+        rejected.lock().unwrap().push("Bearer token-1".to_owned());
+        assert_eq!(send(&client).await.unwrap().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(send(&client).await.unwrap().0, StatusCode::OK);
+        // token-2 is due: this request starts a background refresh, which
+        // hangs, and its rejection, the second soon after a fetch, pauses
+        // fetches.
+        script.set(Next::Hang);
+        rejected.lock().unwrap().push("Bearer token-2".to_owned());
+        assert_eq!(send(&client).await.unwrap().0, StatusCode::UNAUTHORIZED);
+        tokio::task::yield_now().await;
+    });
+    assert_eq!(script.fetches(), 3);
+    assert_eq!(
+        recorder
+            .events("the resource keeps rejecting fresh tokens")
+            .len(),
+        1
+    );
+    assert_eq!(recorder.fetch_spans()[2].field("outcome"), None);
+
+    drop(runtime);
+    let spans = recorder.fetch_spans();
+    assert_eq!(spans[2].field("outcome"), Some("Abandoned"), "{spans:?}");
+    let backing_off = recorder.events("backing off");
+    assert!(backing_off.is_empty(), "{backing_off:?}");
+}

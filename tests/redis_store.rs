@@ -3,7 +3,11 @@
 //! user limited to what `docs/store.md` lists.
 #![cfg(feature = "redis")]
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tower_bearer::store::{RedisStore, TokenStore};
 use tower_bearer::StoreStats;
@@ -266,4 +270,80 @@ async fn a_connect_slower_than_the_op_timeout_is_left_to_finish() {
     let third = idp.cache(store);
     assert_eq!(third.token().await.unwrap().secret(), shared.secret());
     assert_eq!(third.stats().store.hits, 1);
+}
+
+/// A TCP proxy to Redis that counts the connections made through it and,
+/// on cue, hands the client bytes that are not RESP in place of Redis's
+/// next reply: a broken middlebox, or a server that is not Redis.
+struct GarblingProxy {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    garble: Arc<AtomicBool>,
+}
+
+impl GarblingProxy {
+    async fn start(redis_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            port: listener.local_addr().unwrap().port(),
+            connections: Arc::default(),
+            garble: Arc::default(),
+        };
+        let (connections, garble) = (proxy.connections.clone(), proxy.garble.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                    .await
+                    .unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                });
+                let garble = garble.clone();
+                tokio::spawn(async move {
+                    let mut reply = [0; 4096];
+                    while let Ok(n @ 1..) = from_server.read(&mut reply).await {
+                        let bytes = match garble.swap(false, Ordering::SeqCst) {
+                            true => &b"@not resp\r\n"[..],
+                            false => &reply[..n],
+                        };
+                        if to_client.write_all(bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// A reply that is not RESP leaves the connection out of step with Redis:
+/// the store drops it (redis-rs files the error as a parse error, not an
+/// I/O one), and the next operation connects again and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_is_not_resp_drops_the_connection() {
+    let redis = RedisServer::start().unwrap();
+    let proxy = GarblingProxy::start(redis.port()).await;
+    let store = RedisStore::new(proxy.url()).unwrap();
+    store.write("k", b"value", None).await.unwrap();
+    assert_eq!(proxy.connections.load(Ordering::SeqCst), 1);
+
+    proxy.garble.store(true, Ordering::SeqCst);
+    let error = store.read("k").await.unwrap_err();
+    assert!(!error.to_string().contains("value"), "{error}");
+
+    let stored = store.read("k").await.unwrap().expect("the value written");
+    assert_eq!(stored.value, b"value");
+    assert_eq!(
+        proxy.connections.load(Ordering::SeqCst),
+        2,
+        "a new connection after the broken reply"
+    );
 }
