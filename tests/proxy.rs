@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tower_bearer::oauth2::{ClientCredentials, Proxy};
+use tower_bearer::oauth2::{ClientCredentials, Proxy, RefreshToken};
 use tower_bearer::TokenCache;
 
 /// A tinyproxy process, killed on drop.
@@ -142,22 +142,30 @@ async fn token_requests_tunnel_through_the_proxy_the_app_names() {
     let token = fetch(Some(Proxy::Url(proxy.url.clone()))).await;
     assert_eq!(token.unwrap(), "tls-token");
     assert_eq!(proxy.tunnels(), 1);
+    // The refresh-token grant takes the same setting.
+    let refresh = RefreshToken::try_new(&idp.url, "id", "secret", "rt-0")
+        .unwrap()
+        .add_root_certificate_pem(&idp.ca_pem)
+        .proxy(Proxy::Url(proxy.url.clone()));
+    let token = TokenCache::new(refresh).token().await.unwrap();
+    assert_eq!(token.secret(), "tls-token");
+    assert_eq!(proxy.tunnels(), 2);
 
     // From the environment, as curl and reqwest read it.
     std::env::set_var("HTTPS_PROXY", &proxy.url);
     std::env::remove_var("NO_PROXY");
     std::env::remove_var("no_proxy");
     assert_eq!(fetch(None).await.unwrap(), "tls-token");
-    assert_eq!(proxy.tunnels(), 2);
+    assert_eq!(proxy.tunnels(), 3);
 
     // The application opts out: directly to the endpoint.
     assert_eq!(fetch(Some(Proxy::Direct)).await.unwrap(), "tls-token");
-    assert_eq!(proxy.tunnels(), 2);
+    assert_eq!(proxy.tunnels(), 3);
 
     // NO_PROXY names the host.
     std::env::set_var("NO_PROXY", "localhost");
     assert_eq!(fetch(None).await.unwrap(), "tls-token");
-    assert_eq!(proxy.tunnels(), 2);
+    assert_eq!(proxy.tunnels(), 3);
 
     // A proxy that is not there: the fetch fails, it does not go direct.
     std::env::remove_var("NO_PROXY");
@@ -170,5 +178,5 @@ async fn token_requests_tunnel_through_the_proxy_the_app_names() {
         "{error}"
     );
     std::env::remove_var("HTTPS_PROXY");
-    assert_eq!(idp.answered.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(idp.answered.load(std::sync::atomic::Ordering::SeqCst), 5);
 }

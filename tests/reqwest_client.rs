@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tower_bearer::oauth2::{ClientCredentials, TokenExchange};
+use tower_bearer::oauth2::{ClientCredentials, RefreshToken, TokenExchange};
 use tower_bearer::{Token, TokenCache};
 
 /// A token endpoint that answers each request with a token named after the
@@ -61,8 +61,14 @@ async fn every_oauth2_source_sends_through_the_applications_reqwest_client() {
     let subject = || async { Ok::<_, std::io::Error>(Token::new("subject")) };
     let exchange = TokenExchange::try_new(&url, "id", "", subject)
         .unwrap()
-        .reqwest_client(http);
+        .reqwest_client(http.clone());
     let token = TokenCache::new(exchange).token().await.unwrap();
+    assert_eq!(token.secret(), "agent-my-app-1.0");
+
+    let refresh = RefreshToken::try_new(&url, "id", "secret", "rt-0")
+        .unwrap()
+        .reqwest_client(http);
+    let token = TokenCache::new(refresh).token().await.unwrap();
     assert_eq!(token.secret(), "agent-my-app-1.0");
 
     // The built-in client sends no user-agent.

@@ -6,7 +6,7 @@
 mod https_idp;
 
 use rustls::crypto::aws_lc_rs;
-use tower_bearer::oauth2::{ClientCredentials, ErrorKind};
+use tower_bearer::oauth2::{ClientCredentials, ErrorKind, RefreshToken};
 use tower_bearer::{TokenCache, TokenError};
 
 fn cause(error: &TokenError) -> &tower_bearer::oauth2::Error {
@@ -40,6 +40,13 @@ async fn an_added_ca_is_trusted_and_an_installed_provider_is_used() {
     };
     assert_eq!(trusting().token().await.unwrap().secret(), "tls-token");
     assert_eq!(idp.answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The refresh-token grant takes the same roots.
+    let refresh = RefreshToken::try_new(&idp.url, "id", "secret", "rt-0")
+        .unwrap()
+        .add_root_certificate_pem(&idp.ca_pem);
+    let token = TokenCache::new(refresh).token().await.unwrap();
+    assert_eq!(token.secret(), "tls-token");
+    assert_eq!(idp.answered.load(std::sync::atomic::Ordering::SeqCst), 2);
 
     // The application installs a provider without ChaCha20: the crate uses
     // it, so the handshake fails.

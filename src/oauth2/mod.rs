@@ -59,6 +59,11 @@
 //! | [`proxy`](ClientCredentials::proxy) | the built-in client's proxy ([`Proxy`]) | from the environment |
 //! | [`add_root_certificate_pem`](ClientCredentials::add_root_certificate_pem) | one more trusted CA for the built-in client | platform + Mozilla roots |
 //!
+//! [`RefreshToken`] and [`TokenExchange`] take every setter of this table,
+//! and `client_secret` (`secrecy` feature), with the same meaning: each
+//! holds a `ClientCredentials` that makes its requests, and forwards them
+//! to it.
+//!
 //! # The request
 //!
 //! `POST` to the token URL, `application/x-www-form-urlencoded`, with
@@ -265,6 +270,7 @@ mod client_auth;
 mod client_credentials;
 mod error;
 mod form;
+mod forward;
 mod grant;
 mod redact;
 mod refresh_token;

@@ -13,8 +13,6 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-#[cfg(feature = "private-key-jwt")]
-use super::PrivateKey;
 use super::{ClientAuth, ClientCredentials, Error, ErrorKind};
 use crate::{BoxError, RetryHint, Token, TokenSource};
 
@@ -211,47 +209,6 @@ impl RefreshToken {
         self
     }
 
-    /// Asks for one more scope (a refresh may narrow the grant's scope).
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.inner = self.inner.scope(scope);
-        self
-    }
-
-    /// Sends one more `resource` (RFC 8707).
-    pub fn resource(mut self, resource: impl Into<String>) -> Self {
-        self.inner = self.inner.resource(resource);
-        self
-    }
-
-    /// Sends any other form field, after ours.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.inner = self.inner.param(name, value);
-        self
-    }
-
-    /// How the client authenticates; see [`ClientCredentials::auth_method`]
-    /// and [`ClientAuth::None`].
-    pub fn auth_method(mut self, auth: ClientAuth) -> Self {
-        self.inner = self.inner.auth_method(auth);
-        self
-    }
-
-    /// Authenticates with `private_key_jwt`; see
-    /// [`ClientCredentials::private_key_jwt`].
-    #[cfg(feature = "private-key-jwt")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
-    pub fn private_key_jwt(mut self, key: PrivateKey) -> Self {
-        self.inner = self.inner.private_key_jwt(key);
-        self
-    }
-
-    /// Authenticates with a client assertion from `source`; see
-    /// [`ClientCredentials::client_assertion`].
-    pub fn client_assertion(mut self, source: impl TokenSource) -> Self {
-        self.inner = self.inner.client_assertion(source);
-        self
-    }
-
     /// Asks for DPoP-bound tokens; see [`ClientCredentials::dpop`]. A
     /// public client's refresh token is bound to `key` too: every replica
     /// of a [`fleet`](Self::fleet) must use the same key, and access tokens
@@ -264,39 +221,7 @@ impl RefreshToken {
         self
     }
 
-    /// The lifetime of an access token whose answer has neither
-    /// `expires_in` nor a JWT `exp`; see [`ClientCredentials::default_lifetime`].
-    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
-        self.inner = self.inner.default_lifetime(lifetime);
-        self
-    }
-
-    /// Allows a plain `http` token URL to a host that is not loopback; see
-    /// [`ClientCredentials::allow_insecure_http`].
-    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.inner = self.inner.allow_insecure_http(allow);
-        self
-    }
-
-    /// Sends token requests through `client`; see
-    /// [`ClientCredentials::http_client`].
-    pub fn http_client<S, B>(mut self, client: S) -> Self
-    where
-        S: tower_service::Service<
-                http::Request<http_body_util::Full<bytes::Bytes>>,
-                Response = http::Response<B>,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.inner = self.inner.http_client(client);
-        self
-    }
+    super::forward::forward_client_settings!();
 
     /// One refresh, to its end, on a task of its own.
     async fn refresh(self) -> Result<Token, Error> {
@@ -682,6 +607,39 @@ mod tests {
         assert_eq!(*persisted.lock().unwrap(), ["rt-1"]);
         source.fetch().await.unwrap();
         assert_eq!(sent(&seen), ["rt-0", "rt-1"]);
+    }
+
+    /// The settings it shares with `ClientCredentials` (written once, in
+    /// `forward.rs`) reach its token requests.
+    #[tokio::test]
+    async fn the_settings_shared_with_client_credentials_reach_the_request() {
+        let seen = Seen::default();
+        let source = source(&seen)
+            .scopes(["read", "write"])
+            .audience("api")
+            .resource("https://api.example.com/")
+            .param("tenant", "t1");
+        #[cfg(feature = "secrecy")]
+        let source = source.client_secret(&secrecy::SecretString::from("rotated-secret"));
+        source.fetch().await.unwrap();
+
+        let (form, headers) = seen.lock().unwrap()[0].clone();
+        let fields: Vec<&str> = form.split('&').collect();
+        for field in [
+            "scope=read+write",
+            "audience=api",
+            "resource=https%3A%2F%2Fapi.example.com%2F",
+            "tenant=t1",
+        ] {
+            assert!(fields.contains(&field), "{field} in {form}");
+        }
+        #[cfg(feature = "secrecy")]
+        {
+            use base64::Engine as _;
+            let basic = base64::engine::general_purpose::STANDARD.encode("app:rotated-secret");
+            assert_eq!(headers["authorization"], format!("Basic {basic}").as_str());
+        }
+        let _ = headers;
     }
 
     #[tokio::test]

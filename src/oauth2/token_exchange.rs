@@ -3,18 +3,10 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
-
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use tower_service::Service;
 
 use super::grant::{Exchange, Grant};
-#[cfg(feature = "private-key-jwt")]
-use super::PrivateKey;
-use super::{ClientAuth, ClientCredentials, Error};
-use crate::{BoxError, RetryHint, TokenSource};
+use super::{ClientCredentials, Error};
+use crate::{RetryHint, TokenSource};
 
 /// A [`TokenSource`] that exchanges a subject token, taken from any other
 /// source, for an access token at an OAuth2 token endpoint (RFC 8693): a
@@ -115,79 +107,6 @@ impl TokenExchange {
         self
     }
 
-    /// Sends `audience`, the logical name of the target service.
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        self.inner = self.inner.audience(audience);
-        self
-    }
-
-    /// Sends one more `resource`, the URI of the target service.
-    pub fn resource(mut self, resource: impl Into<String>) -> Self {
-        self.inner = self.inner.resource(resource);
-        self
-    }
-
-    /// Asks for one more scope; scopes are sent space-joined as `scope`.
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.inner = self.inner.scope(scope);
-        self
-    }
-
-    /// Sends any other form field, after ours.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.inner = self.inner.param(name, value);
-        self
-    }
-
-    /// How the client authenticates; see [`ClientCredentials::auth_method`].
-    pub fn auth_method(mut self, auth: ClientAuth) -> Self {
-        self.inner = self.inner.auth_method(auth);
-        self
-    }
-
-    /// Authenticates with `private_key_jwt`; see
-    /// [`ClientCredentials::private_key_jwt`].
-    #[cfg(feature = "private-key-jwt")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
-    pub fn private_key_jwt(mut self, key: PrivateKey) -> Self {
-        self.inner = self.inner.private_key_jwt(key);
-        self
-    }
-
-    /// Authenticates with a client assertion from `source`; see
-    /// [`ClientCredentials::client_assertion`].
-    pub fn client_assertion(mut self, source: impl TokenSource) -> Self {
-        self.inner = self.inner.client_assertion(source);
-        self
-    }
-
-    /// See [`ClientCredentials::default_lifetime`].
-    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
-        self.inner = self.inner.default_lifetime(lifetime);
-        self
-    }
-
-    /// See [`ClientCredentials::allow_insecure_http`].
-    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.inner = self.inner.allow_insecure_http(allow);
-        self
-    }
-
-    /// Sends token requests through `client`; see
-    /// [`ClientCredentials::http_client`].
-    pub fn http_client<S, B>(mut self, client: S) -> Self
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.inner = self.inner.http_client(client);
-        self
-    }
-
     /// As [`ClientCredentials::transport_identity`].
     #[cfg(feature = "store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
@@ -196,34 +115,7 @@ impl TokenExchange {
         self
     }
 
-    /// Sends token requests through the application's `reqwest::Client`;
-    /// see [`ClientCredentials::reqwest_client`].
-    #[cfg(feature = "reqwest")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
-    pub fn reqwest_client(mut self, client: ::reqwest::Client) -> Self {
-        self.inner = self.inner.reqwest_client(client);
-        self
-    }
-
-    /// See [`ClientCredentials::client_secret`].
-    #[cfg(feature = "secrecy")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "secrecy")))]
-    pub fn client_secret(mut self, secret: &secrecy::SecretString) -> Self {
-        self.inner = self.inner.client_secret(secret);
-        self
-    }
-
-    /// See [`ClientCredentials::proxy`].
-    pub fn proxy(mut self, proxy: super::Proxy) -> Self {
-        self.inner = self.inner.proxy(proxy);
-        self
-    }
-
-    /// See [`ClientCredentials::add_root_certificate_pem`].
-    pub fn add_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
-        self.inner = self.inner.add_root_certificate_pem(pem);
-        self
-    }
+    super::forward::forward_client_settings!();
 }
 
 impl TokenSource for TokenExchange {
