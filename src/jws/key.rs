@@ -313,13 +313,46 @@ fn pem_decode(pem: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
     Ok(der)
 }
 
+/// Keys for tests: the fixture keys, and the bad ones, each with what its
+/// error says (the signing layer's tests and the OAuth2 layer's use one
+/// table).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Algorithm;
+
+    pub(crate) const RSA: &str = include_str!("../../tests/fixtures/oidc-provider/keys/rsa.pem");
+    pub(crate) const EC: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ec.pem");
+    pub(crate) const ED25519: &str =
+        include_str!("../../tests/fixtures/oidc-provider/keys/ed25519.pem");
+
+    const PKCS1: &str =
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY-----";
+
+    /// Keys that are refused, and a part of the message that says why. Each
+    /// holds `MII`, which no error may quote.
+    pub(crate) const BAD_KEYS: [(Algorithm, &str, &str); 7] = [
+        (Algorithm::RS256, PKCS1, "PKCS#1"),
+        (Algorithm::RS256, "MIIEsecret", "no `-----BEGIN"),
+        (Algorithm::ES256, RSA, "not a PKCS#8 key for ES256"),
+        (Algorithm::RS256, EC, "not a PKCS#8 key for RS256"),
+        (Algorithm::EdDSA, EC, "not a PKCS#8 key for EdDSA"),
+        (
+            Algorithm::RS256,
+            "-----BEGIN PRIVATE KEY-----\n!!!MIIEsecret\n-----END PRIVATE KEY-----",
+            "not valid base64",
+        ),
+        (
+            Algorithm::RS256,
+            "-----BEGIN PRIVATE KEY-----\nMIIEsecret",
+            "no END line",
+        ),
+    ];
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{BAD_KEYS, EC, ED25519, RSA};
     use super::*;
-
-    const RSA: &str = include_str!("../../tests/fixtures/oidc-provider/keys/rsa.pem");
-    const EC: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ec.pem");
-    const ED25519: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ed25519.pem");
 
     #[test]
     fn compact_signatures_verify_with_the_public_key() {
@@ -344,25 +377,7 @@ mod tests {
 
     #[test]
     fn bad_keys_never_quote_the_key() {
-        let pkcs1 = "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY-----";
-        let cases = [
-            (Algorithm::RS256, pkcs1, "PKCS#1"),
-            (Algorithm::RS256, "MIIEsecret", "no `-----BEGIN"),
-            (Algorithm::ES256, RSA, "not a PKCS#8 key for ES256"),
-            (Algorithm::RS256, EC, "not a PKCS#8 key for RS256"),
-            (Algorithm::EdDSA, EC, "not a PKCS#8 key for EdDSA"),
-            (
-                Algorithm::RS256,
-                "-----BEGIN PRIVATE KEY-----\n!!!MIIEsecret\n-----END PRIVATE KEY-----",
-                "not valid base64",
-            ),
-            (
-                Algorithm::RS256,
-                "-----BEGIN PRIVATE KEY-----\nMIIEsecret",
-                "no END line",
-            ),
-        ];
-        for (algorithm, pem, message) in cases {
+        for (algorithm, pem, message) in BAD_KEYS {
             let error = PrivateKey::read_pkcs8_pem(algorithm, pem).unwrap_err();
             let shown = format!("{error} {error:?}");
             assert!(shown.contains(message), "{shown}");

@@ -13,6 +13,8 @@
 mod algorithm;
 mod compact;
 mod key;
+#[cfg(test)]
+pub(crate) use key::fixtures;
 
 pub use self::algorithm::Algorithm;
 pub(crate) use self::compact::sign;

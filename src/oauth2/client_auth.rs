@@ -309,9 +309,7 @@ mod private_key {
         use base64::Engine;
         use serde_json::Value;
 
-        const RSA: &str = include_str!("../../tests/fixtures/oidc-provider/keys/rsa.pem");
-        const EC: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ec.pem");
-        const ED25519: &str = include_str!("../../tests/fixtures/oidc-provider/keys/ed25519.pem");
+        use crate::jws::fixtures::{BAD_KEYS, EC, ED25519, RSA};
 
         fn decode(part: &str) -> Value {
             let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -363,26 +361,7 @@ mod private_key {
 
         #[test]
         fn bad_keys_are_config_errors_that_never_quote_the_key() {
-            let pkcs1 =
-                "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY-----";
-            let cases = [
-                (Algorithm::RS256, pkcs1, "PKCS#1"),
-                (Algorithm::RS256, "MIIEsecret", "no `-----BEGIN"),
-                (Algorithm::ES256, RSA, "not a PKCS#8 key for ES256"),
-                (Algorithm::RS256, EC, "not a PKCS#8 key for RS256"),
-                (Algorithm::EdDSA, EC, "not a PKCS#8 key for EdDSA"),
-                (
-                    Algorithm::RS256,
-                    "-----BEGIN PRIVATE KEY-----\n!!!MIIEsecret\n-----END PRIVATE KEY-----",
-                    "not valid base64",
-                ),
-                (
-                    Algorithm::RS256,
-                    "-----BEGIN PRIVATE KEY-----\nMIIEsecret",
-                    "no END line",
-                ),
-            ];
-            for (algorithm, pem, message) in cases {
+            for (algorithm, pem, message) in BAD_KEYS {
                 let error = PrivateKey::from_pkcs8_pem(algorithm, pem).unwrap_err();
                 let shown = format!("{error} {error:?}");
                 assert!(shown.contains("invalid oauth2 configuration"), "{shown}");
