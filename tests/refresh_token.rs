@@ -52,7 +52,14 @@ impl Idp {
     /// A new grant for a new user of `client`: its refresh token and the
     /// user's id.
     async fn grant(&self, client: &str) -> (String, String) {
-        let request = Request::post(format!("{}?client={client}", self.grant_url))
+        self.grant_bound(client, None).await
+    }
+
+    /// As [`grant`](Self::grant), its refresh token bound to the DPoP key
+    /// of thumbprint `jkt` when given.
+    async fn grant_bound(&self, client: &str, jkt: Option<&str>) -> (String, String) {
+        let jkt = jkt.map(|jkt| format!("&jkt={jkt}")).unwrap_or_default();
+        let request = Request::post(format!("{}?client={client}{jkt}", self.grant_url))
             .body(Full::<Bytes>::default())
             .unwrap();
         let body = json(http_client().request(request).await.unwrap()).await;
@@ -385,6 +392,64 @@ async fn a_public_client_refreshes_and_rotates() {
     assert!(!persisted.contains(&seed));
     let stats = idp.stats().await;
     assert_eq!((count(&stats, "refused"), count(&stats, "revoked")), (0, 0));
+}
+
+/// A public client whose refresh token is bound to its DPoP key: each
+/// refresh carries a proof of that key, the access tokens come back bound
+/// to it, and the resource (userinfo, which checks DPoP proofs itself)
+/// accepts them with the layer's proofs and refuses them as bearer tokens.
+/// Another key is refused the refresh ("failed jkt verification"), and its
+/// source sends nothing more.
+#[cfg(feature = "dpop")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_bound_to_a_dpop_key_is_refreshed_with_proofs_of_it() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_bearer::dpop::ProofKey;
+    use tower_bearer::BearerAuthLayer;
+
+    let idp = Idp::start();
+    let key = ProofKey::generate().unwrap();
+    let (seed, user) = idp.grant_bound("rt-public", Some(key.thumbprint())).await;
+    let source = RefreshToken::public(&idp.token_url, "rt-public", &seed).dpop(key.clone());
+    for round in 1..=3 {
+        // A new cache each round: one more refresh, one more rotation.
+        let cache = TokenCache::new(source.clone());
+        let token = cache.token().await.unwrap();
+        assert!(
+            token.binding().is_some(),
+            "round {round}: a DPoP-bound token"
+        );
+        let mut client = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_cache(cache))
+            .service(http_client());
+        let request = Request::get(&idp.userinfo_url)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = client.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        assert_eq!(json(response).await["sub"].as_str(), Some(&*user));
+        assert_eq!(idp.user_of(token.secret()).await, None, "not as a bearer");
+    }
+    let stats = idp.stats().await;
+    assert_eq!(
+        (count(&stats, "refreshed"), count(&stats, "refused")),
+        (3, 0)
+    );
+
+    let (seed, _) = idp.grant_bound("rt-public", Some(key.thumbprint())).await;
+    let thief = RefreshToken::public(&idp.token_url, "rt-public", &seed)
+        .dpop(ProofKey::generate().unwrap());
+    let error = thief.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::GrantGone, "{error}");
+    let requests = count(&idp.stats().await, "token_requests");
+    assert_eq!(
+        thief.fetch().await.unwrap_err().kind(),
+        ErrorKind::GrantGone
+    );
+    assert_eq!(count(&idp.stats().await, "token_requests"), requests);
+    // The grant's own key still refreshes it.
+    let owner = RefreshToken::public(&idp.token_url, "rt-public", &seed).dpop(key);
+    owner.fetch().await.unwrap();
 }
 
 /// A backend acting for many users: a keyed cache, one grant per user, each
