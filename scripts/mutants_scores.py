@@ -1,65 +1,143 @@
 #!/usr/bin/env python3
 """The scores of one or more cargo-mutants runs, per file and per folder.
 
-    python3 scripts/mutants_scores.py mutants.out [more/mutants.out ...]
+    python3 scripts/mutants_scores.py [--list mutants.json]
+        [--explained scripts/mutants_explained.txt] RUN [RUN ...]
 
-Reads each run's `outcomes.json` (docs/mutants.md). When a mutant appears in
-several runs (a full run, then `--iterate` or a `--re` rerun after new
-tests), the last run given wins, so list the runs oldest first.
+Each RUN is a run's output folder (`mutants.out`, with its `outcomes.json`;
+docs/mutants.md). When a mutant appears in several runs (a full run, then a
+`--re` rerun after new tests), the last run given wins, so list the runs
+oldest first.
+
+Runs made at different commits are matched by what the mutant is, not by
+its line, which moves as code is added above it: the file, the column and
+the description (`replace < with <= in Keyed::insert`), and for mutants
+alike in all three, their order in the file.
+
+--list: the mutants of the tree now (`cargo mutants --list --json` with the
+same --file options): only those are counted, and the ones no run tested
+are counted as "not run". Without it, every mutant of the runs is counted.
+
+--explained: a file of the missed mutants that are explained, one a line,
+as their names without the line (`src/cache/clock.rs:91:46: replace * with
+/ in coarse_slack` becomes `src/cache/clock.rs:46: replace * with / in
+coarse_slack`), each followed by `  # why`: equivalent (no test can catch
+it), or caught by a check that cargo-mutants does not run (the model
+check). An entry that matches no missed mutant is reported, so that the
+list cannot go stale unnoticed.
 """
 
+import argparse
 import json
-import sys
+import re
 from collections import defaultdict
 from pathlib import Path
 
-KINDS = ("CaughtMutant", "MissedMutant", "Timeout", "Unviable")
+KINDS = ("CaughtMutant", "Timeout", "Unviable", "MissedMutant")
+NAME = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<what>.*)$")
 
 
-def outcomes(run: Path) -> dict[str, tuple[str, str]]:
+def key(name: str) -> str:
+    """The name without its line: `file:col: description`."""
+    m = NAME.match(name)
+    if not m:
+        raise SystemExit(f"not a mutant name: {name}")
+    return f"{m['file']}:{m['col']}: {m['what']}"
+
+
+def keyed(names: list[str]) -> list[str]:
+    """Each name's key, with `#k` for the k-th of mutants alike (k > 1), in
+    the order of their lines."""
+    ordered = sorted(names, key=lambda n: (NAME.match(n)["file"], int(NAME.match(n)["line"])))
+    seen: dict[str, int] = defaultdict(int)
+    out = {}
+    for name in ordered:
+        k = key(name)
+        seen[k] += 1
+        out[name] = k if seen[k] == 1 else f"{k} #{seen[k]}"
+    return [out[n] for n in names]
+
+
+def outcomes(run: Path) -> dict[str, str]:
     data = json.loads((run / "outcomes.json").read_text())
-    found = {}
+    names, summaries = [], []
     for outcome in data["outcomes"]:
         mutant = outcome["scenario"]
         if not isinstance(mutant, dict) or "Mutant" not in mutant:
             continue  # the baseline
-        mutant = mutant["Mutant"]
-        found[mutant["name"]] = (mutant["file"], outcome["summary"])
-    return found
+        names.append(mutant["Mutant"]["name"])
+        summaries.append(outcome["summary"])
+    return dict(zip(keyed(names), summaries))
+
+
+def explained(path: Path | None) -> set[str]:
+    if path is None:
+        return set()
+    listed = set()
+    for line in path.read_text().splitlines():
+        entry = line.split("  #")[0].strip()
+        if entry and not entry.startswith("#"):
+            listed.add(entry)
+    return listed
 
 
 def row(name: str, counts: dict[str, int]) -> str:
-    caught, missed, timeout, unviable = (counts[k] for k in KINDS)
-    viable = caught + missed + timeout
-    share = f"{100 * (caught + timeout) / viable:.0f}%" if viable else "-"
-    total = viable + unviable
-    return f"| {name} | {total} | {caught} | {missed} | {timeout} | {unviable} | {share} |"
+    caught, timeout, unviable, missed = (counts[k] for k in KINDS)
+    explained, not_run = counts["Explained"], counts["NotRun"]
+    viable = caught + timeout + missed + explained
+    share = f"{100 * (caught + timeout + explained) / viable:.0f}%" if viable else "-"
+    total = viable + unviable + not_run
+    cells = [total, caught, timeout, unviable, explained, missed, not_run]
+    return f"| {name} | " + " | ".join(map(str, cells)) + f" | {share} |"
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    merged: dict[str, tuple[str, str]] = {}
-    for run in sys.argv[1:]:
-        merged.update(outcomes(Path(run)))
-    files: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
-    folders: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
-    missed = []
-    for name, (file, summary) in merged.items():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--list", type=Path)
+    parser.add_argument("--explained", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+")
+    args = parser.parse_args()
+
+    merged: dict[str, str] = {}
+    for run in args.runs:
+        merged.update(outcomes(run))
+    if args.list:
+        names = [m["name"] for m in json.loads(args.list.read_text())]
+        universe = keyed(names)
+        merged = {k: merged.get(k, "NotRun") for k in universe}
+    listed = explained(args.explained)
+
+    files: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    folders: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    missed, used = [], set()
+    for k, summary in merged.items():
+        if summary == "MissedMutant" and k.split(" #")[0] in listed:
+            summary = "Explained"
+            used.add(k.split(" #")[0])
+        elif summary == "MissedMutant":
+            missed.append(k)
+        file = k.split(":")[0]
         files[file][summary] += 1
         folders["/".join(file.split("/")[:2])][summary] += 1
-        if summary == "MissedMutant":
-            missed.append(name)
-    print("| Scope | Mutants | Caught | Missed | Timeout | Unviable | Caught or timed out, of viable |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+
+    print(
+        "| Scope | Mutants | Caught | Timeout | Unviable | Explained | Missed | Not run "
+        "| Caught, timed out or explained, of viable |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for folder in sorted(folders):
         print(row(f"`{folder}/`", folders[folder]))
     for file in sorted(files):
         print(row(f"`{file}`", files[file]))
     if missed:
-        print("\nMissed:")
-        for name in sorted(missed):
-            print(f"- {name}")
+        print("\nMissed, not explained:")
+        for k in sorted(missed):
+            print(f"- {k}")
+    stale = sorted(listed - used)
+    if stale and args.list:
+        print("\nListed as explained, but not missed by these runs:")
+        for entry in stale:
+            print(f"- {entry}")
 
 
 if __name__ == "__main__":

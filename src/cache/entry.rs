@@ -390,6 +390,21 @@ mod tests {
         assert!(!entry.is_fresh());
     }
 
+    /// A far due point is armed for a year at most (tokio's timer wheel
+    /// tops out at about two): the hot path serves the token all that year,
+    /// and only then hands it to the slow path, which still finds it fresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_far_due_point_is_armed_for_a_year() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let entry = entry(DAY * 365 * 100);
+        entry.arm();
+        tokio::time::advance(DAY * 364).await;
+        assert!(entry.is_fresh(), "woken within the year");
+        tokio::time::advance(DAY * 2).await;
+        assert!(!entry.is_fresh(), "not woken after a year");
+        assert_eq!(entry.phase(Instant::now()), Phase::Fresh);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn far_future_and_never_expiring_tokens_arm_without_panic() {
         for token in [
