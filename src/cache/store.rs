@@ -724,6 +724,25 @@ mod tests {
         );
     }
 
+    /// What is not worth sharing has no record, and is not written: an
+    /// empty token, one that is no header value, one with no lifetime left.
+    #[test]
+    fn a_token_not_worth_sharing_has_no_record() {
+        let (now, unix) = (Instant::now(), SystemTime::now());
+        let minute = Duration::from_secs(60);
+        let of = |token: &str, lifetime: Duration, at: Instant| {
+            Record::of(&Token::new(token).expires_in(lifetime), now, unix, at)
+        };
+        assert!(of("abc", minute, now).is_some());
+        assert!(of("", minute, now).is_none());
+        assert!(of("bad\nvalue", minute, now).is_none());
+        assert!(of("abc", Duration::ZERO, now).is_none());
+        // Expiring as it would be stored; a millisecond earlier, shared.
+        assert!(of("abc", minute, now + minute).is_none());
+        let (_, expires_at) = of("abc", minute, now + minute - Duration::from_millis(1)).unwrap();
+        assert_eq!(expires_at, Some(unix + minute));
+    }
+
     #[test]
     fn a_longer_lived_token_is_stored_with_the_capped_lifetime() {
         let (now, unix) = (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_000));
