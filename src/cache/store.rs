@@ -702,6 +702,10 @@ mod tests {
             None
         );
         assert_eq!(record(1_010_000, None).anchor(now, unix, None), None);
+        // Issued the whole skew ahead: believed; a millisecond more: not.
+        let skew_ms = 1_000_000 + MAX_CLOCK_SKEW.as_millis() as u64;
+        assert!(record(skew_ms, None).anchor(now, unix, None).is_some());
+        assert_eq!(record(skew_ms + 1, None).anchor(now, unix, None), None);
         // A lifetime over the cap, or negative.
         let far = 999_000 + MAX_LIFETIME.as_millis() as u64 + 2_000;
         assert_eq!(record(999_000, Some(far)).anchor(now, unix, ttl), None);
