@@ -693,6 +693,61 @@ fn a_waiter_outside_any_runtime_returns_within_the_fetch_timeout() {
     assert_eq!(script.fetches(), 1);
 }
 
+/// Item 3, when the fetch ends in time: a request outside any runtime
+/// that waits on a fetch running elsewhere gets its token, not a timeout.
+#[test]
+fn a_waiter_outside_any_runtime_gets_the_token_of_a_fetch_that_ends_in_time() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let cache = TokenCache::new({
+        let gate = Arc::clone(&gate);
+        move || {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.notified().await;
+                Ok::<_, Infallible>(Token::new("token-1").expires_in(60 * SECOND))
+            }
+        }
+    });
+    // The fetch runs on A's worker thread, and waits for the gate.
+    let a = Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = a.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await.map(|token| token.secret().to_owned()) }
+    });
+    while cache.stats().fetches < 1 {
+        std::thread::yield_now();
+    }
+
+    let (waiting, waits) = mpsc::channel();
+    let (done, result) = mpsc::channel();
+    let waiter = cache.clone();
+    std::thread::spawn(move || {
+        let mut token = pin!(waiter.token());
+        let mut waiting = Some(waiting);
+        let token = block_on_without_runtime(std::future::poll_fn(|cx| {
+            let poll = token.as_mut().poll(cx);
+            if poll.is_pending() {
+                waiting.take().map(|waiting| waiting.send(()));
+            }
+            poll
+        }));
+        let _ = done.send(token.map(|token| token.secret().to_owned()));
+    });
+    // Guards against a hang, not measures of time.
+    waits.recv_timeout(10 * SECOND).expect("the waiter waits");
+    while cache.stats().waits < 2 {
+        std::thread::yield_now();
+    }
+    gate.notify_one();
+    let result = result.recv_timeout(10 * SECOND).expect("the waiter hung");
+    assert_eq!(result.map_err(|e| e.kind()), Ok("token-1".to_owned()));
+    assert_eq!(a.block_on(first).unwrap().unwrap(), "token-1");
+}
+
 /// Item 4: a runtime built without `enable_time` gets a typed error that
 /// says so, not a panic in the request or in the fetch task.
 #[test]
