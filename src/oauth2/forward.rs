@@ -26,7 +26,7 @@ macro_rules! forward_client_settings {
         }
 
         /// Asks for one more scope; scopes are sent space-joined as
-        /// `scope` (a refresh may narrow the grant's scope).
+        /// `scope`.
         pub fn scope(mut self, scope: impl Into<String>) -> Self {
             self.inner = self.inner.scope(scope);
             self
