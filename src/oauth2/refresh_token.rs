@@ -642,13 +642,13 @@ mod tests {
         let _ = headers;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_timed_out_request_is_a_transient_error() {
         let hang = tower::service_fn(|_: Request<Full<Bytes>>| async {
             std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
         });
         let source = RefreshToken::new("https://idp.example.com/token", "app", "s", "rt-0")
-            .request_timeout(Duration::from_millis(20))
+            .request_timeout(Duration::from_secs(30))
             .http_client(hang);
         let error = source.fetch().await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Transport);
