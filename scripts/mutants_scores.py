@@ -45,20 +45,23 @@ def key(name: str) -> str:
     return f"{m['file']}:{m['col']}: {m['what']}"
 
 
-def keyed(names: list[str]) -> list[str]:
-    """Each name's key, with `#k` for the k-th of mutants alike (k > 1), in
-    the order of their lines."""
-    ordered = sorted(names, key=lambda n: (NAME.match(n)["file"], int(NAME.match(n)["line"])))
+# A mutant across runs: its key, and which of the mutants alike (the same
+# key) it is, counting from 1 in the order of their lines.
+Key = tuple[str, int]
+
+
+def keyed(names: list[str]) -> list[Key]:
+    """Each name's `Key`, in the order given."""
+    line = {name: int(NAME.match(name)["line"]) for name in names}
     seen: dict[str, int] = defaultdict(int)
     out = {}
-    for name in ordered:
-        k = key(name)
-        seen[k] += 1
-        out[name] = k if seen[k] == 1 else f"{k} #{seen[k]}"
-    return [out[n] for n in names]
+    for name in sorted(names, key=lambda name: (key(name), line[name])):
+        seen[key(name)] += 1
+        out[name] = (key(name), seen[key(name)])
+    return [out[name] for name in names]
 
 
-def outcomes(run: Path) -> dict[str, str]:
+def outcomes(run: Path) -> dict[Key, str]:
     data = json.loads((run / "outcomes.json").read_text())
     names, summaries = [], []
     for outcome in data["outcomes"]:
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     args = parser.parse_args()
 
-    merged: dict[str, str] = {}
+    merged: dict[Key, str] = {}
     for run in args.runs:
         merged.update(outcomes(run))
     if args.list:
@@ -110,12 +113,12 @@ def main() -> None:
     files: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     folders: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     missed, used = [], set()
-    for k, summary in merged.items():
-        if summary == "MissedMutant" and k.split(" #")[0] in listed:
+    for (k, nth), summary in merged.items():
+        if summary == "MissedMutant" and k in listed:
             summary = "Explained"
-            used.add(k.split(" #")[0])
+            used.add(k)
         elif summary == "MissedMutant":
-            missed.append(k)
+            missed.append(k if nth == 1 else f"{k} (#{nth} of its kind)")
         file = k.split(":")[0]
         files[file][summary] += 1
         folders["/".join(file.split("/")[:2])][summary] += 1

@@ -623,7 +623,7 @@ mod tests {
         let source = source.client_secret(&secrecy::SecretString::from("rotated-secret"));
         source.fetch().await.unwrap();
 
-        let (form, headers) = seen.lock().unwrap()[0].clone();
+        let form = seen.lock().unwrap()[0].0.clone();
         let fields: Vec<&str> = form.split('&').collect();
         for field in [
             "scope=read+write",
@@ -637,9 +637,9 @@ mod tests {
         {
             use base64::Engine as _;
             let basic = base64::engine::general_purpose::STANDARD.encode("app:rotated-secret");
+            let headers = &seen.lock().unwrap()[0].1;
             assert_eq!(headers["authorization"], format!("Basic {basic}").as_str());
         }
-        let _ = headers;
     }
 
     #[tokio::test(start_paused = true)]
